@@ -1,0 +1,85 @@
+"""Run config types: the shape a client sends in `config` (see API.md).
+
+These Structs only describe *shape*; msgspec checks types while decoding and reports the
+first type error with its JSON path. The rules that need the whole config (unknown
+dependencies, cycles, durations, name syntax, limits) live in `runsvc.validation`, which
+reports every problem at once. The types live here, at the bottom of the import chain,
+because `RunCreated` carries the config and every layer reads it.
+
+New fields always get defaults so that events written by an older version still decode.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+DependencyCondition = Literal["success", "failure", "skipped"]
+
+
+class Retry(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """How often, and how patiently, a failed task is tried again."""
+
+    max_attempts: int = 1
+    backoff: str = "0s"
+    factor: float = 2.0
+    max_backoff: str = "10m"
+
+
+class Dependency(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A parent of a task and the parent outcomes that let the task run.
+
+    `on` is kept as a list of strings (not a Literal) so that validation can report every
+    invalid value with its path instead of msgspec stopping at the first.
+    """
+
+    task: str
+    on: list[str] = msgspec.field(default_factory=lambda: ["success"])
+
+
+class When(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A declarative condition on the run's environment; nothing user-written is evaluated."""
+
+    env: str
+    equals: str | None = None
+    not_equals: str | None = None
+    in_: list[str] | None = msgspec.field(default=None, name="in")
+
+
+ForeachItem = str | int | float | bool
+
+
+class TaskConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """One task definition of a run config."""
+
+    name: str
+    run: str | None = None
+    command: list[str] | None = None
+    depends: list[str | Dependency] = msgspec.field(default_factory=list)
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    artifacts: list[str] = msgspec.field(default_factory=list)
+    runs_on: dict[str, str] = msgspec.field(default_factory=dict)
+    timeout: str | None = None
+    progress_timeout: str | None = None
+    on_lost: str = "retry"
+    retry: Retry | None = None
+    continue_on_error: bool = False
+    approval: bool = False
+    when: When | None = None
+    foreach: list[ForeachItem] | None = None
+    foreach_strategy: str = "parallel"
+    max_parallel: int | None = None
+
+    def dependencies(self) -> list[Dependency]:
+        """`depends` with the shorthand (a bare task name) spelled out."""
+        return [Dependency(task=d) if isinstance(d, str) else d for d in self.depends]
+
+
+class RunConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """The tasks of a run and the run-wide defaults."""
+
+    tasks: list[TaskConfig]
+    max_parallel: int | None = None
+    timeout: str | None = None
+    retry: Retry | None = None

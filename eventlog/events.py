@@ -1,0 +1,256 @@
+"""Events: what happened, as frozen msgspec Structs in one tagged union.
+
+Encoding and decoding live here and nowhere else. The stored payload of an event is the
+MessagePack encoding of its Struct (tag included); the type is also kept in its own column
+so that readers can filter without decoding and so that a type this version does not know
+(written by a newer version) decodes to `UnknownEvent`, which keeps the original bytes and
+re-encodes them unchanged instead of crashing or dropping data.
+
+Schema evolution follows msgspec's rules: fields are added with defaults, never renamed or
+removed; an event type is never reused for a different meaning.
+
+Run events carry the time of the decision (`at`) in their data. That time comes from the
+caller's `now`, never from a clock read while folding, so replaying a history is exact.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+from eventlog.config import RunConfig
+
+Phase = Literal["setuperror", "queued", "running", "finished", "cancelled"]
+Result = Literal["unknown", "success", "failed", "stopped"]
+TaskStatus = Literal[
+    "notstarted",
+    "waiting_approval",
+    "scheduled",
+    "running",
+    "success",
+    "failed",
+    "skipped",
+    "stopped",
+    "cancelled",
+    "lost",
+]
+ActorKind = Literal["user", "executor", "system"]
+
+
+class Actor(msgspec.Struct, frozen=True):
+    """Who caused an event: a user (token name), an executor, or the service itself."""
+
+    kind: ActorKind
+    id: str
+
+
+SYSTEM = Actor(kind="system", id="runsvc")
+
+
+class Metadata(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Facts about an append rather than about the domain; stored beside the payload."""
+
+    actor: Actor
+    recorded_at: datetime
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    request_id: str | None = None
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every event type. Subclasses set `tag=` to their stable type name."""
+
+
+class UnknownEvent(msgspec.Struct, frozen=True):
+    """An event of a type this version does not know, kept byte for byte.
+
+    It is never produced by this version's code; it only comes out of `decode_event` so a
+    newer writer's events survive reads, projections, dumps and re-encoding untouched.
+    """
+
+    type: str
+    raw: bytes
+
+    def data(self) -> Any:
+        """The payload decoded generically (maps, lists, scalars) for display."""
+        return msgspec.msgpack.decode(self.raw)
+
+
+# --- run events -------------------------------------------------------------------------
+
+
+class CarriedTask(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A task that succeeded in the run a recreation came from, kept with its id and result
+    so its logs and artifacts are reused instead of running it again."""
+
+    id: str
+    attempt: int
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    executor: str | None = None
+
+
+class RunCreated(Event, tag="run_created", frozen=True):
+    run_id: str
+    group: str
+    name: str
+    counter: int
+    config: RunConfig
+    created_at: datetime
+    annotations: dict[str, str] = msgspec.field(default_factory=dict)
+    static_environment: dict[str, str] = msgspec.field(default_factory=dict)
+    environment: dict[str, str] = msgspec.field(default_factory=dict)
+    setup_errors: list[str] = msgspec.field(default_factory=list)
+    idempotency_key: str | None = None
+    concurrency_key: str | None = None
+    recreated_from: str | None = None
+    carried: dict[str, CarriedTask] = msgspec.field(default_factory=dict)
+
+
+class RunPhaseChanged(Event, tag="run_phase_changed", frozen=True):
+    phase: Phase
+    at: datetime
+
+
+class RunResultChanged(Event, tag="run_result_changed", frozen=True):
+    result: Result
+    at: datetime
+
+
+class RunStopRequested(Event, tag="run_stop_requested", frozen=True):
+    at: datetime
+    reason: str | None = None
+
+
+class TaskStatusChanged(Event, tag="task_status_changed", frozen=True):
+    task: str
+    status: TaskStatus
+    attempt: int
+    at: datetime
+    executor: str | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    next_attempt_at: datetime | None = None
+
+
+class ForeachChild(msgspec.Struct, frozen=True):
+    name: str
+    index: int
+    item: str
+
+
+class TaskExpanded(Event, tag="task_expanded", frozen=True):
+    task: str
+    children: list[ForeachChild]
+    at: datetime
+
+
+class TaskApproved(Event, tag="task_approved", frozen=True):
+    task: str
+    approver: str
+    at: datetime
+    comment: str | None = None
+
+
+RunEvent = (
+    RunCreated
+    | RunPhaseChanged
+    | RunResultChanged
+    | RunStopRequested
+    | TaskStatusChanged
+    | TaskExpanded
+    | TaskApproved
+)
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    RunCreated,
+    RunPhaseChanged,
+    RunResultChanged,
+    RunStopRequested,
+    TaskStatusChanged,
+    TaskExpanded,
+    TaskApproved,
+)
+
+# --- codec --------------------------------------------------------------------------------
+
+
+def type_name(event_type: type[Event]) -> str:
+    """The stable name stored for an event type (its msgspec tag)."""
+    tag = event_type.__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+
+KNOWN_TYPES: frozenset[str] = frozenset(type_name(t) for t in EVENT_TYPES)
+_TYPE_NAMES: dict[type[Event], str] = {t: type_name(t) for t in EVENT_TYPES}
+_random_bits = random.getrandbits
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(RunEvent)
+_metadata_decoder = msgspec.msgpack.Decoder(Metadata)
+
+
+def event_type_of(event: Event | UnknownEvent) -> str:
+    if isinstance(event, UnknownEvent):
+        return event.type
+    name = _TYPE_NAMES.get(type(event))
+    return name if name is not None else type_name(type(event))
+
+
+def encode_event(event: Event | UnknownEvent) -> bytes:
+    """The stored payload of an event."""
+    if isinstance(event, UnknownEvent):
+        return event.raw
+    return _encoder.encode(event)
+
+
+def decode_event(type_: str, data: bytes) -> Event | UnknownEvent:
+    """Decode a stored payload; a type this version does not know is passed through."""
+    if type_ not in KNOWN_TYPES:
+        return UnknownEvent(type=type_, raw=bytes(data))
+    event: Event = _decoder.decode(data)
+    return event
+
+
+def encode_metadata(meta: Metadata) -> bytes:
+    return _encoder.encode(meta)
+
+
+def decode_metadata(data: bytes) -> Metadata:
+    return _metadata_decoder.decode(data)
+
+
+def new_event_id() -> uuid.UUID:
+    """A UUIDv7: time-ordered, so the unique index on event ids grows at its right edge
+    instead of taking random inserts all over the tree. The random part comes from the
+    `random` module (reseeded in every forked child), which is ample for uniqueness and
+    an order of magnitude cheaper than os.urandom on the append hot path."""
+    ms = time.time_ns() // 1_000_000
+    rand = _random_bits(74)
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76
+    value |= ((rand >> 62) & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= rand & ((1 << 62) - 1)
+    return uuid.UUID(int=value)
+
+
+class RecordedEvent(msgspec.Struct, frozen=True):
+    """An event as the log holds it: payload plus the facts the store assigned."""
+
+    position: int
+    stream: str
+    version: int
+    event_id: uuid.UUID
+    type: str
+    event: Event | UnknownEvent
+    meta: Metadata
+    hash: bytes
+    scope: str | None = None

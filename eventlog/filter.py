@@ -1,0 +1,48 @@
+"""Which events a reader wants: by stream, stream prefix, event type and scope prefix.
+
+The same filter runs in SQL (`EventStore.read_all`) and in memory (`matches`, for fan-out
+to many subscribers from one read), and both must agree.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from eventlog.events import RecordedEvent
+
+
+class EventFilter(msgspec.Struct, frozen=True):
+    """All given criteria must hold; an empty filter matches everything.
+
+    `scope` matches by path: `/a/b` matches scopes `/a/b` and `/a/b/c`, not `/a/bc`.
+    """
+
+    streams: frozenset[str] | None = None
+    stream_prefix: str | None = None
+    types: frozenset[str] | None = None
+    scope: str | None = None
+
+    def is_empty(self) -> bool:
+        return (
+            self.streams is None
+            and self.stream_prefix is None
+            and self.types is None
+            and self.scope is None
+        )
+
+    def matches(self, event: RecordedEvent) -> bool:
+        if self.streams is not None and event.stream not in self.streams:
+            return False
+        if self.stream_prefix is not None and not event.stream.startswith(self.stream_prefix):
+            return False
+        if self.types is not None and event.type not in self.types:
+            return False
+        return self.scope is None or scope_matches(self.scope, event.scope)
+
+
+def scope_matches(prefix: str, scope: str | None) -> bool:
+    """Path-prefix match: the scope is the prefix itself or lies below it."""
+    if scope is None:
+        return False
+    base = prefix.rstrip("/")
+    return scope == prefix or scope.startswith(base + "/")

@@ -1,0 +1,5 @@
+import sys
+
+from runsvc.cli import main
+
+sys.exit(main())

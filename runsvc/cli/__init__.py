@@ -1,0 +1,45 @@
+"""The `runsvc` command line.
+
+Exit codes: 0 success; 1 the run failed or was stopped; 2 usage error; 3 server or
+network error; 4 not found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from runsvc.cli import serve
+
+EXIT_CODES = """\
+exit codes:
+  0  success
+  1  the run failed or was stopped
+  2  usage error
+  3  server or network error
+  4  not found
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="runsvc",
+        description="An event-sourced run service: runs are DAGs of tasks.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    serve.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

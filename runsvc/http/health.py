@@ -1,0 +1,54 @@
+"""`/healthz` (the process is up) and `/readyz` (it can do its work right now)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+from aiohttp import web
+
+from runsvc.http.keys import DATABASE, STORE
+
+
+class Check(msgspec.Struct, frozen=True):
+    name: str
+    ok: bool
+    detail: str | None = None
+
+
+class Readiness(msgspec.Struct, frozen=True):
+    ready: bool
+    checks: list[Check]
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks = [await _check_database(request.app)]
+    store = request.app[STORE]
+    checks.append(
+        Check(
+            name="event_listener",
+            ok=store.notifier.connected,
+            detail=None if store.notifier.connected else "reconnecting",
+        )
+    )
+    ready = all(c.ok for c in checks)
+    body = msgspec.json.encode(Readiness(ready=ready, checks=checks))
+    return web.Response(body=body, status=200 if ready else 503, content_type="application/json")
+
+
+async def _check_database(app: web.Application) -> Check:
+    try:
+        async with asyncio.timeout(2):
+            await app[DATABASE].pool.fetchval("SELECT 1")
+    except Exception as exc:  # any failure means "not ready"; the detail says which
+        return Check(name="database", ok=False, detail=type(exc).__name__)
+    return Check(name="database", ok=True)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

@@ -1,0 +1,13 @@
+"""Typed keys for what the application holds."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from eventlog.store import EventStore
+from runsvc.resources import Database
+from runsvc.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+DATABASE = web.AppKey("database", Database)
+STORE = web.AppKey("store", EventStore)

@@ -1,0 +1,65 @@
+"""The long-lived resources of a service process, each an async context manager so that
+`runsvc serve` (through aiohttp's cleanup_ctx) and the operator commands (rebuild,
+snapshot, token) open and close them the same way."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+
+from eventlog.postgres import EmbeddedPostgres, create_pool, migrate
+from eventlog.store import EventStore
+from runsvc.database import MIGRATION_SETS
+from runsvc.settings import Settings
+
+log = structlog.get_logger("runsvc")
+
+
+@dataclass(frozen=True)
+class Database:
+    dsn: str
+    pool: asyncpg.Pool
+
+
+@asynccontextmanager
+async def open_database(settings: Settings) -> AsyncIterator[Database]:
+    """A migrated database: the configured one, or the embedded server under the data
+    directory (started here, stopped on exit unless another process was using it)."""
+    embedded: EmbeddedPostgres | None = None
+    dsn = settings.database_url
+    if dsn is None:
+        embedded = EmbeddedPostgres(settings.data_dir)
+        log.info("starting embedded postgresql", data_dir=str(embedded.pgdata))
+        dsn = await asyncio.to_thread(embedded.start)
+    try:
+        connection = await asyncpg.connect(dsn)
+        try:
+            applied = await migrate(connection, MIGRATION_SETS)
+        finally:
+            await connection.close()
+        if applied:
+            log.info("migrations applied", migrations=applied)
+        pool = await create_pool(dsn, max_size=settings.db_pool_size)
+        try:
+            yield Database(dsn, pool)
+        finally:
+            await pool.close()
+    finally:
+        if embedded is not None:
+            log.info("stopping embedded postgresql")
+            await asyncio.to_thread(embedded.stop)
+
+
+@asynccontextmanager
+async def open_event_store(settings: Settings, database: Database) -> AsyncIterator[EventStore]:
+    store = EventStore(database.pool, dsn=database.dsn, max_payload_bytes=settings.max_event_bytes)
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.close()

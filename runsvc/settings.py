@@ -1,0 +1,98 @@
+"""One settings struct for the whole service, read from the environment; command-line
+flags override individual fields. Nothing else reads environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every knob of `runsvc serve`. Defaults give the embedded single-machine setup."""
+
+    data_dir: Path = Path(".runsvc")
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_format: str = "auto"  # auto | json | console
+    log_level: str = "info"
+    db_pool_size: int = 20
+    max_event_bytes: int = 1024 * 1024
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_page_size: int = 1000
+    max_subscribers: int = 2000
+    max_tasks: int = 10_000
+    s3_endpoint: str | None = None
+    s3_bucket: str = "runsvc"
+    s3_region: str = "us-east-1"
+    s3_access_key: str = "runsvc"
+    s3_secret_key: str = "runsvc"
+    snapshot_interval_s: float = 600.0
+    snapshot_keep: int = 5
+    readiness_max_lag: int = 10_000
+    shutdown_grace_s: float = 10.0
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def embedded_object_store(self) -> bool:
+        return self.s3_endpoint is None
+
+
+_ENV: dict[str, str] = {
+    "data_dir": "RUNSVC_DATA_DIR",
+    "database_url": "RUNSVC_DATABASE_URL",
+    "host": "RUNSVC_HOST",
+    "port": "RUNSVC_PORT",
+    "log_format": "RUNSVC_LOG_FORMAT",
+    "log_level": "RUNSVC_LOG_LEVEL",
+    "db_pool_size": "RUNSVC_DB_POOL_SIZE",
+    "max_event_bytes": "RUNSVC_MAX_EVENT_BYTES",
+    "max_body_bytes": "RUNSVC_MAX_BODY_BYTES",
+    "max_page_size": "RUNSVC_MAX_PAGE_SIZE",
+    "max_subscribers": "RUNSVC_MAX_SUBSCRIBERS",
+    "max_tasks": "RUNSVC_MAX_TASKS",
+    "s3_endpoint": "RUNSVC_S3_ENDPOINT",
+    "s3_bucket": "RUNSVC_S3_BUCKET",
+    "s3_region": "RUNSVC_S3_REGION",
+    "s3_access_key": "RUNSVC_S3_ACCESS_KEY",
+    "s3_secret_key": "RUNSVC_S3_SECRET_KEY",
+    "snapshot_interval_s": "RUNSVC_SNAPSHOT_INTERVAL_S",
+    "snapshot_keep": "RUNSVC_SNAPSHOT_KEEP",
+    "readiness_max_lag": "RUNSVC_READINESS_MAX_LAG",
+    "shutdown_grace_s": "RUNSVC_SHUTDOWN_GRACE_S",
+}
+
+
+def environment_variables() -> dict[str, str]:
+    """Field name -> environment variable, for `--help` and the README."""
+    return dict(_ENV)
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Settings from the environment, then `overrides` (flags given on the command line;
+    None means "not given"). Raises ValueError naming the variable on a bad value."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, object] = {}
+    for field, variable in _ENV.items():
+        value = environ.get(variable)
+        if value not in (None, ""):
+            raw[field] = value
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return msgspec.convert(raw, Settings, strict=False, dec_hook=_decode_path)
+    except msgspec.ValidationError as exc:
+        field = str(exc).rsplit("$.", 1)[-1] if "$." in str(exc) else ""
+        variable = _ENV.get(field, field)
+        raise ValueError(f"invalid setting {variable}: {exc}") from exc
+
+
+def _decode_path(type_: type, value: object) -> object:
+    if type_ is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError

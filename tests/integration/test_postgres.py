@@ -1,0 +1,88 @@
+"""Migrations and the embedded PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from eventlog.postgres import EmbeddedPostgres, MigrationSet, migrate
+from runsvc.database import MIGRATION_SETS
+from tests.fixtures.postgres import dsn_for
+
+
+@pytest.fixture
+async def empty_database(postgres_server: str) -> str:
+    """A database with no tables at all (not cloned from the migrated template)."""
+    admin = await asyncpg.connect(postgres_server)
+    name = f"empty_{id(admin)}"
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    return dsn_for(postgres_server, name)
+
+
+async def test_migrations_twice_and_concurrently_are_harmless(empty_database: str) -> None:
+    """Two processes migrating at once, then a third run: every file applied exactly once."""
+    first, second = await asyncpg.connect(empty_database), await asyncpg.connect(empty_database)
+    try:
+        applied = await asyncio.gather(
+            migrate(first, MIGRATION_SETS), migrate(second, MIGRATION_SETS)
+        )
+        assert sorted(len(a) for a in applied)[0] == 0
+        assert sum(len(a) for a in applied) == sum(len(s.files()) for s in MIGRATION_SETS)
+        assert await migrate(first, MIGRATION_SETS) == []
+        rows = await first.fetch("SELECT set_name, version FROM schema_migrations")
+        assert len(rows) == len({(r[0], r[1]) for r in rows})
+        assert await first.fetchval("SELECT to_regclass('events') IS NOT NULL")
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_failed_migration_applies_nothing_of_itself(
+    empty_database: str, tmp_path: Path
+) -> None:
+    """A migration file that fails leaves neither its tables nor its record behind."""
+    (tmp_path / "0001_ok.sql").write_text("CREATE TABLE ok_table (x int);")
+    (tmp_path / "0002_bad.sql").write_text("CREATE TABLE half (x int); SELECT no_such_column;")
+    connection = await asyncpg.connect(empty_database)
+    try:
+        with pytest.raises(asyncpg.PostgresError):
+            await migrate(connection, [MigrationSet("t", tmp_path)])
+        assert await connection.fetchval("SELECT to_regclass('ok_table') IS NOT NULL")
+        assert await connection.fetchval("SELECT to_regclass('half') IS NULL")
+        versions = await connection.fetch("SELECT version FROM schema_migrations")
+        assert [r[0] for r in versions] == [1]
+    finally:
+        await connection.close()
+
+
+async def test_embedded_server_keeps_data_across_restarts(tmp_path: Path) -> None:
+    """The data directory survives a stop and start; a second handle attaches to the
+    running server and leaves it running when it stops."""
+    server = EmbeddedPostgres(tmp_path / "data")
+    dsn = await asyncio.to_thread(server.start)
+    try:
+        connection = await asyncpg.connect(dsn)
+        await connection.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)")
+        await connection.close()
+
+        attached = EmbeddedPostgres(tmp_path / "data")
+        assert await asyncio.to_thread(attached.start) == dsn
+        await asyncio.to_thread(attached.stop)
+        connection = await asyncpg.connect(dsn)
+        await connection.close()
+
+        await asyncio.to_thread(server.stop)
+        with pytest.raises((OSError, asyncpg.PostgresError)):
+            await asyncpg.connect(dsn, timeout=5)
+        dsn = await asyncio.to_thread(server.start)
+        connection = await asyncpg.connect(dsn)
+        assert await connection.fetchval("SELECT x FROM kept") == 42
+        await connection.close()
+    finally:
+        await asyncio.to_thread(server.stop)

@@ -1,0 +1,254 @@
+"""The event store against a real PostgreSQL: appends, reads, conflicts, bad input,
+idempotent retries, unknown event types and the hash chain."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from eventlog.errors import (
+    EmptyAppend,
+    EventIdReused,
+    PayloadTooLarge,
+    StreamNotFound,
+    VersionConflict,
+)
+from eventlog.events import (
+    SYSTEM,
+    Metadata,
+    TaskStatusChanged,
+    UnknownEvent,
+    new_event_id,
+)
+from eventlog.filter import EventFilter
+from eventlog.store import NO_STREAM, EventStore
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+META = Metadata(actor=SYSTEM, recorded_at=T0, request_id="req-1")
+
+
+def status(task: str = "build", attempt: int = 1) -> TaskStatusChanged:
+    return TaskStatusChanged(task=task, status="running", attempt=attempt, at=T0)
+
+
+async def count_rows(pool: asyncpg.Pool) -> int:
+    return int(await pool.fetchval("SELECT count(*) FROM events"))
+
+
+async def test_append_and_read_back(store: EventStore) -> None:
+    """Events come back from the stream and the global log as they were appended, with
+    versions from 1 and strictly increasing positions."""
+    first = await store.append("run-a", [status("x"), status("y")], NO_STREAM, meta=META)
+    second = await store.append("run-b", [status("z")], NO_STREAM, meta=META, scope="/org/p")
+    third = await store.append("run-a", [status("w")], 2, meta=META)
+    assert first[1] == first[0] + 1
+    assert first[-1] < second[0] < third[0]
+
+    stream = await store.read_stream("run-a")
+    assert [e.version for e in stream] == [1, 2, 3]
+    assert [e.event for e in stream] == [status("x"), status("y"), status("w")]
+    assert [e.position for e in stream] == [*first, *third]
+    assert stream[0].meta == META
+
+    page = await store.read_all(after=0, limit=10)
+    assert [e.position for e in page.events] == sorted([*first, *second, *third])
+    assert page.next_after == third[0]
+    assert page.events[2].scope == "/org/p"
+    assert await store.stream_version("run-a") == 3
+    assert await store.stream_version("run-none") == 0
+    assert await store.head() == third[0]
+    assert [e.version for e in await store.read_stream("run-a", from_version=2)] == [2, 3]
+
+
+async def test_racing_appends_at_one_version_have_one_winner(store: EventStore) -> None:
+    """N callers appending at the same expected version: exactly one wins each version,
+    the others get a conflict, and the stream has no holes."""
+    winners = await asyncio.gather(
+        *(store.append("run-r", [status(f"t{i}")], NO_STREAM, meta=META) for i in range(20)),
+        return_exceptions=True,
+    )
+    assert sum(not isinstance(w, BaseException) for w in winners) == 1
+    assert all(isinstance(w, VersionConflict) for w in winners if isinstance(w, BaseException))
+
+    async def writer(name: str) -> int:
+        written = 0
+        while written < 10:
+            version = await store.stream_version("run-r")
+            try:
+                await store.append("run-r", [status(name, written)], version, meta=META)
+            except VersionConflict:
+                continue
+            written += 1
+        return written
+
+    counts = await asyncio.gather(*(writer(f"w{i}") for i in range(8)))
+    versions = [e.version for e in await store.read_stream("run-r")]
+    assert versions == list(range(1, 1 + 1 + sum(counts)))
+
+
+async def test_requests_in_one_batch_keep_their_own_version_checks(store: EventStore) -> None:
+    """Appends coalesced into one transaction still fail or succeed one by one: a
+    conflicting request does not take its batch neighbours down."""
+    await store.append("run-c", [status()], NO_STREAM, meta=META)
+    results = await asyncio.gather(
+        store.append("run-c", [status("ok")], 1, meta=META),
+        store.append("run-c", [status("stale")], 1, meta=META),
+        store.append("run-d", [status("new")], NO_STREAM, meta=META),
+        store.append("run-c", [status("next")], 2, meta=META),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], VersionConflict)
+    assert not any(isinstance(r, BaseException) for i, r in enumerate(results) if i != 1)
+    assert [e.event.task for e in await store.read_stream("run-c")] == [  # type: ignore[union-attr]
+        "build",
+        "ok",
+        "next",
+    ]
+
+
+async def test_bad_input_is_refused_and_nothing_written(store: EventStore) -> None:
+    """Unknown stream, empty append, wrong version, oversized payload: each a typed error
+    with a clear message, and the log is untouched."""
+    with pytest.raises(StreamNotFound, match="run-missing"):
+        await store.read_stream("run-missing")
+    with pytest.raises(StreamNotFound):
+        await store.append("run-missing", [status()], 3, meta=META)
+    with pytest.raises(EmptyAppend):
+        await store.append("run-e", [], NO_STREAM, meta=META)
+    await store.append("run-e", [status()], NO_STREAM, meta=META)
+    with pytest.raises(VersionConflict, match="at version 1, expected 5") as conflict:
+        await store.append("run-e", [status()], 5, meta=META)
+    assert (conflict.value.expected, conflict.value.actual) == (5, 1)
+    with pytest.raises(VersionConflict, match="already exists"):
+        await store.append("run-e", [status()], NO_STREAM, meta=META)
+    huge = UnknownEvent(type="blob", raw=b"\xc4" + b"x" * (store.max_payload_bytes + 10))
+    with pytest.raises(PayloadTooLarge, match="over the limit"):
+        await store.append("run-e", [status(), huge], 1, meta=META)
+    assert await count_rows(store.pool) == 1
+
+
+async def test_retried_append_with_same_ids_is_stored_once(store: EventStore) -> None:
+    """An append retried after a lost acknowledgement (same event ids) returns the
+    original positions and writes nothing twice."""
+    ids = [new_event_id(), new_event_id()]
+    first = await store.append(
+        "run-i", [status("a"), status("b")], NO_STREAM, meta=META, event_ids=ids
+    )
+    await store.append("run-i", [status("c")], 2, meta=META)
+    again = await store.append(
+        "run-i", [status("a"), status("b")], NO_STREAM, meta=META, event_ids=ids
+    )
+    assert again == first
+    assert await count_rows(store.pool) == 3
+    with pytest.raises(EventIdReused):
+        await store.append("run-j", [status("a")], NO_STREAM, meta=META, event_ids=ids[:1])
+
+
+async def test_unknown_event_types_pass_through(store: EventStore) -> None:
+    """An event type this version does not know is kept byte for byte, not crashed on."""
+    future = UnknownEvent(type="run_teleported", raw=b"\x81\xa2to\xa4mars")
+    await store.append("run-u", [future, status()], NO_STREAM, meta=META)
+    events = await store.read_stream("run-u")
+    assert events[0].event == future
+    assert events[0].type == "run_teleported"
+    assert isinstance(events[0].event, UnknownEvent)
+    assert events[0].event.data() == {"to": "mars"}
+    assert (await store.verify_stream("run-u")).ok
+
+
+async def test_filtered_pages_progress_and_match_by_path(store: EventStore) -> None:
+    """Filters by type, stream and scope path; a scope `/a/b` does not match `/a/bc`; a
+    sparse filter still advances `next_after` past what it scanned."""
+    await store.append("run-1", [status()], NO_STREAM, meta=META, scope="/a/b")
+    await store.append("run-2", [status()], NO_STREAM, meta=META, scope="/a/bc")
+    await store.append("run-3", [status()], NO_STREAM, meta=META, scope="/a/b/c")
+    await store.append("other-4", [UnknownEvent("x", b"\x80")], NO_STREAM, meta=META)
+    by_scope = await store.read_all(filter=EventFilter(scope="/a/b"))
+    assert [e.stream for e in by_scope.events] == ["run-1", "run-3"]
+    assert by_scope.next_after == await store.head()
+    by_type = await store.read_all(filter=EventFilter(types=frozenset({"x"})))
+    assert [e.stream for e in by_type.events] == ["other-4"]
+    by_prefix = await store.read_all(filter=EventFilter(stream_prefix="run-"), limit=2)
+    assert [e.stream for e in by_prefix.events] == ["run-1", "run-2"]
+    assert by_prefix.next_after == by_prefix.events[-1].position
+    nothing = await store.read_all(filter=EventFilter(streams=frozenset({"run-9"})))
+    assert nothing.events == []
+    assert nothing.next_after == await store.head()
+    for event in by_scope.events:
+        assert EventFilter(scope="/a/b").matches(event)
+
+
+async def test_hash_chain_detects_tampering(store: EventStore) -> None:
+    """Altering, removing or reordering stored events (by SQL) breaks verification."""
+    for name in ("run-alter", "run-remove", "run-swap"):
+        await store.append(name, [status(f"{name}{i}") for i in range(4)], NO_STREAM, meta=META)
+        assert (await store.verify_stream(name)).ok
+
+    await store.pool.execute(
+        "UPDATE events SET data = set_byte(data, 10, 65) WHERE stream = 'run-alter' AND version = 2"
+    )
+    report = await store.verify_stream("run-alter")
+    assert not report.ok
+    assert "version 2" in report.problems[0]
+
+    await store.pool.execute("DELETE FROM events WHERE stream = 'run-remove' AND version = 2")
+    assert not (await store.verify_stream("run-remove")).ok
+
+    await store.pool.execute(
+        """
+        UPDATE events e SET data = o.data, meta = o.meta, hash = o.hash, type = o.type
+        FROM events o
+        WHERE e.stream = 'run-swap' AND o.stream = 'run-swap'
+          AND ((e.version = 2 AND o.version = 3) OR (e.version = 3 AND o.version = 2))
+        """
+    )
+    assert not (await store.verify_stream("run-swap")).ok
+
+
+async def test_appends_survive_killed_connections(store: EventStore) -> None:
+    """Connections terminated mid-append (pg_terminate_backend) make appends retry, never
+    fail or write twice: every acknowledged append is stored exactly once."""
+    admin = await asyncpg.connect(store.notifier._dsn)
+    stop = asyncio.Event()
+    killed = 0
+
+    async def killer() -> None:
+        nonlocal killed
+        while not stop.is_set():
+            killed += await admin.fetchval(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            await asyncio.sleep(0.02)
+
+    async def writer(index: int) -> list[int]:
+        positions = []
+        for i in range(15):
+            positions += await store.append(f"run-k{index}-{i}", [status()], NO_STREAM, meta=META)
+        return positions
+
+    killing = asyncio.create_task(killer())
+    try:
+        written = await asyncio.gather(*(writer(i) for i in range(6)))
+    finally:
+        stop.set()
+        await killing
+        await admin.close()
+    acknowledged = sorted(p for positions in written for p in positions)
+    stored = [r[0] for r in await store.pool.fetch("SELECT position FROM events ORDER BY 1")]
+    assert acknowledged == stored
+    assert len(stored) == 90
+    assert killed > 0
+
+
+async def test_group_commit_batches_concurrent_appends(store: EventStore) -> None:
+    """Concurrent appends share transactions: fewer batches than appends."""
+    before = store.appender.batches_written
+    await asyncio.gather(
+        *(store.append(f"run-g{i}", [status()], NO_STREAM, meta=META) for i in range(200))
+    )
+    assert store.appender.batches_written - before < 200
+    assert await count_rows(store.pool) == 200
