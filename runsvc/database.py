@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from eventlog.postgres import EVENTLOG_MIGRATIONS, MigrationSet
+from projections.database import PROJECTIONS_MIGRATIONS
 
-MIGRATION_SETS: tuple[MigrationSet, ...] = (EVENTLOG_MIGRATIONS,)
+MIGRATION_SETS: tuple[MigrationSet, ...] = (EVENTLOG_MIGRATIONS, PROJECTIONS_MIGRATIONS)

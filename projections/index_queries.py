@@ -1,0 +1,139 @@
+"""Reading the run index: filtered, newest first, keyset-paginated (never OFFSET)."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+
+import asyncpg
+import msgspec
+
+from projections.index import IndexRow
+
+
+class IndexEntry(msgspec.Struct, frozen=True):
+    """A run as the list endpoint shows it."""
+
+    id: str
+    group: str
+    name: str
+    counter: int
+    phase: str
+    result: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class IndexPage(msgspec.Struct, frozen=True):
+    runs: list[IndexEntry]
+    next_cursor: str | None
+
+
+class InvalidCursor(ValueError):
+    """The pagination cursor is not one this service handed out."""
+
+
+def encode_cursor(created_position: int) -> str:
+    return base64.urlsafe_b64encode(f"p{created_position}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("p"):
+            raise ValueError(raw)
+        return int(raw[1:])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidCursor("invalid cursor") from exc
+
+
+def group_bounds(group: str) -> tuple[str, str, str]:
+    """(exact, lower, upper): the group itself, and the byte range of everything below it."""
+    base = group.rstrip("/")
+    return base or "/", base + "/", base + "0"
+
+
+async def list_runs(
+    connection: asyncpg.Connection | asyncpg.Pool,
+    *,
+    group: str | None = None,
+    phase: str | None = None,
+    result: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> IndexPage:
+    """Runs matching every given filter, newest first. `group` matches the path and
+    everything below it. Rows created while paging never disturb later pages: the cursor
+    is a creation position and new runs only get higher ones."""
+    before = decode_cursor(cursor) if cursor else None
+    exact, lower, upper = group_bounds(group) if group else (None, None, None)
+    rows = await connection.fetch(
+        """
+        SELECT run_id, group_path, name, counter, phase, result, created_at, started_at,
+               finished_at, created_position
+        FROM runs_index
+        WHERE ($1::text IS NULL OR group_path = $1 OR (group_path >= $2 AND group_path < $3))
+          AND ($4::text IS NULL OR phase = $4)
+          AND ($5::text IS NULL OR result = $5)
+          AND ($6::timestamptz IS NULL OR created_at >= $6)
+          AND ($7::timestamptz IS NULL OR created_at < $7)
+          AND ($8::bigint IS NULL OR created_position < $8)
+        ORDER BY created_position DESC
+        LIMIT $9
+        """,
+        exact,
+        lower,
+        upper,
+        phase,
+        result,
+        created_after,
+        created_before,
+        before,
+        limit + 1,
+    )
+    entries = [
+        IndexEntry(
+            id=r[0],
+            group=r[1],
+            name=r[2],
+            counter=r[3],
+            phase=r[4],
+            result=r[5],
+            created_at=r[6],
+            started_at=r[7],
+            finished_at=r[8],
+        )
+        for r in rows[:limit]
+    ]
+    next_cursor = encode_cursor(rows[limit - 1][9]) if len(rows) > limit else None
+    return IndexPage(runs=entries, next_cursor=next_cursor)
+
+
+class GroupCount(msgspec.Struct, frozen=True):
+    phase: str
+    result: str
+    runs: int
+
+
+async def count_runs(
+    connection: asyncpg.Connection | asyncpg.Pool, *, group: str
+) -> list[GroupCount]:
+    """How many runs the group and everything below it has, by phase and result."""
+    exact, lower, upper = group_bounds(group)
+    rows = await connection.fetch(
+        """
+        SELECT phase, result, count(*) FROM runs_index
+        WHERE group_path = $1 OR (group_path >= $2 AND group_path < $3)
+        GROUP BY phase, result ORDER BY phase, result
+        """,
+        exact,
+        lower,
+        upper,
+    )
+    return [GroupCount(phase=r[0], result=r[1], runs=r[2]) for r in rows]
+
+
+__all__ = ["IndexEntry", "IndexPage", "IndexRow", "count_runs", "list_runs"]
