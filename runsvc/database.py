@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from eventlog.postgres import EVENTLOG_MIGRATIONS, MigrationSet
 from projections.database import PROJECTIONS_MIGRATIONS
 
-MIGRATION_SETS: tuple[MigrationSet, ...] = (EVENTLOG_MIGRATIONS, PROJECTIONS_MIGRATIONS)
+RUNSVC_MIGRATIONS = MigrationSet("runsvc", Path(__file__).parent / "migrations")
+
+MIGRATION_SETS: tuple[MigrationSet, ...] = (
+    EVENTLOG_MIGRATIONS,
+    PROJECTIONS_MIGRATIONS,
+    RUNSVC_MIGRATIONS,
+)

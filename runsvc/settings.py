@@ -33,6 +33,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     snapshot_interval_s: float = 600.0
     snapshot_keep: int = 5
     readiness_max_lag: int = 10_000
+    bootstrap_admin_token: bool = True
     shutdown_grace_s: float = 10.0
 
     @property
@@ -66,6 +67,7 @@ _ENV: dict[str, str] = {
     "snapshot_keep": "RUNSVC_SNAPSHOT_KEEP",
     "readiness_max_lag": "RUNSVC_READINESS_MAX_LAG",
     "shutdown_grace_s": "RUNSVC_SHUTDOWN_GRACE_S",
+    "bootstrap_admin_token": "RUNSVC_BOOTSTRAP_ADMIN_TOKEN",
 }
 
 
@@ -93,6 +95,6 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
 
 
 def _decode_path(type_: type, value: object) -> object:
-    if type_ is Path and isinstance(value, str):
+    if type_ is Path and isinstance(value, str | Path):
         return Path(value)
     raise NotImplementedError

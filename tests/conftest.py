@@ -1,4 +1,4 @@
 """Shared fixtures: one embedded PostgreSQL and one SeaweedFS per session (started only
 when a test asks for them), a fresh database per test."""
 
-pytest_plugins = ["tests.fixtures.postgres"]
+pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.service"]

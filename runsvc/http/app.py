@@ -1,14 +1,23 @@
-"""The aiohttp application: resources owned by cleanup_ctx, routes registered per area."""
+"""The aiohttp application: resources owned by cleanup_ctx (started in order, stopped in
+reverse), middlewares, and every endpoint declared in one list."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import sys
+from collections.abc import AsyncIterator, Sequence
+from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
 
-from eventlog.store import EventStore
-from runsvc.http import health
-from runsvc.http.keys import DATABASE, SETTINGS, STORE
+from eventlog.fanout import EventHub
+from runsvc.auth import Permission, TokenVerifier, count_tokens, create_token
+from runsvc.http import events, health
+from runsvc.http.keys import DATABASE, HUB, SETTINGS, STORE, VERIFIER
+from runsvc.http.metrics import METRICS, Metrics, metrics_handler
+from runsvc.http.middleware import body_limit, errors, request_context
+from runsvc.http.openapi import OPENAPI, build_document, openapi_handler
+from runsvc.http.routing import Endpoint, register
 from runsvc.resources import open_database, open_event_store
 from runsvc.settings import Settings
 
@@ -16,22 +25,117 @@ from runsvc.settings import Settings
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     async with open_database(app[SETTINGS]) as database:
         app[DATABASE] = database
+        app[VERIFIER] = TokenVerifier(database.pool)
         yield
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     async with open_event_store(app[SETTINGS], app[DATABASE]) as store:
         app[STORE] = store
+        components = app[METRICS].components
+        components.counters["runsvc_events_appended"] = (
+            "Events appended by this process.",
+            lambda: float(store.appender.events_written),
+        )
         yield
 
 
-def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes)
+async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
+    hub = EventHub(app[STORE])
+    await hub.start()
+    app[HUB] = hub
+    app[METRICS].components.gauges["runsvc_subscribers"] = (
+        "Websocket subscribers connected to this process.",
+        lambda: float(hub.subscribers),
+    )
+    yield
+    await hub.close()
+
+
+async def _first_token_ctx(app: web.Application) -> AsyncIterator[None]:
+    """On first start with no tokens, create an admin token and show it once (like
+    Jupyter does). It is also written, readable by the owner only, to the data directory,
+    where the CLI finds it when talking to this local server."""
+    settings = app[SETTINGS]
+    pool = app[DATABASE].pool
+    if settings.bootstrap_admin_token and await count_tokens(pool) == 0:
+        issued = await create_token(pool, role="admin", name="admin")
+        print(f"\n  runsvc admin token (shown once): {issued.token}\n", file=sys.stderr)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        path = settings.data_dir / "admin.token"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(issued.token + "\n")
+    yield
+
+
+def _version() -> str:
+    try:
+        return version("runsvc")
+    except PackageNotFoundError:
+        return "0"
+
+
+OPERATIONS = [
+    Endpoint(
+        "GET",
+        "/healthz",
+        health.healthz,
+        Permission.OPEN,
+        "Liveness",
+        "operations",
+        responses={200: health.Health},
+    ),
+    Endpoint(
+        "GET",
+        "/readyz",
+        health.readyz,
+        Permission.OPEN,
+        "Readiness",
+        "operations",
+        responses={200: health.Readiness, 503: health.Readiness},
+    ),
+    Endpoint(
+        "GET",
+        "/metrics",
+        metrics_handler,
+        Permission.OPEN,
+        "Prometheus metrics",
+        "operations",
+        responses={200: None},
+        response_content_type="text/plain",
+    ),
+    Endpoint(
+        "GET",
+        "/openapi.json",
+        openapi_handler,
+        Permission.OPEN,
+        "This API's OpenAPI document",
+        "operations",
+        responses={200: None},
+    ),
+]
+
+
+def all_endpoints() -> list[Endpoint]:
+    return [*OPERATIONS, *events.ENDPOINTS]
+
+
+def create_app(settings: Settings, *, extra: Sequence[Endpoint] = ()) -> web.Application:
+    """The service. `extra` endpoints exist for tests (e.g. a route made to fail)."""
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[request_context, errors, body_limit],
+    )
     app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app[events.WEBSOCKETS] = events.OpenSockets()
     app.cleanup_ctx.append(_database_ctx)
+    app.cleanup_ctx.append(_first_token_ctx)
     app.cleanup_ctx.append(_store_ctx)
-    health.add_routes(app)
+    app.cleanup_ctx.append(_hub_ctx)
+    app.on_shutdown.append(events.close_websockets)
+    endpoints = [*all_endpoints(), *extra]
+    register(app, endpoints)
+    app[OPENAPI] = build_document(endpoints, version=_version())
     return app
-
-
-__all__ = ["EventStore", "create_app"]

@@ -8,6 +8,11 @@ import msgspec
 from aiohttp import web
 
 from runsvc.http.keys import DATABASE, STORE
+from runsvc.http.routing import json_response
+
+
+class Health(msgspec.Struct, frozen=True):
+    status: str
 
 
 class Check(msgspec.Struct, frozen=True):
@@ -22,7 +27,7 @@ class Readiness(msgspec.Struct, frozen=True):
 
 
 async def healthz(_request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_response(Health(status="ok"))
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -36,8 +41,7 @@ async def readyz(request: web.Request) -> web.Response:
         )
     )
     ready = all(c.ok for c in checks)
-    body = msgspec.json.encode(Readiness(ready=ready, checks=checks))
-    return web.Response(body=body, status=200 if ready else 503, content_type="application/json")
+    return json_response(Readiness(ready=ready, checks=checks), status=200 if ready else 503)
 
 
 async def _check_database(app: web.Application) -> Check:
@@ -47,8 +51,3 @@ async def _check_database(app: web.Application) -> Check:
     except Exception as exc:  # any failure means "not ready"; the detail says which
         return Check(name="database", ok=False, detail=type(exc).__name__)
     return Check(name="database", ok=True)
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)

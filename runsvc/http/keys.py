@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from eventlog.fanout import EventHub
 from eventlog.store import EventStore
+from runsvc.auth import TokenVerifier
 from runsvc.resources import Database
 from runsvc.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 DATABASE = web.AppKey("database", Database)
 STORE = web.AppKey("store", EventStore)
+HUB = web.AppKey("hub", EventHub)
+VERIFIER = web.AppKey("verifier", TokenVerifier)

@@ -1,0 +1,133 @@
+"""Bearer tokens and roles.
+
+A token reads `rsv_<id>_<secret>`. The id finds the row; the secret is checked against a
+SHA-256 hash (the secrets are 32 random bytes, so a slow password hash would add nothing
+but latency). Verified tokens are cached for a few seconds so a hot GET path does not pay
+a query per request; revocation therefore takes effect within that time.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import secrets
+import time
+from typing import Literal
+
+import asyncpg
+import msgspec
+
+from runsvc.errors import BadRequest, Unauthorized
+
+Role = Literal["admin", "submitter", "reader", "executor"]
+ROLES: tuple[Role, ...] = ("admin", "submitter", "reader", "executor")
+
+
+class Permission(enum.Enum):
+    """What an endpoint needs. OPEN endpoints need no token at all."""
+
+    OPEN = "open"
+    READ = "read"
+    SUBMIT = "submit"
+    EXECUTE = "execute"
+    ADMIN = "admin"
+
+
+GRANTS: dict[str, frozenset[Permission]] = {
+    "admin": frozenset({Permission.READ, Permission.SUBMIT, Permission.EXECUTE, Permission.ADMIN}),
+    "submitter": frozenset({Permission.READ, Permission.SUBMIT}),
+    "reader": frozenset({Permission.READ}),
+    "executor": frozenset({Permission.EXECUTE}),
+}
+
+
+class Principal(msgspec.Struct, frozen=True):
+    """Who is calling: the token's id, its name (recorded as the actor) and role."""
+
+    token_id: str
+    name: str
+    role: str
+
+    def may(self, permission: Permission) -> bool:
+        return permission is Permission.OPEN or permission in GRANTS.get(self.role, frozenset())
+
+
+class IssuedToken(msgspec.Struct, frozen=True):
+    token: str
+    id: str
+    name: str
+    role: str
+
+
+def _hash(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def _split(token: str) -> tuple[str, str] | None:
+    prefix, _, rest = token.partition("_")
+    token_id, _, secret = rest.partition("_")
+    if prefix != "rsv" or not token_id or not secret:
+        return None
+    return token_id, secret
+
+
+async def create_token(
+    connection: asyncpg.Connection | asyncpg.Pool, *, role: str, name: str | None = None
+) -> IssuedToken:
+    if role not in ROLES:
+        raise BadRequest(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+    token_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    name = name or f"{role}-{token_id}"
+    await connection.execute(
+        "INSERT INTO tokens (id, name, role, secret_hash) VALUES ($1, $2, $3, $4)",
+        token_id,
+        name,
+        role,
+        _hash(secret),
+    )
+    return IssuedToken(token=f"rsv_{token_id}_{secret}", id=token_id, name=name, role=role)
+
+
+async def count_tokens(connection: asyncpg.Connection | asyncpg.Pool) -> int:
+    return int(await connection.fetchval("SELECT count(*) FROM tokens WHERE revoked_at IS NULL"))
+
+
+async def revoke_token(connection: asyncpg.Connection | asyncpg.Pool, token_id: str) -> bool:
+    status = await connection.execute(
+        "UPDATE tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", token_id
+    )
+    return bool(status.endswith(" 1"))
+
+
+class TokenVerifier:
+    """Checks bearer tokens against the table, with a short-lived cache."""
+
+    def __init__(self, pool: asyncpg.Pool, *, cache_seconds: float = 10.0) -> None:
+        self._pool = pool
+        self._cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[Principal, float]] = {}
+
+    async def verify(self, token: str | None) -> Principal:
+        if not token:
+            raise Unauthorized("missing bearer token")
+        cached = self._cache.get(token)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        parts = _split(token)
+        if parts is None:
+            raise Unauthorized("unknown token")
+        token_id, secret = parts
+        row = await self._pool.fetchrow(
+            "SELECT name, role, secret_hash FROM tokens WHERE id = $1 AND revoked_at IS NULL",
+            token_id,
+        )
+        if row is None or not hmac.compare_digest(bytes(row["secret_hash"]), _hash(secret)):
+            raise Unauthorized("unknown token")
+        principal = Principal(token_id=token_id, name=row["name"], role=row["role"])
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[token] = (principal, now + self._cache_seconds)
+        return principal

@@ -1,0 +1,172 @@
+"""The global log: a page of events (`GET /api/v1/events`) and the websocket subscription
+(`GET /api/v1/events/ws`)."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+
+import msgspec
+import structlog
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from eventlog.events import RecordedEvent
+from eventlog.filter import EventFilter
+from runsvc.api import EventPage, event_out
+from runsvc.auth import Permission
+from runsvc.errors import BadRequest, ServiceError
+from runsvc.http.keys import HUB, SETTINGS, STORE
+from runsvc.http.routing import Endpoint, decode_query, json_response
+
+log = structlog.get_logger("runsvc.http")
+
+
+class OpenSockets(weakref.WeakSet[web.WebSocketResponse]):
+    """The subscription sockets open in this application, closed on shutdown."""
+
+
+WEBSOCKETS = web.AppKey("websockets", OpenSockets)
+
+
+class EventQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    after: int = 0
+    limit: int = 100
+    run: str | None = None
+    group: str | None = None
+    types: str | None = None
+
+
+class SubscriptionQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    after: int = 0
+    run: str | None = None
+    group: str | None = None
+    types: str | None = None
+    token: str | None = None
+
+
+class SubscriberLimit(ServiceError):
+    """This process serves as many subscribers as it is configured to."""
+
+    status = 503
+    code = "unavailable"
+
+
+def event_filter(run: str | None, group: str | None, types: str | None) -> EventFilter:
+    if group is not None and not group.startswith("/"):
+        raise BadRequest("group must be an absolute path such as /org/project")
+    type_set = frozenset(t for t in (types or "").split(",") if t) or None
+    return EventFilter(
+        streams=frozenset({f"run-{run}"}) if run else None,
+        scope=group,
+        types=type_set,
+    )
+
+
+async def list_events(request: web.Request) -> web.Response:
+    query = decode_query(request, EventQuery)
+    settings = request.app[SETTINGS]
+    if query.after < 0:
+        raise BadRequest("after must be >= 0")
+    if not 1 <= query.limit <= settings.max_page_size:
+        raise BadRequest(f"limit must be between 1 and {settings.max_page_size}")
+    page = await request.app[STORE].read_all(
+        after=query.after,
+        limit=query.limit,
+        filter=event_filter(query.run, query.group, query.types),
+    )
+    return json_response(
+        EventPage(events=[event_out(e) for e in page.events], next_after=page.next_after)
+    )
+
+
+class _Encoded:
+    """Each event is encoded once however many subscribers it goes to."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._cache: dict[int, str] = {}
+        self._size = size
+
+    def __call__(self, event: RecordedEvent) -> str:
+        text = self._cache.get(event.position)
+        if text is None:
+            text = msgspec.json.encode(event_out(event)).decode()
+            if len(self._cache) >= self._size:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[event.position] = text
+        return text
+
+
+_encoded = _Encoded()
+
+
+async def subscribe(request: web.Request) -> web.StreamResponse:
+    query = decode_query(request, SubscriptionQuery)
+    if query.after < 0:
+        raise BadRequest("after must be >= 0")
+    filter = event_filter(query.run, query.group, query.types)
+    hub = request.app[HUB]
+    limit = request.app[SETTINGS].max_subscribers
+    if hub.subscribers >= limit:
+        raise SubscriberLimit(
+            f"this process already serves its limit of {limit} subscribers; "
+            "retry later or connect to another instance"
+        )
+    ws = web.WebSocketResponse(heartbeat=20.0, autoping=True)
+    await ws.prepare(request)
+    request.app[WEBSOCKETS].add(ws)
+
+    async def send() -> None:
+        async for event in hub.subscribe(after=query.after, filter=filter):
+            await ws.send_str(_encoded(event))
+
+    async def receive() -> None:
+        # Clients have nothing to say on this socket; reading only notices their close.
+        async for message in ws:
+            if message.type == WSMsgType.ERROR:
+                return
+
+    sender = asyncio.create_task(send())
+    receiver = asyncio.create_task(receive())
+    try:
+        done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        if sender in done and sender.exception() is not None:
+            log.warning("subscription failed", error=repr(sender.exception()))
+            await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"subscription failed")
+    finally:
+        for task in (sender, receiver):
+            task.cancel()
+        # Their outcome is settled above; here they only need to finish.
+        await asyncio.gather(sender, receiver, return_exceptions=True)
+        await ws.close()
+    return ws
+
+
+async def close_websockets(app: web.Application) -> None:
+    """On shutdown: tell every subscriber we are going away (1001) so it reconnects."""
+    sockets: OpenSockets = app[WEBSOCKETS]
+    for ws in list(sockets):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+
+
+ENDPOINTS = [
+    Endpoint(
+        "GET",
+        "/api/v1/events",
+        list_events,
+        Permission.READ,
+        "Read a page of the global event log",
+        "events",
+        query=EventQuery,
+        responses={200: EventPage},
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/events/ws",
+        subscribe,
+        Permission.READ,
+        "Subscribe to events over a websocket (stored, then live)",
+        "events",
+        query=SubscriptionQuery,
+        responses={101: None},
+    ),
+]

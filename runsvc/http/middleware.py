@@ -1,0 +1,111 @@
+"""The request pipeline: request id and log context, metrics, and the one place where
+errors become responses."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+
+import structlog
+from aiohttp import web
+
+from runsvc.api import ErrorBody, ErrorDetail
+from runsvc.errors import ServiceError
+from runsvc.http.keys import SETTINGS
+from runsvc.http.metrics import METRICS
+from runsvc.http.routing import Handler, json_response
+
+log = structlog.get_logger("runsvc.http")
+
+REQUEST_ID = web.RequestKey("request_id", str)
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+
+
+def error_response(
+    status: int, code: str, message: str, details: list[ErrorDetail] | None = None
+) -> web.Response:
+    return json_response(
+        ErrorBody(code=code, message=message, details=details or []), status=status
+    )
+
+
+def route_label(request: web.Request) -> str:
+    """The matched route's pattern, never the raw path: metric labels stay bounded."""
+    route = request.match_info.route
+    resource = route.resource
+    if resource is None or request.match_info.http_exception is not None:
+        return "unmatched"
+    return resource.canonical
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    supplied = request.headers.get("X-Request-Id", "")
+    request_id = supplied if _SAFE_REQUEST_ID.match(supplied) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        if not response.prepared:
+            response.headers["X-Request-Id"] = request_id
+        return response
+    finally:
+        request.app[METRICS].http.observe(
+            request.method, route_label(request), status, time.perf_counter() - started
+        )
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+}
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Typed domain errors -> their status and the API error body; aiohttp's own HTTP
+    errors (unknown route, body too large) -> the same body; anything else -> 500 with a
+    fixed message, the cause logged with the request id and never sent."""
+    try:
+        return await handler(request)
+    except ServiceError as exc:
+        details = [ErrorDetail(path=p.path, message=p.message) for p in getattr(exc, "details", [])]
+        return error_response(exc.status, exc.code, exc.message, details)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "error")
+        message = {
+            404: f"no route for {request.method} {request.path}",
+            405: f"method {request.method} not allowed on {request.path}",
+            413: "request body is over the configured limit",
+        }.get(exc.status, exc.reason)
+        response = error_response(exc.status, code, message)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unexpected error", method=request.method, path=request.path)
+        return error_response(500, "internal", "internal server error")
+
+
+@web.middleware
+async def body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse an announced over-limit body before reading any of it."""
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return error_response(413, "too_large", f"request body is over the limit of {limit} bytes")
+    return await handler(request)

@@ -1,0 +1,119 @@
+"""Endpoints declared once: the same declaration registers the route, guards it with its
+permission, decodes its input and documents it in /openapi.json."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from runsvc.auth import Permission, Principal
+from runsvc.errors import BadRequest, Forbidden, Problem
+from runsvc.http.keys import VERIFIER
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    permission: Permission
+    summary: str
+    tag: str
+    body: type | None = None
+    query: type | None = None
+    responses: dict[int, type | None] = field(default_factory=dict)
+    body_content_type: str = "application/json"
+    response_content_type: str = "application/json"
+
+
+def register(app: web.Application, endpoints: Sequence[Endpoint]) -> None:
+    for endpoint in endpoints:
+        app.router.add_route(endpoint.method, endpoint.path, _guarded(endpoint))
+
+
+def _guarded(endpoint: Endpoint) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if endpoint.permission is not Permission.OPEN:
+            principal = await request.app[VERIFIER].verify(bearer_token(request))
+            if not principal.may(endpoint.permission):
+                raise Forbidden(
+                    f"the {principal.role} role may not {endpoint.summary[:1].lower()}"
+                    f"{endpoint.summary[1:]}"
+                )
+            request[PRINCIPAL] = principal
+        return await endpoint.handler(request)
+
+    handler.__name__ = endpoint.handler.__name__
+    return handler
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    # Browsers cannot set headers on a websocket upgrade; allow the token as a parameter
+    # there only.
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return request.query.get("token")
+    return None
+
+
+def principal(request: web.Request) -> Principal:
+    return request[PRINCIPAL]
+
+
+_PATH = re.compile(r" - at `\$(.*)`$")
+
+
+def problem_from(exc: msgspec.ValidationError | msgspec.DecodeError, root: str) -> Problem:
+    """msgspec's message and its `$.a.b[0]` path as a Problem, the path put under `root`."""
+    text = str(exc)
+    suffix = ""
+    match = _PATH.search(text)
+    if match:
+        suffix = match.group(1)
+        text = text[: match.start()]
+    return Problem(path=(root + suffix).lstrip(".") or root or "body", message=text)
+
+
+async def decode_body(request: web.Request, type_: type[T]) -> T:
+    """The JSON body as `type_`; a 400 with the offending path when it does not fit."""
+    raw = await request.read()
+    if not raw:
+        raise BadRequest("a JSON body is required")
+    try:
+        return msgspec.json.decode(raw, type=type_)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        problem = problem_from(exc, "")
+        raise BadRequest(f"invalid request body: {problem.message}", [problem]) from exc
+
+
+def decode_query(request: web.Request, type_: type[T]) -> T:
+    """Query parameters as `type_` (numbers parsed from strings); 400 when they do not fit."""
+    try:
+        return msgspec.convert(dict(request.query), type_, strict=False)
+    except msgspec.ValidationError as exc:
+        problem = problem_from(exc, "query")
+        raise BadRequest(f"invalid query parameters: {problem.message}", [problem]) from exc
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def json_response(
+    body: Any, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=_encoder.encode(body), status=status, headers=headers, content_type="application/json"
+    )
