@@ -10,7 +10,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from runsvc.cli import serve
+from runsvc.cli import local, serve
+from runsvc.logs import configure_logging
 
 EXIT_CODES = """\
 exit codes:
@@ -31,12 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     serve.register(commands)
+    local.register(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Commands other than `serve` (which configures its own) only speak up when it matters.
+    configure_logging("auto", "warning")
     code: int = args.handler(args)
     return code
 

@@ -3,6 +3,7 @@ reverse), middlewares, and every endpoint declared in one list."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -11,9 +12,11 @@ from importlib.metadata import PackageNotFoundError, version
 from aiohttp import web
 
 from eventlog.fanout import EventHub
+from projections.registry import all_projections
+from projections.runner import ProjectionRunner, run_forever
 from runsvc.auth import Permission, TokenVerifier, count_tokens, create_token
 from runsvc.http import events, health
-from runsvc.http.keys import DATABASE, HUB, SETTINGS, STORE, VERIFIER
+from runsvc.http.keys import DATABASE, HUB, PROJECTIONS, SETTINGS, STORE, VERIFIER, Projections
 from runsvc.http.metrics import METRICS, Metrics, metrics_handler
 from runsvc.http.middleware import body_limit, errors, request_context
 from runsvc.http.openapi import OPENAPI, build_document, openapi_handler
@@ -50,6 +53,24 @@ async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     yield
     await hub.close()
+
+
+async def _projections_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Every projection, caught up and then followed live in the background."""
+    runners = Projections(ProjectionRunner(app[STORE], p) for p in all_projections())
+    for runner in runners:
+        await runner.start()
+    tasks = [asyncio.create_task(run_forever(r), name=f"projection-{r.name}") for r in runners]
+    app[PROJECTIONS] = runners
+    app[METRICS].components.labelled["runsvc_projection_lag"] = (
+        "Log positions between the newest event and the projection's checkpoint.",
+        "projection",
+        lambda: {r.name: float(r.lag) for r in runners},
+    )
+    yield
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _first_token_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -133,6 +154,7 @@ def create_app(settings: Settings, *, extra: Sequence[Endpoint] = ()) -> web.App
     app.cleanup_ctx.append(_database_ctx)
     app.cleanup_ctx.append(_first_token_ctx)
     app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_projections_ctx)
     app.cleanup_ctx.append(_hub_ctx)
     app.on_shutdown.append(events.close_websockets)
     endpoints = [*all_endpoints(), *extra]

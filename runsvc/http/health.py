@@ -7,7 +7,7 @@ import asyncio
 import msgspec
 from aiohttp import web
 
-from runsvc.http.keys import DATABASE, STORE
+from runsvc.http.keys import DATABASE, PROJECTIONS, SETTINGS, STORE
 from runsvc.http.routing import json_response
 
 
@@ -40,6 +40,16 @@ async def readyz(request: web.Request) -> web.Response:
             detail=None if store.notifier.connected else "reconnecting",
         )
     )
+    limit = request.app[SETTINGS].readiness_max_lag
+    for runner in request.app[PROJECTIONS]:
+        lag = runner.lag
+        checks.append(
+            Check(
+                name=f"projection:{runner.name}",
+                ok=lag <= limit,
+                detail=None if lag <= limit else f"{lag} positions behind (limit {limit})",
+            )
+        )
     ready = all(c.ok for c in checks)
     return json_response(Readiness(ready=ready, checks=checks), status=200 if ready else 503)
 

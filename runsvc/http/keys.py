@@ -6,12 +6,19 @@ from aiohttp import web
 
 from eventlog.fanout import EventHub
 from eventlog.store import EventStore
+from projections.runner import ProjectionRunner
 from runsvc.auth import TokenVerifier
 from runsvc.resources import Database
 from runsvc.settings import Settings
+
+
+class Projections(list[ProjectionRunner]):
+    """The projection runners of this process."""
+
 
 SETTINGS = web.AppKey("settings", Settings)
 DATABASE = web.AppKey("database", Database)
 STORE = web.AppKey("store", EventStore)
 HUB = web.AppKey("hub", EventHub)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
+PROJECTIONS = web.AppKey("projections", Projections)

@@ -1,0 +1,127 @@
+"""Operator commands that work on the database directly (no server needed): `token
+create`, `projections rebuild`. With no database configured they attach to the embedded
+server of the data directory (starting it if `runsvc serve` is not running)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from runsvc.resources import Database, open_database, open_event_store
+from runsvc.settings import Settings, load_settings
+
+T = TypeVar("T")
+
+EXIT_OK, EXIT_USAGE, EXIT_SERVER = 0, 2, 3
+
+
+def add_local_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, help="data directory (default ./.runsvc)")
+    parser.add_argument("--database-url", help="PostgreSQL DSN (default: embedded)")
+
+
+def local_settings(args: argparse.Namespace) -> Settings:
+    return load_settings(
+        data_dir=args.data_dir, database_url=args.database_url, log_level="warning"
+    )
+
+
+def run_with_database(
+    args: argparse.Namespace, work: Callable[[Settings, Database], Awaitable[T]]
+) -> T:
+    settings = local_settings(args)
+
+    async def main() -> T:
+        async with open_database(settings) as database:
+            return await work(settings, database)
+
+    return asyncio.run(main())
+
+
+def register(commands: Any) -> None:
+    token = commands.add_parser(
+        "token",
+        help="manage API tokens",
+        description="Manage API tokens (stored hashed; a new token is printed once).",
+    )
+    token_commands = token.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
+    create = token_commands.add_parser(
+        "create",
+        help="create a token and print it once",
+        epilog="example:\n  runsvc token create --role executor --name build-farm",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    create.add_argument(
+        "--role", required=True, choices=["admin", "submitter", "reader", "executor"]
+    )
+    create.add_argument("--name", help="a name to recognise it by (recorded as the actor)")
+    add_local_options(create)
+    create.set_defaults(handler=token_create)
+
+    projections = commands.add_parser("projections", help="manage projections")
+    projection_commands = projections.add_subparsers(
+        dest="projections_command", metavar="COMMAND", required=True
+    )
+    rebuild = projection_commands.add_parser(
+        "rebuild",
+        help="rebuild projections from the whole log (safe while serving)",
+        description="Rebuild into new tables and swap them in atomically; the service keeps "
+        "serving the old tables until the swap.",
+        epilog="example:\n  runsvc projections rebuild index",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rebuild.add_argument("name", nargs="?", help="one projection (default: all)")
+    add_local_options(rebuild)
+    rebuild.set_defaults(handler=projections_rebuild)
+
+
+def token_create(args: argparse.Namespace) -> int:
+    from runsvc.auth import create_token
+
+    async def work(_settings: Settings, database: Database) -> str:
+        issued = await create_token(database.pool, role=args.role, name=args.name)
+        return issued.token
+
+    print(run_with_database(args, work))
+    return EXIT_OK
+
+
+def projections_rebuild(args: argparse.Namespace) -> int:
+    from projections.rebuild import RebuildProgress, rebuild
+    from projections.registry import all_projections, projection_named
+
+    try:
+        chosen = [projection_named(args.name)] if args.name else all_projections()
+    except KeyError as exc:
+        print(f"runsvc: {exc.args[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    interactive = sys.stderr.isatty()
+
+    def show(progress: RebuildProgress) -> None:
+        share = progress.position / progress.head * 100 if progress.head else 100.0
+        eta = f"{progress.eta_s:.0f}s" if progress.eta_s is not None else "-"
+        line = (
+            f"{progress.projection}: {progress.position:,}/{progress.head:,} "
+            f"({share:.0f}%), {progress.events_per_s:,.0f} events/s, ETA {eta}"
+        )
+        print(
+            f"\r{line}" if interactive else line, end="" if interactive else "\n", file=sys.stderr
+        )
+
+    async def work(settings: Settings, database: Database) -> None:
+        async with open_event_store(settings, database) as store:
+            for projection in chosen:
+                final = await rebuild(store, database.dsn, projection, progress=show)
+                if interactive:
+                    print(file=sys.stderr)
+                print(
+                    f"rebuilt {final.projection}: {final.events:,} events "
+                    f"at {final.events_per_s:,.0f} events/s"
+                )
+
+    run_with_database(args, work)
+    return EXIT_OK
