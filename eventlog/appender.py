@@ -71,27 +71,29 @@ class AppendRequest:
 
 
 @dataclass(frozen=True)
-class _Head:
+class Head:
+    """A stream's version and the hash of its last event."""
+
     version: int
     hash: bytes
 
 
-class _HeadCache:
+class HeadCache:
     """The last known (version, hash) of recently written streams, so that the common case
     (a process appending to streams it wrote before) needs no read before the write. An
     entry can only be stale behind the truth; `eventlog_append` catches that under lock."""
 
     def __init__(self, capacity: int) -> None:
-        self._entries: OrderedDict[str, _Head] = OrderedDict()
+        self._entries: OrderedDict[str, Head] = OrderedDict()
         self._capacity = capacity
 
-    def get(self, stream: str) -> _Head | None:
+    def get(self, stream: str) -> Head | None:
         head = self._entries.get(stream)
         if head is not None:
             self._entries.move_to_end(stream)
         return head
 
-    def put(self, stream: str, head: _Head) -> None:
+    def put(self, stream: str, head: Head) -> None:
         self._entries[stream] = head
         self._entries.move_to_end(stream)
         while len(self._entries) > self._capacity:
@@ -120,7 +122,7 @@ class Appender:
         self._max_batch_events = max_batch_events
         self._max_batch_bytes = max_batch_bytes
         self._retry_for = retry_for
-        self._heads = _HeadCache(head_cache_size)
+        self._heads = HeadCache(head_cache_size)
         self._task: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._busy_streams: set[str] = set()
@@ -250,7 +252,7 @@ class Appender:
             await self._settle_rejected(connection, rejected)
         if not accepted:
             return []
-        rows, assumed, new_heads = self._build_rows(accepted, heads)
+        rows, assumed, new_heads = build_rows(accepted, heads.known)
         try:
             result = await connection.fetch(
                 "SELECT * FROM eventlog_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -274,8 +276,8 @@ class Appender:
 
     async def _load_heads(
         self, connection: asyncpg.Connection, batch: list[AppendRequest], fresh: bool
-    ) -> _Heads:
-        heads = _Heads()
+    ) -> Heads:
+        heads = Heads()
         missing = []
         for stream in dict.fromkeys(r.stream for r in batch):
             cached = None if fresh else self._heads.get(stream)
@@ -293,13 +295,13 @@ class Appender:
                 """,
                 missing,
             )
-            found = {r["stream"]: _Head(r["version"], bytes(r["hash"])) for r in rows}
+            found = {r["stream"]: Head(r["version"], bytes(r["hash"])) for r in rows}
             for stream in missing:
-                heads.known[stream] = found.get(stream, _Head(0, GENESIS))
+                heads.known[stream] = found.get(stream, Head(0, GENESIS))
         return heads
 
     def _check_versions(
-        self, batch: list[AppendRequest], heads: _Heads
+        self, batch: list[AppendRequest], heads: Heads
     ) -> tuple[list[AppendRequest], list[tuple[AppendRequest, int]]]:
         versions = {stream: head.version for stream, head in heads.known.items()}
         accepted: list[AppendRequest] = []
@@ -368,60 +370,8 @@ class Appender:
                 stored.partial.add(id(request))
         return stored
 
-    def _build_rows(
-        self, accepted: list[AppendRequest], heads: _Heads
-    ) -> tuple[list[list[Any]], dict[str, _Head], dict[str, _Head]]:
-        """The batch as column arrays for `eventlog_append`, the heads it assumes, and the
-        heads the streams will have once it is written."""
-        stream_col: list[str] = []
-        version_col: list[int] = []
-        id_col: list[uuid.UUID] = []
-        type_col: list[str] = []
-        data_col: list[bytes] = []
-        meta_col: list[bytes] = []
-        hash_col: list[bytes] = []
-        scope_col: list[str | None] = []
-        assumed: dict[str, _Head] = {}
-        current = dict(heads.known)
-        for request in accepted:
-            head = current[request.stream]
-            assumed.setdefault(request.stream, head)
-            first_version, previous = head.version + 1, head.hash
-            stream_bytes, meta = request.stream.encode(), request.meta
-            count = len(request)
-            for version, event_id, type_, data in zip(
-                range(first_version, first_version + count),
-                request.event_ids,
-                request.types,
-                request.payloads,
-                strict=True,
-            ):
-                previous = chain_hash_raw(
-                    previous, event_id.bytes, stream_bytes, type_.encode(), data, meta, version
-                )
-                hash_col.append(previous)
-            stream_col += [request.stream] * count
-            version_col += range(first_version, first_version + count)
-            id_col += request.event_ids
-            type_col += request.types
-            data_col += request.payloads
-            meta_col += [meta] * count
-            scope_col += [request.scope] * count
-            current[request.stream] = _Head(first_version + count - 1, previous)
-        columns: list[list[Any]] = [
-            stream_col,
-            version_col,
-            id_col,
-            type_col,
-            data_col,
-            meta_col,
-            hash_col,
-            scope_col,
-        ]
-        return columns, assumed, current
-
     def _resolve(
-        self, accepted: list[AppendRequest], first_position: int, new_heads: dict[str, _Head]
+        self, accepted: list[AppendRequest], first_position: int, new_heads: dict[str, Head]
     ) -> None:
         position = first_position
         for request in accepted:
@@ -436,8 +386,8 @@ class Appender:
 
 
 @dataclass
-class _Heads:
-    known: dict[str, _Head] = field(default_factory=dict)
+class Heads:
+    known: dict[str, Head] = field(default_factory=dict)
     from_cache: set[str] = field(default_factory=set)
 
 
@@ -448,3 +398,56 @@ class _Stored(dict[int, list[int]]):
     def __init__(self) -> None:
         super().__init__()
         self.partial: set[int] = set()
+
+
+def build_rows(
+    accepted: Sequence[AppendRequest], known: dict[str, Head]
+) -> tuple[list[list[Any]], dict[str, Head], dict[str, Head]]:
+    """The batch as column arrays for `eventlog_append`, the heads it assumes, and the
+    heads the streams will have once it is written."""
+    stream_col: list[str] = []
+    version_col: list[int] = []
+    id_col: list[uuid.UUID] = []
+    type_col: list[str] = []
+    data_col: list[bytes] = []
+    meta_col: list[bytes] = []
+    hash_col: list[bytes] = []
+    scope_col: list[str | None] = []
+    assumed: dict[str, Head] = {}
+    current = dict(known)
+    for request in accepted:
+        head = current[request.stream]
+        assumed.setdefault(request.stream, head)
+        first_version, previous = head.version + 1, head.hash
+        stream_bytes, meta = request.stream.encode(), request.meta
+        count = len(request)
+        for version, event_id, type_, data in zip(
+            range(first_version, first_version + count),
+            request.event_ids,
+            request.types,
+            request.payloads,
+            strict=True,
+        ):
+            previous = chain_hash_raw(
+                previous, event_id.bytes, stream_bytes, type_.encode(), data, meta, version
+            )
+            hash_col.append(previous)
+        stream_col += [request.stream] * count
+        version_col += range(first_version, first_version + count)
+        id_col += request.event_ids
+        type_col += request.types
+        data_col += request.payloads
+        meta_col += [meta] * count
+        scope_col += [request.scope] * count
+        current[request.stream] = Head(first_version + count - 1, previous)
+    columns: list[list[Any]] = [
+        stream_col,
+        version_col,
+        id_col,
+        type_col,
+        data_col,
+        meta_col,
+        hash_col,
+        scope_col,
+    ]
+    return columns, assumed, current

@@ -36,8 +36,14 @@ from typing import TypeVar
 import asyncpg
 import msgspec
 
-from eventlog.appender import CONNECTION_ERRORS, Appender, AppendRequest
-from eventlog.errors import EmptyAppend, PayloadTooLarge, StoreUnavailable, StreamNotFound
+from eventlog.appender import CONNECTION_ERRORS, Appender, AppendRequest, Head, build_rows
+from eventlog.errors import (
+    EmptyAppend,
+    PayloadTooLarge,
+    StoreUnavailable,
+    StreamNotFound,
+    VersionConflict,
+)
 from eventlog.events import (
     Event,
     Metadata,
@@ -51,7 +57,7 @@ from eventlog.events import (
     new_event_id,
 )
 from eventlog.filter import EventFilter
-from eventlog.hashchain import ChainReport, StoredRow, check_chain
+from eventlog.hashchain import GENESIS, ChainReport, StoredRow, check_chain
 from eventlog.notifier import Notifier
 
 NO_STREAM = 0
@@ -136,6 +142,22 @@ class EventStore:
         """Append `events` to `stream` if it is at `expected_version` (`NO_STREAM` to
         create it); return their positions. Raises `VersionConflict`, `StreamNotFound`,
         `EmptyAppend`, `PayloadTooLarge`; in every error case nothing is written."""
+        request = self._request(
+            stream, events, expected_version, meta=meta, event_ids=event_ids, scope=scope
+        )
+        return await self.appender.submit(request)
+
+    def _request(
+        self,
+        stream: str,
+        events: Sequence[Event | UnknownEvent],
+        expected_version: int,
+        *,
+        meta: Metadata,
+        event_ids: Sequence[uuid.UUID] | None,
+        scope: str | None,
+    ) -> AppendRequest:
+        """Validate and encode an append; raises before anything reaches the database."""
         if not events:
             raise EmptyAppend(f"append to {stream!r} carries no events")
         if expected_version < 0:
@@ -147,7 +169,6 @@ class EventStore:
         largest = max(map(len, payloads))
         if largest > self.max_payload_bytes:
             raise PayloadTooLarge(largest, self.max_payload_bytes)
-        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         request = AppendRequest(
             stream=stream,
             expected_version=expected_version,
@@ -156,9 +177,55 @@ class EventStore:
             payloads=payloads,
             meta=encode_metadata(meta),
             scope=scope,
-            future=future,
+            future=asyncio.get_running_loop().create_future(),
         )
-        return await self.appender.submit(request)
+        return request
+
+    async def append_in_transaction(
+        self,
+        connection: asyncpg.Connection,
+        stream: str,
+        events: Sequence[Event | UnknownEvent],
+        expected_version: int,
+        *,
+        meta: Metadata,
+        event_ids: Sequence[uuid.UUID] | None = None,
+        scope: str | None = None,
+    ) -> list[int]:
+        """Append inside the caller's open transaction, so the events commit or roll back
+        together with the caller's own writes (e.g. a key table row). No group commit:
+        use it where atomicity with other rows matters, `append` everywhere else. The
+        log lock is held from here to the caller's commit, so commit promptly."""
+        request = self._request(
+            stream, events, expected_version, meta=meta, event_ids=event_ids, scope=scope
+        )
+        row = await connection.fetchrow(
+            "SELECT version, hash FROM events WHERE stream = $1 ORDER BY version DESC LIMIT 1",
+            stream,
+        )
+        head = Head(row["version"], bytes(row["hash"])) if row else Head(0, GENESIS)
+        if head.version != expected_version:
+            stored = await connection.fetch(
+                "SELECT position FROM events WHERE event_id = ANY($1::uuid[]) ORDER BY position",
+                list(request.event_ids),
+            )
+            if len(stored) == len(request.event_ids):
+                return [r["position"] for r in stored]
+            if head.version == 0:
+                raise StreamNotFound(stream)
+            raise VersionConflict(stream, expected_version, head.version)
+        columns, assumed, _ = build_rows([request], {stream: head})
+        result = await connection.fetch(
+            "SELECT * FROM eventlog_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            list(assumed.keys()),
+            [h.version for h in assumed.values()],
+            *columns,
+        )
+        conflict = result[0]["conflict_stream"]
+        if conflict is not None:
+            raise VersionConflict(stream, expected_version, result[0]["actual_version"])
+        first = int(result[0]["first_position"])
+        return list(range(first, first + len(request)))
 
     # -- reading
 
