@@ -11,6 +11,8 @@ New fields always get defaults so that events written by an older version still 
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from typing import Literal
 
 import msgspec
@@ -83,3 +85,17 @@ class RunConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_de
     max_parallel: int | None = None
     timeout: str | None = None
     retry: Retry | None = None
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+def parse_duration(text: str) -> timedelta:
+    """`500ms`, `2s`, `5m`, `1h`, `1d`, or combinations such as `1h30m`. Raises
+    ValueError on anything else, including an empty or negative duration."""
+    stripped = text.strip()
+    parts = _DURATION.findall(stripped)
+    if not stripped or "".join(n + u for n, u in parts) != stripped:
+        raise ValueError(f"invalid duration {text!r}; use e.g. 500ms, 2s, 5m, 1h, 1h30m")
+    return timedelta(seconds=sum(float(n) * _UNITS[u] for n, u in parts))

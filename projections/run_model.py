@@ -1,0 +1,285 @@
+"""The in-memory run: tasks, their states, and the indexes that make deciding cheap.
+
+`Run` is mutated only by the fold (`projections.run_state.apply`). Besides what the API
+shows it keeps derived indexes, each a pure function of the task states, maintained
+incrementally so that a decision costs what changed rather than the size of the run:
+
+- `pending[t]`: how many parents of t are not final yet;
+- buckets of tasks that need the scheduler, sorted by visiting order: `skip` (all parents
+  final but a dependency or `when` is not satisfied), `gate` (needs an approval first),
+  `expand` (a foreach parent ready to fan out), and per slot group the tasks ready to be
+  scheduled once `max_parallel` allows (`slots`);
+- counts of active (scheduled or running) tasks, per run and per foreach parent;
+- foreach parents whose children are all final (`closing`);
+- a heap of running attempts' deadlines.
+
+The scheduler must not change a run it is given, yet it needs to see the effect of its own
+decisions to reach a fixed point in one call. So the fold can keep an undo journal:
+`Run.journal()` records every change made through the `_set` and bucket helpers, and
+rolling it back restores the run exactly. That keeps one implementation of "what an event
+does" for the projection, the command side and the scheduler.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import heapq
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+from eventlog.config import Dependency, RunConfig, TaskConfig, parse_duration
+
+FINAL = frozenset({"success", "failed", "skipped", "stopped", "cancelled"})
+ACTIVE = frozenset({"scheduled", "running"})
+OUTCOME = {
+    "success": "success",
+    "failed": "failure",
+    "skipped": "skipped",
+    "stopped": "failure",
+    "cancelled": "failure",
+}
+
+OrderKey = tuple[int, int]
+TOP = ""  # the slot group of top-level tasks
+
+
+def task_id(run_id: str, task_name: str) -> str:
+    """An opaque, deterministic task id: object-storage keys use it, so it must not
+    contain the run id or the group, yet the scheduler must derive it without I/O."""
+    return hashlib.blake2b(f"{run_id}\x00{task_name}".encode(), digest_size=16).hexdigest()
+
+
+class Task:
+    """One task (or foreach child) of a run."""
+
+    __slots__ = (
+        "approval_comment",
+        "approved_by",
+        "attempt",
+        "children",
+        "depends",
+        "error",
+        "executor",
+        "exit_code",
+        "expanded",
+        "finished_at",
+        "id",
+        "index",
+        "item",
+        "name",
+        "next_attempt_at",
+        "order",
+        "parent",
+        "spec",
+        "started_at",
+        "status",
+    )
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        id: str,
+        spec: TaskConfig,
+        depends: list[Dependency],
+        order: OrderKey,
+        parent: str | None = None,
+        item: str | None = None,
+        index: int | None = None,
+    ) -> None:
+        self.name = name
+        self.id = id
+        self.spec = spec
+        self.depends = depends
+        self.order = order
+        self.parent = parent
+        self.item = item
+        self.index = index
+        self.status = "notstarted"
+        self.attempt = 0
+        self.executor: str | None = None
+        self.started_at: datetime | None = None
+        self.finished_at: datetime | None = None
+        self.exit_code: int | None = None
+        self.error: str | None = None
+        self.next_attempt_at: datetime | None = None
+        self.approved_by: str | None = None
+        self.approval_comment: str | None = None
+        self.children: list[str] = []
+        self.expanded = False
+
+    @property
+    def is_parent(self) -> bool:
+        """A foreach task: it runs nothing itself; its children do."""
+        return self.parent is None and self.spec.foreach is not None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+    @property
+    def slot_group(self) -> str:
+        return self.parent if self.parent is not None else TOP
+
+    def timeout(self) -> timedelta | None:
+        return parse_duration(self.spec.timeout) if self.spec.timeout else None
+
+
+class Run:
+    """A run's current state; see the module docstring for the derived indexes."""
+
+    def __init__(self) -> None:
+        self.id = ""
+        self.group = ""
+        self.name = ""
+        self.counter = 0
+        self.phase = "queued"
+        self.result = "unknown"
+        self.stop_requested = False
+        self.stop_reason: str | None = None
+        self.created_at: datetime | None = None
+        self.started_at: datetime | None = None
+        self.finished_at: datetime | None = None
+        self.annotations: dict[str, str] = {}
+        self.setup_errors: list[str] = []
+        self.static_environment: dict[str, str] = {}
+        self.environment: dict[str, str] = {}
+        self.idempotency_key: str | None = None
+        self.concurrency_key: str | None = None
+        self.recreated_from: str | None = None
+        self.config = RunConfig(tasks=[])
+        self.version = 0
+        self.position = 0
+        # Seconds during which the run waited for an approval; excluded from its timeout.
+        self.paused_s = 0.0
+        self.paused_since: datetime | None = None
+        self.tasks: dict[str, Task] = {}
+        self.dependents: dict[str, list[str]] = {}
+        self._journal: list[Callable[[], None]] | None = None
+        self.reset_indexes()
+
+    # -- derived indexes -----------------------------------------------------------------
+
+    def reset_indexes(self) -> None:
+        self.pending: dict[str, int] = {}
+        self.by_order: dict[OrderKey, str] = {}
+        self.skip: list[OrderKey] = []
+        self.gate: list[OrderKey] = []
+        self.expand: list[OrderKey] = []
+        self.slots: dict[str, list[OrderKey]] = {}
+        self.closing: list[OrderKey] = []
+        self.active = 0
+        self.active_in: dict[str, int] = {}
+        self.nonfinal = 0
+        self.open_children: dict[str, int] = {}
+        self.waiting_approval = 0
+        self.blocking_failures = 0
+        self.deadlines: list[tuple[datetime, OrderKey, int]] = []
+
+    @property
+    def merged_environment(self) -> dict[str, str]:
+        return {**self.static_environment, **self.environment}
+
+    def ordered(self, keys: list[OrderKey]) -> list[Task]:
+        return [self.tasks[self.by_order[key]] for key in keys]
+
+    # -- journal -------------------------------------------------------------------------
+
+    @contextmanager
+    def journal(self) -> Iterator[None]:
+        """Changes made inside are undone on exit: the run is left exactly as it was."""
+        if self._journal is not None:
+            raise RuntimeError("a journal is already open on this run")
+        self._journal = []
+        try:
+            yield
+        finally:
+            undo, self._journal = self._journal, None
+            for step in reversed(undo):
+                step()
+
+    def _record(self, undo: Callable[[], None]) -> None:
+        if self._journal is not None:
+            self._journal.append(undo)
+
+    def set(self, target: Any, attribute: str, value: Any) -> None:
+        """Set an attribute of the run or a task, journaled."""
+        if self._journal is not None:
+            old = getattr(target, attribute)
+            self._journal.append(lambda: setattr(target, attribute, old))
+        setattr(target, attribute, value)
+
+    def set_item(self, mapping: dict[Any, Any], key: Any, value: Any) -> None:
+        if self._journal is not None:
+            if key in mapping:
+                old = mapping[key]
+                self._journal.append(lambda: mapping.__setitem__(key, old))
+            else:
+                self._journal.append(lambda: mapping.pop(key, None))
+        mapping[key] = value
+
+    def add(self, attribute: str, delta: int) -> None:
+        self.set(self, attribute, getattr(self, attribute) + delta)
+
+    def add_in(self, mapping: dict[str, int], key: str, delta: int) -> None:
+        self.set_item(mapping, key, mapping.get(key, 0) + delta)
+
+    def insort(self, keys: list[OrderKey], key: OrderKey) -> None:
+        index = bisect.bisect_left(keys, key)
+        if index < len(keys) and keys[index] == key:
+            return
+        keys.insert(index, key)
+        self._record(lambda: keys.remove(key))
+
+    def discard(self, keys: list[OrderKey], key: OrderKey) -> None:
+        index = bisect.bisect_left(keys, key)
+        if index < len(keys) and keys[index] == key:
+            del keys[index]
+            self._record(lambda: bisect.insort(keys, key))
+
+    def slot_queue(self, group: str) -> list[OrderKey]:
+        queue = self.slots.get(group)
+        if queue is None:
+            queue = []
+            self.set_item(self.slots, group, queue)
+        return queue
+
+    def push_deadline(self, deadline: datetime, task: Task) -> None:
+        entry = (deadline, task.order, task.attempt)
+        heapq.heappush(self.deadlines, entry)
+        self._record(lambda: _heap_remove(self.deadlines, entry))
+
+    def pop_deadline(self) -> tuple[datetime, OrderKey, int]:
+        entry = heapq.heappop(self.deadlines)
+        self._record(lambda: heapq.heappush(self.deadlines, entry))
+        return entry
+
+
+def _heap_remove(heap: list[Any], entry: Any) -> None:
+    heap.remove(entry)
+    heapq.heapify(heap)
+
+
+def topological_order(config: RunConfig) -> list[TaskConfig]:
+    """Tasks in visiting order: topological, ties broken by name. Validated configs have
+    no cycles; any task left over by a cycle comes last, by name."""
+    tasks = {t.name: t for t in config.tasks}
+    waiting = {t.name: {d.task for d in t.dependencies() if d.task in tasks} for t in config.tasks}
+    dependents: dict[str, list[str]] = {name: [] for name in tasks}
+    for name, parents in waiting.items():
+        for parent in parents:
+            dependents[parent].append(name)
+    ready = sorted(name for name, parents in waiting.items() if not parents)
+    order: list[str] = []
+    while ready:
+        name = ready.pop(0)
+        order.append(name)
+        for child in dependents[name]:
+            waiting[child].discard(name)
+            if not waiting[child]:
+                bisect.insort(ready, child)
+    order += sorted(set(tasks) - set(order))
+    return [tasks[name] for name in order]

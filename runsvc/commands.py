@@ -1,0 +1,284 @@
+"""The run commands as pure functions: check the run's state, return the events, already
+followed by what the scheduler decides next so the run is left at a fixed point.
+
+None of them changes the run it is given (they work under its undo journal); a command that
+the state does not allow raises `Conflict` (409) or `NotFound` (404).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from eventlog.config import RunConfig
+from eventlog.events import (
+    CarriedTask,
+    Event,
+    RunCreated,
+    RunPhaseChanged,
+    RunStopRequested,
+    TaskApproved,
+    TaskStatusChanged,
+)
+from projections.run_model import FINAL, Run, Task
+from projections.run_state import apply_event
+from runsvc.errors import Conflict, NotFound
+from runsvc.requests import CreateRunRequest
+from runsvc.scheduler import attempt_outcome, emit, plan
+
+
+def _then_plan(run: Run, now: datetime, first: Iterable[Event]) -> list[Event]:
+    events: list[Event] = []
+    with run.journal():
+        for event in first:
+            emit(run, events, event)
+        plan(run, now, events)
+    return events
+
+
+def _task(run: Run, name: str) -> Task:
+    task = run.tasks.get(name)
+    if task is None:
+        raise NotFound(f"run {run.id} has no task {name!r}")
+    return task
+
+
+def create_run(
+    request: CreateRunRequest,
+    *,
+    run_id: str,
+    counter: int,
+    now: datetime,
+    admitted: bool,
+    carried: dict[str, CarriedTask] | None = None,
+    recreated_from: str | None = None,
+) -> list[Event]:
+    """A new run: RunCreated, then `setuperror`, or (when its concurrency key lets it run
+    now) `running` and its first decisions; otherwise it stays `queued`."""
+    created = RunCreated(
+        run_id=run_id,
+        group=request.group,
+        name=request.name,
+        counter=counter,
+        config=request.config,
+        created_at=now,
+        annotations=request.annotations,
+        static_environment=request.static_environment,
+        environment=request.environment,
+        setup_errors=request.setup_errors,
+        idempotency_key=request.idempotency_key,
+        concurrency_key=request.concurrency_key,
+        recreated_from=recreated_from,
+        carried=carried or {},
+    )
+    run = apply_event(None, created, version=1)
+    if request.setup_errors:
+        return [created, RunPhaseChanged(phase="setuperror", at=now)]
+    if not admitted:
+        return [created]
+    return [created, *admit(run, now)]
+
+
+def admit(run: Run, now: datetime) -> list[Event]:
+    """Let a queued run start (its concurrency key's slot came free)."""
+    if run.phase != "queued":
+        raise Conflict(f"run {run.id} is {run.phase}, not queued")
+    return _then_plan(run, now, [RunPhaseChanged(phase="running", at=now)])
+
+
+def request_stop(run: Run, now: datetime, reason: str | None = None) -> list[Event]:
+    """Stop a running run. A second stop while it is stopping changes nothing."""
+    if run.phase != "running":
+        hint = " (cancel a queued run instead)" if run.phase == "queued" else ""
+        raise Conflict(f"run {run.id} is {run.phase}; only a running run can be stopped{hint}")
+    if run.stop_requested:
+        return []
+    return _then_plan(run, now, [RunStopRequested(at=now, reason=reason)])
+
+
+def cancel(run: Run, now: datetime) -> list[Event]:
+    """Cancel a queued run: it never starts."""
+    if run.phase != "queued":
+        hint = " (stop a running run instead)" if run.phase == "running" else ""
+        raise Conflict(f"run {run.id} is {run.phase}; only a queued run can be cancelled{hint}")
+    events: list[Event] = [RunPhaseChanged(phase="cancelled", at=now)]
+    for task in sorted(run.tasks.values(), key=lambda t: t.order):
+        if task.status not in FINAL:
+            events.append(
+                TaskStatusChanged(task=task.name, status="cancelled", attempt=task.attempt, at=now)
+            )
+    return events
+
+
+def approve(
+    run: Run, task_name: str, *, approver: str, comment: str | None, now: datetime
+) -> list[Event]:
+    task = _task(run, task_name)
+    if run.phase != "running" or run.stop_requested:
+        raise Conflict(f"run {run.id} is not running; nothing can be approved")
+    if task.status != "waiting_approval" or task.approved_by is not None:
+        raise Conflict(f"task {task_name!r} is {task.status}, not waiting for approval")
+    approved = TaskApproved(task=task_name, approver=approver, comment=comment, at=now)
+    return _then_plan(run, now, [approved])
+
+
+def claimable(run: Run, task: Task, now: datetime) -> bool:
+    """Whether an executor may start `task` now."""
+    return (
+        run.phase == "running"
+        and not run.stop_requested
+        and task.status == "scheduled"
+        and not task.is_parent
+        and (task.next_attempt_at is None or task.next_attempt_at <= now)
+    )
+
+
+def start_attempt(
+    run: Run, task_name: str, *, attempt: int, executor: str, now: datetime
+) -> list[Event]:
+    """An executor claimed the task: its attempt is running."""
+    task = _task(run, task_name)
+    if not claimable(run, task, now) or task.attempt != attempt:
+        raise Conflict(f"task {task_name!r} attempt {attempt} cannot start now")
+    started = TaskStatusChanged(
+        task=task_name, status="running", attempt=attempt, at=now, executor=executor
+    )
+    return _then_plan(run, now, [started])
+
+
+def _running_attempt(run: Run, task_name: str, attempt: int) -> Task:
+    task = _task(run, task_name)
+    if task.status != "running" or task.attempt != attempt:
+        # Fencing: a report about an attempt that is not the current one changes nothing.
+        raise Conflict(
+            f"task {task_name!r} attempt {attempt} is not running "
+            f"(it is {task.status}, attempt {task.attempt})"
+        )
+    return task
+
+
+def finish_attempt(
+    run: Run,
+    task_name: str,
+    *,
+    attempt: int,
+    succeeded: bool,
+    exit_code: int | None,
+    error: str | None,
+    now: datetime,
+) -> list[Event]:
+    """The executor reports how the attempt ended."""
+    task = _running_attempt(run, task_name, attempt)
+    outcome = attempt_outcome(run, task, now, succeeded=succeeded, exit_code=exit_code, error=error)
+    return _then_plan(run, now, [outcome])
+
+
+def lose_attempt(
+    run: Run, task_name: str, *, attempt: int, error: str, now: datetime
+) -> list[Event]:
+    """The attempt's executor is gone (lease expired, stalled, handed back): record it as
+    `lost`, then the task's `on_lost` decides: retry (the retry policy) or fail."""
+    task = _running_attempt(run, task_name, attempt)
+    lost = TaskStatusChanged(
+        task=task_name, status="lost", attempt=attempt, at=now, executor=task.executor, error=error
+    )
+    events: list[Event] = []
+    with run.journal():
+        emit(run, events, lost)
+        outcome = attempt_outcome(
+            run,
+            task,
+            now,
+            succeeded=False,
+            exit_code=None,
+            error=error,
+            retry=task.spec.on_lost == "retry",
+        )
+        emit(run, events, outcome)
+        plan(run, now, events)
+    return events
+
+
+def tick(run: Run, now: datetime) -> list[Event]:
+    """What time alone brings (timeouts); the timer loop calls it when a run is due."""
+    events: list[Event] = []
+    with run.journal():
+        plan(run, now, events)
+    return events
+
+
+def rerun_closure(run: Run, chosen: Iterable[str]) -> set[str]:
+    """The chosen top-level tasks and everything that depends on them."""
+    found: set[str] = set()
+    stack = list(chosen)
+    while stack:
+        name = stack.pop()
+        if name in found:
+            continue
+        found.add(name)
+        stack += run.dependents.get(name, [])
+    return {name for name in found if run.tasks[name].parent is None}
+
+
+def recreate(
+    old: Run,
+    *,
+    mode: str,
+    tasks: list[str] | None,
+    environment: dict[str, str] | None,
+    run_id: str,
+    counter: int,
+    now: datetime,
+    admitted: bool,
+) -> list[Event]:
+    """A new run from `old`'s config: from scratch, from its failed tasks, or from chosen
+    tasks, each with what depends on them. Succeeded tasks not re-run are carried over
+    with their ids and results (so their logs and artifacts are reused). The static
+    environment is kept; the environment may be replaced."""
+    if old.phase not in ("finished", "cancelled", "setuperror"):
+        raise Conflict(f"run {old.id} is {old.phase}; recreate a run once it has ended")
+    top = [t for t in old.tasks.values() if t.parent is None]
+    if tasks:
+        unknown = [name for name in tasks if name not in old.tasks or old.tasks[name].parent]
+        if unknown:
+            raise NotFound(f"run {old.id} has no task {unknown[0]!r}")
+        rerun = rerun_closure(old, tasks)
+    elif mode == "scratch":
+        rerun = {t.name for t in top}
+    else:
+        rerun = rerun_closure(old, [t.name for t in top if t.status != "success"])
+    carried = {
+        t.name: CarriedTask(
+            id=t.id,
+            attempt=t.attempt,
+            started_at=t.started_at,
+            finished_at=t.finished_at,
+            exit_code=t.exit_code,
+            executor=t.executor,
+        )
+        for t in top
+        if t.status == "success" and t.name not in rerun
+    }
+    request = CreateRunRequest(
+        group=old.group,
+        name=old.name,
+        config=RunConfig(
+            tasks=old.config.tasks,
+            max_parallel=old.config.max_parallel,
+            timeout=old.config.timeout,
+            retry=old.config.retry,
+        ),
+        concurrency_key=old.concurrency_key,
+        annotations=old.annotations,
+        static_environment=old.static_environment,
+        environment=old.environment if environment is None else environment,
+    )
+    return create_run(
+        request,
+        run_id=run_id,
+        counter=counter,
+        now=now,
+        admitted=admitted,
+        carried=carried,
+        recreated_from=old.id,
+    )

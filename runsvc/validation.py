@@ -1,0 +1,201 @@
+"""Rules a run config and a create request must follow, beyond their shape. Every
+problem is reported, each with the path of the value at fault."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from eventlog.config import Retry, RunConfig, TaskConfig, parse_duration
+from runsvc.errors import BadRequest, Problem
+from runsvc.requests import CreateRunRequest
+
+NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+GROUP_SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+CONDITIONS = frozenset({"success", "failure", "skipped"})
+MAX_KEY = 200
+MAX_ENVIRONMENT = 1000
+
+
+class _Problems(list[Problem]):
+    """Problems found so far; called to add one."""
+
+    def __call__(self, path: str, message: str) -> None:
+        self.append(Problem(path=path, message=message))
+
+
+def validate_config(
+    config: RunConfig, *, max_tasks: int = 10_000, root: str = "config"
+) -> list[Problem]:
+    add = _Problems()
+
+    if not config.tasks:
+        add(f"{root}.tasks", "a run needs at least one task")
+    if len(config.tasks) > max_tasks:
+        add(f"{root}.tasks", f"{len(config.tasks)} tasks is over the limit of {max_tasks}")
+    if config.max_parallel is not None and config.max_parallel < 1:
+        add(f"{root}.max_parallel", "must be at least 1")
+    _duration(config.timeout, f"{root}.timeout", add)
+    if config.retry is not None:
+        _retry(config.retry, f"{root}.retry", add)
+
+    seen: dict[str, int] = {}
+    for index, task in enumerate(config.tasks):
+        path = f"{root}.tasks[{index}]"
+        if not NAME.match(task.name):
+            add(f"{path}.name", "names are 1-100 characters of A-Z a-z 0-9 _ . -")
+        if task.name in seen:
+            add(
+                f"{path}.name", f"duplicate task name {task.name!r} (also tasks[{seen[task.name]}])"
+            )
+        seen.setdefault(task.name, index)
+        _task(task, path, add)
+
+    names = set(seen)
+    for index, task in enumerate(config.tasks):
+        for d_index, dependency in enumerate(task.dependencies()):
+            path = f"{root}.tasks[{index}].depends[{d_index}]"
+            if dependency.task not in names:
+                add(path, f"unknown task {dependency.task!r}")
+            elif dependency.task == task.name:
+                add(path, "a task cannot depend on itself")
+            if not dependency.on:
+                add(f"{path}.on", "needs at least one of success, failure, skipped")
+            for o_index, condition in enumerate(dependency.on):
+                if condition not in CONDITIONS:
+                    add(
+                        f"{path}.on[{o_index}]",
+                        f"{condition!r} is not one of success, failure, skipped",
+                    )
+    cycle = find_cycle(config)
+    if cycle:
+        first = next(i for i, t in enumerate(config.tasks) if t.name == cycle[0])
+        add(f"{root}.tasks[{first}].depends", "cycle: " + " -> ".join([*cycle, cycle[0]]))
+    return list(add)
+
+
+def _task(task: TaskConfig, path: str, report: _Problems) -> None:
+    if (task.run is None) == (task.command is None):
+        report(path, "give exactly one of `run` (a shell string) or `command` (an argv list)")
+    if task.command is not None and not task.command:
+        report(f"{path}.command", "must not be empty")
+    _duration(task.timeout, f"{path}.timeout", report)
+    _duration(task.progress_timeout, f"{path}.progress_timeout", report)
+    if task.on_lost not in ("retry", "fail"):
+        report(f"{path}.on_lost", "must be retry or fail")
+    if task.foreach_strategy not in ("parallel", "sequence"):
+        report(f"{path}.foreach_strategy", "must be parallel or sequence")
+    if task.foreach is not None and not task.foreach:
+        report(f"{path}.foreach", "must list at least one item")
+    if task.max_parallel is not None and task.max_parallel < 1:
+        report(f"{path}.max_parallel", "must be at least 1")
+    if task.retry is not None:
+        _retry(task.retry, f"{path}.retry", report)
+    if task.when is not None:
+        given = [
+            x for x in (task.when.equals, task.when.not_equals, task.when.in_) if x is not None
+        ]
+        if len(given) != 1:
+            report(f"{path}.when", "give exactly one of equals, not_equals, in")
+    for a_index, artifact in enumerate(task.artifacts):
+        if not artifact or artifact.startswith("/") or ".." in artifact.split("/"):
+            report(f"{path}.artifacts[{a_index}]", "must be a path inside the work directory")
+
+
+def _retry(retry: Retry, path: str, report: _Problems) -> None:
+    if retry.max_attempts < 1:
+        report(f"{path}.max_attempts", "must be at least 1")
+    if retry.factor < 1:
+        report(f"{path}.factor", "must be at least 1")
+    _duration(retry.backoff, f"{path}.backoff", report, zero_ok=True)
+    _duration(retry.max_backoff, f"{path}.max_backoff", report, zero_ok=True)
+
+
+def _duration(text: str | None, path: str, report: _Problems, *, zero_ok: bool = False) -> None:
+    if text is None:
+        return
+    try:
+        duration = parse_duration(text)
+    except ValueError as exc:
+        report(path, str(exc))
+        return
+    if not zero_ok and duration.total_seconds() <= 0:
+        report(path, "must be longer than zero")
+
+
+def find_cycle(config: RunConfig) -> list[str] | None:
+    """One dependency cycle, as the task names along it, or None."""
+    graph = {t.name: [d.task for d in t.dependencies()] for t in config.tasks}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(name: str) -> list[str] | None:
+        state[name] = 1
+        stack.append(name)
+        for parent in graph.get(name, []):
+            if parent not in graph:
+                continue
+            if state.get(parent) == 1:
+                return stack[stack.index(parent) :]
+            if parent not in state and (found := visit(parent)):
+                return found
+        stack.pop()
+        state[name] = 2
+        return None
+
+    for name in sorted(graph):
+        if name not in state and (found := visit(name)):
+            return list(reversed(found))
+    return None
+
+
+def _mapping(values: dict[str, str], path: str, problems: list[Problem]) -> None:
+    if len(values) > MAX_ENVIRONMENT:
+        problems.append(Problem(path=path, message=f"at most {MAX_ENVIRONMENT} entries"))
+    for key in values:
+        if not key or len(key) > MAX_KEY:
+            problems.append(
+                Problem(path=f"{path}.{key}", message=f"keys are 1-{MAX_KEY} characters")
+            )
+
+
+def valid_group(group: str) -> bool:
+    if not group.startswith("/") or (group != "/" and group.endswith("/")):
+        return False
+    return group == "/" or all(GROUP_SEGMENT.match(s) for s in group[1:].split("/"))
+
+
+def validate_create(request: CreateRunRequest, *, max_tasks: int = 10_000) -> None:
+    """Raise BadRequest listing every problem of a create request."""
+    problems: list[Problem] = []
+    if not valid_group(request.group):
+        problems.append(
+            Problem(path="group", message="an absolute path of names, like /org/project/branch")
+        )
+    if not NAME.match(request.name):
+        problems.append(Problem(path="name", message="1-100 characters of A-Z a-z 0-9 _ . -"))
+    for field, value in (
+        ("idempotency_key", request.idempotency_key),
+        ("concurrency_key", request.concurrency_key),
+    ):
+        if value is not None and not 1 <= len(value) <= MAX_KEY:
+            problems.append(Problem(path=field, message=f"1-{MAX_KEY} characters"))
+    for field, values in (
+        ("annotations", request.annotations),
+        ("static_environment", request.static_environment),
+        ("environment", request.environment),
+    ):
+        _mapping(values, field, problems)
+    problems += validate_config(request.config, max_tasks=max_tasks)
+    raise_problems(problems)
+
+
+def raise_problems(problems: Iterable[Problem]) -> None:
+    found = list(problems)
+    if found:
+        summary = (
+            found[0].message
+            if len(found) == 1
+            else f"{len(found)} problems, first: {found[0].message}"
+        )
+        raise BadRequest(f"invalid run: {summary}", found)
