@@ -1,0 +1,178 @@
+"""Simulation: a preview of a config, computed by driving the real commands and scheduler
+on a run that exists only in memory. Nothing is written.
+
+Every task succeeds unless `outcomes` says otherwise: `failure` (every attempt fails) or
+`no_approval` (its approval never comes: it and everything waiting on it are `blocked`).
+Other approvals are granted. Retry waits and timeouts do not slow the preview down: the
+clock jumps to whenever the next attempt may start.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+import msgspec
+
+from eventlog.events import Event
+from projections.run_model import Run, Task
+from projections.run_state import apply_event
+from runsvc import commands
+from runsvc.requests import CreateRunRequest, SimulationRequest
+
+SimulatedStatus = Literal["would_run", "skipped", "requires_approval", "blocked"]
+
+
+class SimulatedTask(msgspec.Struct, frozen=True):
+    name: str
+    status: SimulatedStatus
+    reason: str
+    wave: int | None
+    expanded_from: str | None = None
+    item: str | None = None
+
+
+class SimulationResult(msgspec.Struct, frozen=True):
+    tasks: list[SimulatedTask]
+    waves: int
+    result: Literal["success", "failed", "blocked"]
+
+
+_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_MAX_STEPS = 1_000_000
+
+
+def simulate(request: SimulationRequest) -> SimulationResult:
+    create = CreateRunRequest(
+        group="/simulation",
+        name="simulation",
+        config=request.config,
+        static_environment=request.static_environment,
+        environment=request.environment,
+    )
+    now = _EPOCH
+    run = _applied(
+        None, commands.create_run(create, run_id="simulation", counter=1, now=now, admitted=True)
+    )
+    approved: set[str] = set()
+    for _ in range(_MAX_STEPS):
+        if run.phase != "running":
+            break
+        task = _next_claimable(run)
+        if task is not None:
+            if task.next_attempt_at is not None and task.next_attempt_at > now:
+                now = task.next_attempt_at
+            run = _applied(
+                run,
+                commands.start_attempt(
+                    run, task.name, attempt=task.attempt, executor="simulation", now=now
+                ),
+            )
+            fails = request.outcomes.get(_outcome_key(task)) == "failure"
+            run = _applied(
+                run,
+                commands.finish_attempt(
+                    run,
+                    task.name,
+                    attempt=task.attempt,
+                    succeeded=not fails,
+                    exit_code=1 if fails else 0,
+                    error="failure injected by the simulation" if fails else None,
+                    now=now,
+                ),
+            )
+            continue
+        gated = [
+            t
+            for t in _in_order(run)
+            if t.status == "waiting_approval" and request.outcomes.get(t.name) != "no_approval"
+        ]
+        if not gated:
+            break
+        approved.add(gated[0].name)
+        run = _applied(
+            run, commands.approve(run, gated[0].name, approver="simulation", comment=None, now=now)
+        )
+    return _result(run, request, approved)
+
+
+def _outcome_key(task: Task) -> str:
+    # An outcome named for a foreach task applies to each of its items.
+    return task.parent if task.parent is not None else task.name
+
+
+def _applied(run: Run | None, events: list[Event]) -> Run:
+    for event in events:
+        run = apply_event(run, event, version=(run.version if run else 0) + 1)
+    assert run is not None
+    return run
+
+
+def _in_order(run: Run) -> list[Task]:
+    return sorted(run.tasks.values(), key=lambda t: t.order)
+
+
+def _next_claimable(run: Run) -> Task | None:
+    scheduled = [t for t in _in_order(run) if t.status == "scheduled" and not t.is_parent]
+    if not scheduled:
+        return None
+    return min(scheduled, key=lambda t: (t.next_attempt_at or _EPOCH, t.order))
+
+
+def _waves(run: Run) -> dict[str, int]:
+    waves: dict[str, int] = {}
+    for task in _in_order(run):
+        if task.parent is not None:
+            waves[task.name] = waves[task.parent]
+        else:
+            waves[task.name] = 1 + max((waves[d.task] for d in task.depends), default=-1)
+    return waves
+
+
+def _result(run: Run, request: SimulationRequest, approved: set[str]) -> SimulationResult:
+    waves = _waves(run)
+    blocked: set[str] = set()
+    tasks: list[SimulatedTask] = []
+    for task in _in_order(run):
+        status: SimulatedStatus
+        if task.status == "skipped":
+            status, reason = "skipped", task.error or "skipped"
+        elif task.status == "waiting_approval" or (
+            task.status == "notstarted" and run.phase == "running"
+        ):
+            status = "blocked"
+            waiting = [d.task for d in task.depends if d.task in blocked]
+            if task.status == "waiting_approval":
+                reason = "waits for an approval that never comes"
+            elif waiting:
+                reason = f"waits for {', '.join(waiting)}, which is blocked"
+            else:
+                reason = "never becomes ready"
+            blocked.add(task.name)
+        elif task.name in approved:
+            status, reason = "requires_approval", "runs once approved"
+        else:
+            status = "would_run"
+            outcome = "fails" if task.status == "failed" else "succeeds"
+            reason = (
+                f"runs and {outcome}"
+                if not task.children
+                else f"fans out into {len(task.children)} items"
+            )
+        tasks.append(
+            SimulatedTask(
+                name=task.name,
+                status=status,
+                reason=reason,
+                wave=waves[task.name] if status in ("would_run", "requires_approval") else None,
+                expanded_from=task.parent,
+                item=task.item,
+            )
+        )
+    ran = [t.wave for t in tasks if t.wave is not None]
+    result: Literal["success", "failed", "blocked"]
+    if blocked:
+        result = "blocked"
+    else:
+        result = "failed" if run.result == "failed" else "success"
+    return SimulationResult(tasks=tasks, waves=max(ran) + 1 if ran else 0, result=result)
