@@ -170,9 +170,7 @@ def _result(run: Run, request: SimulationRequest, approved: set[str]) -> Simulat
             )
         )
     ran = [t.wave for t in tasks if t.wave is not None]
-    result: Literal["success", "failed", "blocked"]
-    if blocked:
-        result = "blocked"
-    else:
-        result = "failed" if run.result == "failed" else "success"
+    result: Literal["success", "failed", "blocked"] = (
+        "blocked" if blocked else "failed" if run.result == "failed" else "success"
+    )
     return SimulationResult(tasks=tasks, waves=max(ran) + 1 if ran else 0, result=result)

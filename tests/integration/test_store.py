@@ -262,11 +262,15 @@ async def test_append_in_transaction_commits_or_rolls_back_with_the_caller(
     await store.pool.execute("CREATE TABLE side (x int)")
     await store.append("run-t", [status("a")], NO_STREAM, meta=META)
     async with store.pool.acquire() as connection:
-        with pytest.raises(RuntimeError):
+
+        async def append_then_fail() -> None:
             async with connection.transaction():
                 await connection.execute("INSERT INTO side VALUES (1)")
                 await store.append_in_transaction(connection, "run-t", [status("b")], 1, meta=META)
                 raise RuntimeError("caller fails after appending")
+
+        with pytest.raises(RuntimeError):
+            await append_then_fail()
         assert await store.stream_version("run-t") == 1
         async with connection.transaction():
             positions = await store.append_in_transaction(
@@ -274,8 +278,7 @@ async def test_append_in_transaction_commits_or_rolls_back_with_the_caller(
             )
             await connection.execute("INSERT INTO side VALUES (2)")
         with pytest.raises(VersionConflict):
-            async with connection.transaction():
-                await store.append_in_transaction(connection, "run-t", [status("d")], 1, meta=META)
+            await store.append_in_transaction(connection, "run-t", [status("d")], 1, meta=META)
     assert [e.position for e in await store.read_stream("run-t", from_version=2)] == positions
     assert await store.pool.fetchval("SELECT array_agg(x) FROM side") == [2]
     await store.append("run-t", [status("e")], 3, meta=META)

@@ -1,0 +1,135 @@
+"""The executor protocol: what an executor and the service say to each other over HTTP.
+
+Both sides import these types, so the wire format has one definition. Request types reject
+unknown fields (a typo must not be silently ignored by the server); response types accept
+them, because the API adds fields over time and an older executor must keep working.
+
+Durations travel as strings such as `20s` in requests (the API's duration syntax) and as
+seconds (floats) in responses, where a client only computes with them.
+
+A claim hands out one attempt of one task under a *lease*. Every later call names the
+lease; once the lease is no longer current (lost, expired, replaced, completed, released)
+the server answers 409 and changes nothing, so a late or duplicated report can never
+overwrite the outcome of a newer attempt.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Final, Literal
+from urllib.parse import quote
+
+import msgspec
+
+CLAIM_PATH: Final = "/api/v1/executor/claim"
+HEARTBEAT_PATH: Final = "/api/v1/executor/leases/{lease}/heartbeat"
+LOGS_PATH: Final = "/api/v1/executor/leases/{lease}/logs"
+ARTIFACT_PATH: Final = "/api/v1/executor/leases/{lease}/artifacts/{path}"
+COMPLETE_PATH: Final = "/api/v1/executor/leases/{lease}/complete"
+RELEASE_PATH: Final = "/api/v1/executor/leases/{lease}/release"
+
+LOG_OFFSET_HEADER: Final = "X-Log-Offset"
+"""The byte offset, in the attempt's log as stored (UTF-8), of the chunk a logs request
+carries. A chunk sent twice (a retry after a lost answer) names the same offset, so the
+server stores it once."""
+
+
+class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Ask for one ready task. `labels` are matched against the task's `runs_on`; `wait` is
+    how long the server may hold the request open until a task becomes ready."""
+
+    executor: str
+    labels: dict[str, str] = {}
+    wait: str = "20s"
+
+
+class WorkItem(msgspec.Struct, frozen=True, kw_only=True):
+    """One attempt of one task, with everything an executor needs to run it.
+
+    Exactly one of `run` (a shell string, run by `/bin/sh -c`) and `command` (an argv
+    list) is set. `item` is the foreach item of an expanded child task. `artifacts` are
+    paths relative to the attempt's work directory, uploaded when it ends.
+    """
+
+    task_id: str
+    run_id: str
+    group: str
+    task: str
+    attempt: int
+    run: str | None = None
+    command: list[str] | None = None
+    static_environment: dict[str, str] = {}
+    environment: dict[str, str] = {}
+    env: dict[str, str] = {}
+    item: str | None = None
+    artifacts: list[str] = []
+    timeout_s: float | None = None
+    progress_timeout_s: float | None = None
+
+
+class Claim(msgspec.Struct, frozen=True, kw_only=True):
+    """A claimed attempt: the lease that every later call names, when it expires unless
+    renewed by a heartbeat, and how often to send heartbeats."""
+
+    lease: str
+    lease_expires_at: datetime
+    heartbeat_interval_s: float
+    task: WorkItem
+
+
+class HeartbeatAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """The 200 answer to a heartbeat: stop the task (a stop was requested, or the server
+    decided it timed out). A 204 answer means keep going, see `KEEP_GOING`."""
+
+    stop: bool
+    reason: str | None = None
+
+
+KEEP_GOING: Final = HeartbeatAnswer(stop=False)
+"""What a 204 heartbeat answer means, so that callers always get a `HeartbeatAnswer`."""
+
+
+class Completion(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The outcome of an attempt. `exit_code` is None when the process did not exit by
+    itself (killed by a signal, could not start); `error` says why it failed."""
+
+    status: Literal["success", "failed"]
+    exit_code: int | None = None
+    error: str | None = None
+
+
+def lease_path(template: str, lease: str, path: str = "") -> str:
+    """A lease route with its parameters percent-encoded: the lease as one segment, an
+    artifact path segment by segment (its slashes kept)."""
+    return template.format(lease=quote(lease, safe=""), path=quote(path, safe="/"))
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as the API's duration syntax: whole seconds as `20s`, anything finer in
+    milliseconds (`1500ms`), rounded up so that a wait is never shortened to zero."""
+    if seconds < 0 or not math.isfinite(seconds):
+        raise ValueError(f"a duration must be finite and not negative, got {seconds!r}")
+    if float(seconds).is_integer():
+        return f"{int(seconds)}s"
+    return f"{math.ceil(seconds * 1000)}ms"
+
+
+def compose_environment(item: WorkItem) -> dict[str, str]:
+    """The variables the service defines for an attempt: the run's static environment,
+    overlaid by its (recreatable) environment, overlaid by the task's own `env`; then the
+    foreach item as `RUNSVC_ITEM` and, unless the task already defines it, `ITEM`; then the
+    attempt's identity as `RUNSVC_RUN_ID`, `RUNSVC_TASK`, `RUNSVC_TASK_ID` and
+    `RUNSVC_ATTEMPT`, which always win because scripts rely on them being true.
+
+    The executor puts a few of its own variables (PATH, HOME, ...) underneath.
+    """
+    composed = {**item.static_environment, **item.environment, **item.env}
+    if item.item is not None:
+        composed["RUNSVC_ITEM"] = item.item
+        composed.setdefault("ITEM", item.item)
+    composed["RUNSVC_RUN_ID"] = item.run_id
+    composed["RUNSVC_TASK"] = item.task
+    composed["RUNSVC_TASK_ID"] = item.task_id
+    composed["RUNSVC_ATTEMPT"] = str(item.attempt)
+    return composed
