@@ -88,6 +88,8 @@ def task_reason(run: Run, task: Task) -> str | None:
             return f"waiting for {len(open_children)} of {len(task.children)} items"
         return None
     if status == "waiting_approval":
+        if task.approved_by is not None:
+            return f"approved by {task.approved_by}; " + _slot_limit(run, task)
         return "waiting for approval"
     if status == "lost":
         return "its executor was lost; deciding what follows"

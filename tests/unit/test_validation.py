@@ -1,0 +1,121 @@
+"""Validation of configs and create requests: every problem, each with its path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from eventlog.config import RunConfig
+from runsvc.errors import BadRequest
+from runsvc.requests import CreateRunRequest
+from runsvc.validation import find_cycle, validate_config, validate_create
+from tests.unit.histories import config, task
+
+
+def problems(*tasks: dict[str, Any], **run: Any) -> dict[str, str]:
+    return {p.path: p.message for p in validate_config(config(*tasks, **run))}
+
+
+def test_a_valid_config_has_no_problems() -> None:
+    """The API.md example shape passes."""
+    assert (
+        problems(
+            task("checkout", timeout="5m"),
+            task("test", "checkout", retry={"max_attempts": 3, "backoff": "2s"}),
+            task("shard", "checkout", foreach=["1", "2"], max_parallel=2),
+            task("report", {"task": "test", "on": ["success", "failure"]}, continue_on_error=True),
+            task("deploy", "test", approval=True, when={"env": "BRANCH", "equals": "main"}),
+            max_parallel=4,
+            timeout="1h",
+        )
+        == {}
+    )
+
+
+def test_every_problem_is_reported_with_its_path() -> None:
+    """Duplicate names, unknown dependencies, invalid `on`, bad durations, bad names,
+    max_parallel below 1 — all at once, each at its path."""
+    found = problems(
+        task("a", timeout="5 minutes"),
+        task("a"),
+        task("b", "nope", {"task": "a", "on": ["sometimes"]}),
+        task("bad name!"),
+        task("c", foreach=[], max_parallel=0),
+        max_parallel=0,
+        timeout="-1s",
+    )
+    assert found["config.tasks[0].timeout"].startswith("invalid duration")
+    assert "duplicate task name 'a'" in found["config.tasks[1].name"]
+    assert found["config.tasks[2].depends[0]"] == "unknown task 'nope'"
+    assert "'sometimes' is not one of" in found["config.tasks[2].depends[1].on[0]"]
+    assert "names are" in found["config.tasks[3].name"]
+    assert found["config.tasks[4].foreach"] == "must list at least one item"
+    assert found["config.tasks[4].max_parallel"] == "must be at least 1"
+    assert found["config.max_parallel"] == "must be at least 1"
+    assert "config.timeout" in found
+
+
+def test_cycles_are_named() -> None:
+    """A cycle is reported with the tasks along it."""
+    cyclic = config(task("a", "c"), task("b", "a"), task("c", "b"), task("d"))
+    assert find_cycle(cyclic) == ["a", "b", "c"] or find_cycle(cyclic) is not None
+    found = {p.path: p.message for p in validate_config(cyclic)}
+    message = next(m for m in found.values() if m.startswith("cycle"))
+    assert all(name in message for name in ("a", "b", "c"))
+    assert "d" not in message.split(": ")[1]
+
+
+def test_task_level_rules() -> None:
+    """run xor command, on_lost, foreach_strategy, retry ranges, when shape, artifact
+    paths, task limit."""
+    found = problems(
+        {"name": "neither"},
+        {"name": "both", "run": "x", "command": ["x"]},
+        task("lost", on_lost="sometimes", foreach_strategy="random", foreach=["x"]),
+        task("retry", retry={"max_attempts": 0, "factor": 0.5, "backoff": "x"}),
+        task("when", when={"env": "A", "equals": "1", "in": ["1"]}),
+        task("files", artifacts=["/etc/passwd", "../up", "ok/file"]),
+    )
+    assert "exactly one of `run`" in found["config.tasks[0]"]
+    assert "exactly one of `run`" in found["config.tasks[1]"]
+    assert found["config.tasks[2].on_lost"] == "must be retry or fail"
+    assert found["config.tasks[2].foreach_strategy"] == "must be parallel or sequence"
+    assert found["config.tasks[3].retry.max_attempts"] == "must be at least 1"
+    assert found["config.tasks[3].retry.factor"] == "must be at least 1"
+    assert "config.tasks[3].retry.backoff" in found
+    assert found["config.tasks[4].when"] == "give exactly one of equals, not_equals, in"
+    assert "config.tasks[5].artifacts[0]" in found
+    assert "config.tasks[5].artifacts[1]" in found
+    assert "config.tasks[5].artifacts[2]" not in found
+    many = validate_config(config(*(task(f"t{i}") for i in range(6))), max_tasks=5)
+    assert many[0].path == "config.tasks"
+    assert "over the limit of 5" in many[0].message
+
+
+def test_create_requests_check_group_name_and_config() -> None:
+    """A create request with a bad group, a bad name and a bad config lists them all."""
+    request = CreateRunRequest(
+        group="org/no-slash", name="", config=msgspec.convert({"tasks": []}, RunConfig)
+    )
+    with pytest.raises(BadRequest) as error:
+        validate_create(request)
+    paths = [p.path for p in error.value.details]
+    assert paths == ["group", "name", "config.tasks"]
+    fine = CreateRunRequest(group="/org/p/main", name="ci", config=config(task("a")))
+    validate_create(fine)
+
+
+def test_wrong_types_are_reported_by_path_when_decoding() -> None:
+    """msgspec rejects wrong types and unknown fields with a JSON path."""
+    with pytest.raises(msgspec.ValidationError, match=r"\$\.config\.tasks\[0\]\.foreach"):
+        msgspec.json.decode(
+            b'{"group": "/a", "name": "n", "config": {"tasks": [{"name": "a", "run": "x", "foreach": "1,2"}]}}',
+            type=CreateRunRequest,
+        )
+    with pytest.raises(msgspec.ValidationError, match="unknown field `colour`"):
+        msgspec.json.decode(
+            b'{"group": "/a", "name": "n", "colour": 1, "config": {"tasks": []}}',
+            type=CreateRunRequest,
+        )
