@@ -99,7 +99,7 @@ def replayed(history: History) -> Run:
 
 def indexes(run: Run) -> dict[str, Any]:
     return {
-        "pending": {k: v for k, v in run.pending.items()},
+        "pending": dict(run.pending),
         "skip": list(run.skip),
         "gate": list(run.gate),
         "expand": list(run.expand),
@@ -107,7 +107,7 @@ def indexes(run: Run) -> dict[str, Any]:
         "active": run.active,
         "active_in": {k: v for k, v in run.active_in.items() if v},
         "nonfinal": run.nonfinal,
-        "open_children": {k: v for k, v in run.open_children.items()},
+        "open_children": dict(run.open_children),
         "waiting": run.waiting_approval,
         "blocking": run.blocking_failures,
         "closing": list(run.closing),

@@ -111,7 +111,8 @@ def test_wrong_types_are_reported_by_path_when_decoding() -> None:
     """msgspec rejects wrong types and unknown fields with a JSON path."""
     with pytest.raises(msgspec.ValidationError, match=r"\$\.config\.tasks\[0\]\.foreach"):
         msgspec.json.decode(
-            b'{"group": "/a", "name": "n", "config": {"tasks": [{"name": "a", "run": "x", "foreach": "1,2"}]}}',
+            b'{"group": "/a", "name": "n", "config": {"tasks": '
+            b'[{"name": "a", "run": "x", "foreach": "1,2"}]}}',
             type=CreateRunRequest,
         )
     with pytest.raises(msgspec.ValidationError, match="unknown field `colour`"):
