@@ -52,3 +52,12 @@ class EventIdReused(EventLogError):
 
 class StoreUnavailable(EventLogError):
     """The database could not be reached in time; the operation may be retried."""
+
+
+class CorruptEvent(EventLogError):
+    """A stored event does not decode: it was altered outside the event log."""
+
+    def __init__(self, stream: str, version: int, reason: str) -> None:
+        super().__init__(f"event {version} of stream {stream!r} does not decode: {reason}")
+        self.stream = stream
+        self.version = version

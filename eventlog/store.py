@@ -38,6 +38,7 @@ import msgspec
 
 from eventlog.appender import CONNECTION_ERRORS, Appender, AppendRequest, Head, build_rows
 from eventlog.errors import (
+    CorruptEvent,
     EmptyAppend,
     PayloadTooLarge,
     StoreUnavailable,
@@ -80,6 +81,13 @@ class EventPage(msgspec.Struct, frozen=True):
 
 
 def _recorded(row: asyncpg.Record) -> RecordedEvent:
+    try:
+        return _decoded(row)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise CorruptEvent(row[1], row[2], str(exc)) from exc
+
+
+def _decoded(row: asyncpg.Record) -> RecordedEvent:
     return RecordedEvent(
         position=row[0],
         stream=row[1],

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from projections.index import IndexProjection
 from projections.projection import Projection
+from projections.run_state_projection import RunStateProjection
 
 
 def all_projections() -> list[Projection]:
-    return [IndexProjection()]
+    return [IndexProjection(), RunStateProjection()]
 
 
 def projection_named(name: str) -> Projection:

@@ -15,7 +15,6 @@ row lock; the loser only wasted a read.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 import asyncpg
@@ -171,5 +170,4 @@ async def run_forever(runner: ProjectionRunner) -> None:
             raise
         except Exception:
             log.exception("projection runner crashed; restarting", projection=runner.name)
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)

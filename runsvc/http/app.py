@@ -15,14 +15,25 @@ from eventlog.fanout import EventHub
 from projections.registry import all_projections
 from projections.runner import ProjectionRunner, run_forever
 from runsvc.auth import Permission, TokenVerifier, count_tokens, create_token
-from runsvc.http import events, health
-from runsvc.http.keys import DATABASE, HUB, PROJECTIONS, SETTINGS, STORE, VERIFIER, Projections
+from runsvc.http import events, health, runs
+from runsvc.http.keys import (
+    DATABASE,
+    HUB,
+    PROJECTIONS,
+    SERVICE,
+    SETTINGS,
+    STORE,
+    VERIFIER,
+    Projections,
+)
 from runsvc.http.metrics import METRICS, Metrics, metrics_handler
 from runsvc.http.middleware import body_limit, errors, request_context
 from runsvc.http.openapi import OPENAPI, build_document, openapi_handler
 from runsvc.http.routing import Endpoint, register
 from runsvc.resources import open_database, open_event_store
+from runsvc.service import RunService
 from runsvc.settings import Settings
+from runsvc.timers import timer_loop
 
 
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -41,6 +52,17 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
             lambda: float(store.appender.events_written),
         )
         yield
+
+
+async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The command side and, in the background, the timer loop."""
+    settings = app[SETTINGS]
+    service = RunService(app[STORE], max_tasks=settings.max_tasks)
+    app[SERVICE] = service
+    timers = asyncio.create_task(timer_loop(service), name="timers")
+    yield
+    timers.cancel()
+    await asyncio.gather(timers, return_exceptions=True)
 
 
 async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -139,7 +161,7 @@ OPERATIONS = [
 
 
 def all_endpoints() -> list[Endpoint]:
-    return [*OPERATIONS, *events.ENDPOINTS]
+    return [*OPERATIONS, *runs.ENDPOINTS, *events.ENDPOINTS]
 
 
 def create_app(settings: Settings, *, extra: Sequence[Endpoint] = ()) -> web.Application:
@@ -155,6 +177,7 @@ def create_app(settings: Settings, *, extra: Sequence[Endpoint] = ()) -> web.App
     app.cleanup_ctx.append(_first_token_ctx)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_projections_ctx)
+    app.cleanup_ctx.append(_service_ctx)
     app.cleanup_ctx.append(_hub_ctx)
     app.on_shutdown.append(events.close_websockets)
     endpoints = [*all_endpoints(), *extra]

@@ -9,6 +9,7 @@ from eventlog.store import EventStore
 from projections.runner import ProjectionRunner
 from runsvc.auth import TokenVerifier
 from runsvc.resources import Database
+from runsvc.service import RunService
 from runsvc.settings import Settings
 
 
@@ -22,3 +23,4 @@ STORE = web.AppKey("store", EventStore)
 HUB = web.AppKey("hub", EventHub)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 PROJECTIONS = web.AppKey("projections", Projections)
+SERVICE = web.AppKey("service", RunService)

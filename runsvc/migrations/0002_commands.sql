@@ -1,6 +1,7 @@
 -- State the command side keeps beside the log: what must be decided across runs
--- (counters, keys) or at a time (timers). Every row here is written in the same
--- transaction as the events it belongs to, or is re-derivable from the log.
+-- (counters, keys). Key rows are written in the same transaction as the events they
+-- belong to. (Timers and the claim queue are derived from the log by the run_state
+-- projection.)
 
 -- Per-group run counters: the `counter` of a run (build #42 of /org/project).
 CREATE TABLE group_counters (
@@ -25,12 +26,3 @@ CREATE TABLE concurrency_slots (
 );
 CREATE UNIQUE INDEX concurrency_slots_one_active ON concurrency_slots (key) WHERE active;
 CREATE INDEX concurrency_slots_queue ON concurrency_slots (key, seq) WHERE NOT active;
-
--- When a run next needs the scheduler without any new event (retry backoff, timeouts).
--- Any process may claim due rows; `claimed_until` keeps two from ticking one run at once.
-CREATE TABLE timers (
-    run_id        text        PRIMARY KEY,
-    due_at        timestamptz NOT NULL,
-    claimed_until timestamptz
-);
-CREATE INDEX timers_due ON timers (due_at);

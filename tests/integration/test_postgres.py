@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 
 import asyncpg
@@ -10,7 +11,7 @@ import pytest
 
 from eventlog.postgres import EmbeddedPostgres, MigrationSet, migrate
 from runsvc.database import MIGRATION_SETS
-from tests.fixtures.postgres import dsn_for
+from tests.fixtures.postgres import dsn_for, server_directory
 
 
 @pytest.fixture
@@ -61,17 +62,18 @@ async def test_failed_migration_applies_nothing_of_itself(
         await connection.close()
 
 
-async def test_embedded_server_keeps_data_across_restarts(tmp_path: Path) -> None:
+async def test_embedded_server_keeps_data_across_restarts() -> None:
     """The data directory survives a stop and start; a second handle attaches to the
     running server and leaves it running when it stops."""
-    server = EmbeddedPostgres(tmp_path / "data")
+    root = server_directory()
+    server = EmbeddedPostgres(root / "data")
     dsn = await asyncio.to_thread(server.start)
     try:
         connection = await asyncpg.connect(dsn)
         await connection.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)")
         await connection.close()
 
-        attached = EmbeddedPostgres(tmp_path / "data")
+        attached = EmbeddedPostgres(root / "data")
         assert await asyncio.to_thread(attached.start) == dsn
         await asyncio.to_thread(attached.stop)
         connection = await asyncpg.connect(dsn)
@@ -86,3 +88,4 @@ async def test_embedded_server_keeps_data_across_restarts(tmp_path: Path) -> Non
         await connection.close()
     finally:
         await asyncio.to_thread(server.stop)
+        shutil.rmtree(root, ignore_errors=True)

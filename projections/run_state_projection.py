@@ -1,0 +1,180 @@
+"""The run_state projection: one row per run with its full current state, plus the claim
+queue (`ready_tasks`) and the timers (`run_timers`) that follow from those states.
+
+A batch is folded per run in memory (runs recently touched stay cached, keyed by their
+version, so a busy run is not decoded again for every batch), then written with a few
+set-based statements. The claim queue changes by event (a task scheduled is queued; any
+other status takes it out), so a huge run never rewrites its whole queue.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+import structlog
+
+from eventlog.events import RecordedEvent, RunCreated, TaskStatusChanged
+from eventlog.filter import EventFilter
+from projections.index import RUN_STREAM_PREFIX, run_id_of
+from projections.run_codec import decode_run, encode_run
+from projections.run_model import Run
+from projections.run_state import apply
+from projections.run_timing import next_wakeup
+from projections.run_view import run_view
+
+log = structlog.get_logger("runsvc.projections")
+_DDL = (Path(__file__).parent / "sql" / "run_state.sql").read_text()
+READY_CHANNEL = "runsvc_ready"
+_json = msgspec.json.Encoder()
+
+
+class RunStateProjection:
+    name = "run_state"
+    version = 1
+    tables: tuple[str, ...] = ("run_state", "ready_tasks", "run_timers")
+    filter: EventFilter | None = EventFilter(stream_prefix=RUN_STREAM_PREFIX)
+
+    def __init__(self, cache_size: int = 2000) -> None:
+        self._cache: OrderedDict[str, Run] = OrderedDict()
+        self._cache_size = cache_size
+
+    def ddl(self) -> str:
+        return _DDL
+
+    async def apply(self, connection: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
+        by_run: dict[str, list[RecordedEvent]] = {}
+        for recorded in events:
+            by_run.setdefault(run_id_of(recorded.stream), []).append(recorded)
+        runs = await self._load(connection, by_run)
+        ready: dict[str, tuple[Any, ...]] = {}
+        unready: set[str] = set()
+        for run_id, run_events in list(by_run.items()):
+            run = runs.get(run_id)
+            if run is None and not isinstance(run_events[0].event, RunCreated):
+                # Not a stream the run service wrote (its first event is not a creation):
+                # leave it out rather than stop the projection for every other run.
+                log.warning(
+                    "skipping events of a stream without a run", stream=run_events[0].stream
+                )
+                del by_run[run_id]
+                continue
+            for recorded in run_events:
+                run = apply(run, recorded)
+                event = recorded.event
+                if isinstance(event, TaskStatusChanged):
+                    task = run.tasks[event.task]
+                    if event.status == "scheduled" and not task.is_parent:
+                        unready.discard(task.id)
+                        ready[task.id] = (
+                            task.id,
+                            run_id,
+                            task.name,
+                            event.attempt,
+                            event.next_attempt_at,
+                            json.dumps(task.spec.runs_on),
+                            recorded.position,
+                        )
+                    else:
+                        ready.pop(task.id, None)
+                        unready.add(task.id)
+            assert run is not None
+            runs[run_id] = run
+        await self._write(connection, [runs[r] for r in by_run], ready, unready)
+        for run_id in by_run:
+            self._remember(runs[run_id])
+
+    async def _load(
+        self, connection: asyncpg.Connection, by_run: dict[str, list[RecordedEvent]]
+    ) -> dict[str, Run]:
+        runs: dict[str, Run] = {}
+        missing = []
+        for run_id, run_events in by_run.items():
+            first = run_events[0]
+            if first.version == 1:
+                continue  # created in this batch
+            cached = self._cache.get(run_id)
+            if cached is not None and cached.version == first.version - 1:
+                runs[run_id] = cached
+            else:
+                missing.append(run_id)
+        if missing:
+            rows = await connection.fetch(
+                "SELECT run_id, state FROM run_state WHERE run_id = ANY($1::text[])", missing
+            )
+            for row in rows:
+                runs[row["run_id"]] = decode_run(bytes(row["state"]))
+        return runs
+
+    def _remember(self, run: Run) -> None:
+        self._cache[run.id] = run
+        self._cache.move_to_end(run.id)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    async def _write(
+        self,
+        connection: asyncpg.Connection,
+        runs: list[Run],
+        ready: dict[str, tuple[Any, ...]],
+        unready: set[str],
+    ) -> None:
+        await connection.execute(
+            """
+            INSERT INTO run_state (run_id, version, position, phase, concurrency_key, state, view)
+            SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::text[],
+                                 $6::bytea[], $7::bytea[])
+            ON CONFLICT (run_id) DO UPDATE SET
+                version = excluded.version, position = excluded.position,
+                phase = excluded.phase, concurrency_key = excluded.concurrency_key,
+                state = excluded.state, view = excluded.view
+            """,
+            [r.id for r in runs],
+            [r.version for r in runs],
+            [r.position for r in runs],
+            [r.phase for r in runs],
+            [r.concurrency_key for r in runs],
+            [encode_run(r) for r in runs],
+            [_json.encode(run_view(r)) for r in runs],
+        )
+        if unready:
+            await connection.execute(
+                "DELETE FROM ready_tasks WHERE task_id = ANY($1::text[])", list(unready)
+            )
+        if ready:
+            rows = list(ready.values())
+            await connection.execute(
+                """
+                INSERT INTO ready_tasks (task_id, run_id, task, attempt, not_before, runs_on,
+                                         position)
+                SELECT t.id, t.run, t.task, t.attempt, t.nb, t.labels::jsonb, t.pos
+                FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::timestamptz[],
+                            $6::text[], $7::bigint[]) AS t(id, run, task, attempt, nb, labels, pos)
+                ON CONFLICT (task_id) DO UPDATE SET
+                    attempt = excluded.attempt, not_before = excluded.not_before,
+                    runs_on = excluded.runs_on, position = excluded.position
+                """,
+                *[list(column) for column in zip(*rows, strict=True)],
+            )
+            await connection.execute("SELECT pg_notify($1, '')", READY_CHANNEL)
+        due = [(r.id, next_wakeup(r)) for r in runs]
+        await connection.execute(
+            "DELETE FROM run_timers WHERE run_id = ANY($1::text[])",
+            [run_id for run_id, at in due if at is None],
+        )
+        timed = [(run_id, at) for run_id, at in due if at is not None]
+        if timed:
+            await connection.execute(
+                """
+                INSERT INTO run_timers (run_id, due_at)
+                SELECT * FROM unnest($1::text[], $2::timestamptz[])
+                ON CONFLICT (run_id) DO UPDATE SET due_at = excluded.due_at, claimed_until = NULL
+                """,
+                [run_id for run_id, _ in timed],
+                [at for _, at in timed],
+            )

@@ -1,0 +1,34 @@
+-- Current state of every run, as the API returns it (`view`, JSON) and as the command
+-- side caches it (`state`, MessagePack), with the stream version and log position.
+CREATE TABLE run_state (
+    run_id          text        PRIMARY KEY,
+    version         integer     NOT NULL,
+    position        bigint      NOT NULL,
+    phase           text        NOT NULL,
+    concurrency_key text,
+    state           bytea       NOT NULL,
+    view            bytea       NOT NULL
+);
+
+-- The claim queue: attempts that are scheduled, with the labels an executor needs and the
+-- time before which they may not start. Derived from the log; a claim re-checks the run.
+CREATE TABLE ready_tasks (
+    task_id    text        PRIMARY KEY,
+    run_id     text        NOT NULL,
+    task       text        NOT NULL,
+    attempt    integer     NOT NULL,
+    not_before timestamptz,
+    runs_on    jsonb       NOT NULL,
+    position   bigint      NOT NULL
+);
+CREATE INDEX ready_tasks_order ON ready_tasks (position);
+
+-- When a run next needs the scheduler without any new event (task and run timeouts). Any
+-- service process claims due rows with FOR UPDATE SKIP LOCKED; `claimed_until` keeps two
+-- processes from ticking one run at once.
+CREATE TABLE run_timers (
+    run_id        text        PRIMARY KEY,
+    due_at        timestamptz NOT NULL,
+    claimed_until timestamptz
+);
+CREATE INDEX run_timers_due ON run_timers (due_at);

@@ -1,0 +1,316 @@
+"""The runs endpoints: create, read, list, act, recreate, history and audit, simulation.
+
+Handlers only decode, call one service function, and encode. Reads of a single run come
+from the run_state projection (the stored JSON is sent as is); a run the projection has not
+reached yet is folded from its stream, so a run is readable right after it was created.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+from aiohttp import web
+
+from eventlog.errors import CorruptEvent, StreamNotFound
+from eventlog.events import Actor
+from projections.index_queries import IndexPage, InvalidCursor, list_runs
+from projections.run_codec import encode_run
+from projections.run_state import fold
+from projections.run_view import RunView, run_view
+from runsvc.api import StreamEvents, event_out
+from runsvc.auth import Permission
+from runsvc.errors import BadRequest, NotFound, Problem
+from runsvc.http.keys import SERVICE, SETTINGS, STORE
+from runsvc.http.middleware import REQUEST_ID
+from runsvc.http.routing import Endpoint, decode_body, decode_query, json_response, principal
+from runsvc.requests import ApproveRequest, CreateRunRequest, RecreateRequest, SimulationRequest
+from runsvc.service import Caller, stream_of
+from runsvc.simulate import SimulationResult, simulate
+from runsvc.validation import raise_problems, validate_config
+
+
+class ListQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    group: str | None = None
+    phase: str | None = None
+    result: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    limit: int = 50
+    cursor: str | None = None
+
+
+class StateQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    at_version: int | None = None
+    at_position: int | None = None
+
+
+class Verification(msgspec.Struct, frozen=True):
+    ok: bool
+    events: int
+    problems: list[str]
+
+
+def caller(request: web.Request) -> Caller:
+    who = principal(request)
+    return Caller(Actor(kind="user", id=who.name), request.get(REQUEST_ID))
+
+
+def _run_id(request: web.Request) -> str:
+    return request.match_info["id"]
+
+
+async def _with_queue_position(request: web.Request, view: RunView) -> RunView:
+    if view.phase == "queued" and view.concurrency_key is not None:
+        position = await request.app[SERVICE].queue_position(view.id)
+        return msgspec.structs.replace(view, queue_position=position)
+    return view
+
+
+async def create_run(request: web.Request) -> web.Response:
+    body = await decode_body(request, CreateRunRequest)
+    run, created = await request.app[SERVICE].create(body, caller(request))
+    view = await _with_queue_position(request, run_view(run))
+    headers = {"Location": f"/api/v1/runs/{run.id}"}
+    return json_response(view, status=201 if created else 200, headers=headers)
+
+
+async def get_run(request: web.Request) -> web.Response:
+    run_id = _run_id(request)
+    row = await request.app[SERVICE].pool.fetchrow(
+        "SELECT view, phase, concurrency_key FROM run_state WHERE run_id = $1", run_id
+    )
+    if row is not None and not (row["phase"] == "queued" and row["concurrency_key"]):
+        return web.Response(body=bytes(row["view"]), content_type="application/json")
+    run = await request.app[SERVICE].load(run_id)
+    return json_response(await _with_queue_position(request, run_view(run)))
+
+
+async def list_runs_handler(request: web.Request) -> web.Response:
+    query = decode_query(request, ListQuery)
+    limit = request.app[SETTINGS].max_page_size
+    if not 1 <= query.limit <= limit:
+        raise BadRequest(f"limit must be between 1 and {limit}")
+    if query.group is not None and not query.group.startswith("/"):
+        raise BadRequest("group must be an absolute path such as /org/project")
+    try:
+        page = await list_runs(
+            request.app[SERVICE].pool,
+            group=query.group,
+            phase=query.phase,
+            result=query.result,
+            created_after=query.created_after,
+            created_before=query.created_before,
+            limit=query.limit,
+            cursor=query.cursor,
+        )
+    except InvalidCursor as exc:
+        raise BadRequest(str(exc)) from exc
+    return json_response(page)
+
+
+async def stop_run(request: web.Request) -> web.Response:
+    await request.app[SERVICE].stop(_run_id(request), caller(request))
+    return web.Response(status=204)
+
+
+async def cancel_run(request: web.Request) -> web.Response:
+    await request.app[SERVICE].cancel(_run_id(request), caller(request))
+    return web.Response(status=204)
+
+
+async def approve_task(request: web.Request) -> web.Response:
+    body = ApproveRequest()
+    if request.can_read_body and await request.read():
+        body = await decode_body(request, ApproveRequest)
+    await request.app[SERVICE].approve(
+        _run_id(request), request.match_info["task"], body.comment, caller(request)
+    )
+    return web.Response(status=204)
+
+
+async def recreate_run(request: web.Request) -> web.Response:
+    body = RecreateRequest()
+    if request.can_read_body and await request.read():
+        body = await decode_body(request, RecreateRequest)
+    run = await request.app[SERVICE].recreate(_run_id(request), body, caller(request))
+    return json_response(run_view(run), status=201, headers={"Location": f"/api/v1/runs/{run.id}"})
+
+
+async def run_events(request: web.Request) -> web.Response:
+    try:
+        events = await request.app[STORE].read_stream(stream_of(_run_id(request)))
+    except StreamNotFound:
+        raise NotFound(f"no run {_run_id(request)}") from None
+    return json_response(StreamEvents(events=[event_out(e) for e in events]))
+
+
+async def run_state_at(request: web.Request) -> web.Response:
+    query = decode_query(request, StateQuery)
+    if (query.at_version is None) == (query.at_position is None):
+        raise BadRequest("give exactly one of at_version or at_position")
+    try:
+        events = await request.app[STORE].read_stream(stream_of(_run_id(request)))
+    except StreamNotFound:
+        raise NotFound(f"no run {_run_id(request)}") from None
+    if query.at_version is not None:
+        if not 1 <= query.at_version <= len(events):
+            raise BadRequest(f"at_version must be between 1 and {len(events)}")
+        prefix = events[: query.at_version]
+    else:
+        position = query.at_position or 0
+        prefix = [e for e in events if e.position <= position]
+        if not prefix:
+            raise BadRequest(f"the run did not exist yet at position {position}")
+    run = fold(prefix)
+    assert run is not None
+    return json_response(run_view(run))
+
+
+async def verify_run(request: web.Request) -> web.Response:
+    """The hash chain holds, and folding the events reproduces the stored state."""
+    run_id = _run_id(request)
+    store = request.app[STORE]
+    try:
+        report = await store.verify_stream(stream_of(run_id))
+    except StreamNotFound:
+        raise NotFound(f"no run {run_id}") from None
+    problems = list(report.problems)
+    try:
+        events = await store.read_stream(stream_of(run_id))
+    except CorruptEvent as exc:
+        problems.append(str(exc))
+        return json_response(Verification(ok=False, events=report.events, problems=problems))
+    row = await request.app[SERVICE].pool.fetchrow(
+        "SELECT version, state FROM run_state WHERE run_id = $1", run_id
+    )
+    if row is not None:
+        if row["version"] > len(events):
+            problems.append(
+                f"the stored state is at version {row['version']} but the stream has only "
+                f"{len(events)} events: events were removed"
+            )
+        else:
+            folded = fold(events[: row["version"]])
+            assert folded is not None
+            if encode_run(folded) != bytes(row["state"]):
+                problems.append("folding the events does not reproduce the stored state")
+    return json_response(Verification(ok=not problems, events=report.events, problems=problems))
+
+
+async def simulate_run(request: web.Request) -> web.Response:
+    body = await decode_body(request, SimulationRequest)
+    problems = validate_config(body.config, max_tasks=request.app[SETTINGS].max_tasks)
+    names = {t.name for t in body.config.tasks}
+    for name in body.outcomes:
+        if name not in names:
+            problems.append(Problem(path=f"outcomes.{name}", message=f"unknown task {name!r}"))
+    raise_problems(problems)
+    return json_response(simulate(body))
+
+
+def _run(path: str = "") -> str:
+    return "/api/v1/runs/{id}" + path
+
+
+ENDPOINTS: list[Endpoint] = [
+    Endpoint(
+        "POST",
+        "/api/v1/runs",
+        create_run,
+        Permission.SUBMIT,
+        "Create a run",
+        "runs",
+        body=CreateRunRequest,
+        responses={201: RunView, 200: RunView},
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/runs",
+        list_runs_handler,
+        Permission.READ,
+        "List runs",
+        "runs",
+        query=ListQuery,
+        responses={200: IndexPage},
+    ),
+    Endpoint(
+        "GET", _run(), get_run, Permission.READ, "Get a run", "runs", responses={200: RunView}
+    ),
+    Endpoint(
+        "POST",
+        _run("/stop"),
+        stop_run,
+        Permission.SUBMIT,
+        "Stop a running run",
+        "runs",
+        responses={204: None},
+    ),
+    Endpoint(
+        "POST",
+        _run("/cancel"),
+        cancel_run,
+        Permission.SUBMIT,
+        "Cancel a queued run",
+        "runs",
+        responses={204: None},
+    ),
+    Endpoint(
+        "POST",
+        _run("/tasks/{task}/approve"),
+        approve_task,
+        Permission.SUBMIT,
+        "Approve a task waiting for approval",
+        "runs",
+        body=ApproveRequest,
+        responses={204: None},
+    ),
+    Endpoint(
+        "POST",
+        _run("/recreate"),
+        recreate_run,
+        Permission.SUBMIT,
+        "Recreate a run from scratch, its failed tasks, or chosen tasks",
+        "runs",
+        body=RecreateRequest,
+        responses={201: RunView},
+    ),
+    Endpoint(
+        "GET",
+        _run("/events"),
+        run_events,
+        Permission.READ,
+        "A run's events",
+        "history",
+        responses={200: StreamEvents},
+    ),
+    Endpoint(
+        "GET",
+        _run("/state"),
+        run_state_at,
+        Permission.READ,
+        "A run as it was at a version or position",
+        "history",
+        query=StateQuery,
+        responses={200: RunView},
+    ),
+    Endpoint(
+        "GET",
+        _run("/verify"),
+        verify_run,
+        Permission.READ,
+        "Verify a run's hash chain and stored state",
+        "history",
+        responses={200: Verification},
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/simulations",
+        simulate_run,
+        Permission.READ,
+        "Preview a config without running it",
+        "simulation",
+        body=SimulationRequest,
+        responses={200: SimulationResult},
+    ),
+]
