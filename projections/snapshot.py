@@ -282,11 +282,14 @@ class IncompatibleDump(CorruptDump):
 async def _load(objects: ObjectStore, key: str, sink: asyncpg.Connection) -> DumpHeader:
     """Read dump `key` end to end, copying its rows into `sink`'s `runs_index`, and check
     it against its trailer. Raises CorruptDump; the caller's transaction then rolls back."""
-    chunks = aiter(objects.get_stream(key))
+    chunks = objects.get_stream(key)
     try:
-        return await _load_frames(_FrameReader(chunks), sink)
+        return await _load_frames(_FrameReader(aiter(chunks)), sink)
     finally:
-        await chunks.aclose()
+        # Closing the stream releases the HTTP response even when reading stopped early.
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()
 
 
 async def _load_frames(reader: _FrameReader, sink: asyncpg.Connection) -> DumpHeader:

@@ -51,6 +51,7 @@ from eventlog.events import (
 )
 from projections.run_model import FINAL, TOP, Run, Task
 from projections.run_state import apply_event, describe_when, unmet_dependency
+from projections.run_timing import next_wakeup, run_deadline
 
 _NO_LIMIT = 1 << 62
 
@@ -178,14 +179,6 @@ def _expire_attempts(run: Run, now: datetime, events: list[Event]) -> None:
                 error=f"timed out after {_human(timeout)}",
             ),
         )
-
-
-def run_deadline(run: Run) -> datetime | None:
-    """When the run times out, or None (no timeout, not started, or paused for approval)."""
-    if not run.config.timeout or run.started_at is None or run.paused_since is not None:
-        return None
-    timeout = parse_duration(run.config.timeout)
-    return run.started_at + timeout + timedelta(seconds=run.paused_s)
 
 
 def _expire_run(run: Run, now: datetime, events: list[Event]) -> None:
@@ -323,21 +316,6 @@ def _finish(run: Run, now: datetime, events: list[Event]) -> None:
     emit(run, events, RunPhaseChanged(phase="finished", at=now))
 
 
-def next_wakeup(run: Run) -> datetime | None:
-    """The earliest time at which `decide` would act without a new event: a running
-    attempt's deadline or the run's. None when nothing is due."""
-    if run.phase != "running":
-        return None
-    candidates = [
-        deadline
-        for deadline, order, attempt in run.deadlines
-        if (task := run.tasks[run.by_order[order]]).status == "running" and task.attempt == attempt
-    ]
-    if not run.stop_requested and (deadline := run_deadline(run)) is not None:
-        candidates.append(deadline)
-    return min(candidates, default=None)
-
-
 def _human(duration: timedelta) -> str:
     seconds = duration.total_seconds()
     if seconds < 1:
@@ -349,4 +327,4 @@ def _human(duration: timedelta) -> str:
     return f"{seconds / 3600:g}h"
 
 
-__all__ = ["FINAL", "decide", "next_wakeup", "plan"]
+__all__ = ["FINAL", "decide", "next_wakeup", "plan", "run_deadline"]
