@@ -75,6 +75,8 @@ class TaskConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
 
     def dependencies(self) -> list[Dependency]:
         """`depends` with the shorthand (a bare task name) spelled out."""
+        if not self.depends:
+            return []
         return [Dependency(task=d) if isinstance(d, str) else d for d in self.depends]
 
 

@@ -231,32 +231,43 @@ def rebuild_indexes(run: Run) -> None:
 def _task_status(run: Run, event: TaskStatusChanged) -> None:
     task = run.tasks[event.task]
     old, new = task.status, event.status
-    unclassify(run, task)
-    if old in ACTIVE and not task.is_parent:
-        run.add("active", -1)
-        run.add_in(run.active_in, task.slot_group, -1)
-    if new in ACTIVE and not task.is_parent:
-        run.add("active", 1)
-        run.add_in(run.active_in, task.slot_group, 1)
+    if old in ("notstarted", "waiting_approval"):
+        unclassify(run, task)  # only tasks in these states sit in a bucket
+    if not task.is_parent:
+        if old in ACTIVE and new not in ACTIVE:
+            run.add("active", -1)
+            run.add_in(run.active_in, task.slot_group, -1)
+        elif new in ACTIVE and old not in ACTIVE:
+            run.add("active", 1)
+            run.add_in(run.active_in, task.slot_group, 1)
     if (old == "waiting_approval") != (new == "waiting_approval"):
         _pause(run, event.at, 1 if new == "waiting_approval" else -1)
     run.set(task, "status", new)
-    run.set(task, "attempt", event.attempt)
-    run.set(task, "error", event.error)
-    run.set(task, "exit_code", event.exit_code)
-    run.set(task, "next_attempt_at", event.next_attempt_at)
-    if event.executor is not None or new in ("scheduled", "notstarted"):
+    # Only what changes is written: the fold runs for every event of every rebuild.
+    for field, value in (
+        ("attempt", event.attempt),
+        ("error", event.error),
+        ("exit_code", event.exit_code),
+        ("next_attempt_at", event.next_attempt_at),
+    ):
+        if getattr(task, field) != value:
+            run.set(task, field, value)
+    if (event.executor is not None or new in ("scheduled", "notstarted")) and (
+        task.executor != event.executor
+    ):
         run.set(task, "executor", event.executor)
     if new == "running" and old != "running":
         run.set(task, "started_at", event.at)
-        run.set(task, "finished_at", None)
+        if task.finished_at is not None:
+            run.set(task, "finished_at", None)
         _track_deadline(run, task)
-    if new == "scheduled":
+    elif new == "scheduled" and task.finished_at is not None:
         run.set(task, "finished_at", None)
     if new in FINAL and old not in FINAL:
         run.set(task, "finished_at", event.at)
         _became_final(run, task)
-    classify(run, task)
+    elif new in ("notstarted", "waiting_approval"):
+        classify(run, task)
 
 
 def _became_final(run: Run, task: Task) -> None:

@@ -54,6 +54,8 @@ class RunStateProjection:
         runs = await self._load(connection, by_run)
         ready: dict[str, tuple[Any, ...]] = {}
         unready: set[str] = set()
+        # Runs created in this batch have no rows yet: nothing of theirs needs deleting.
+        fresh = {run_id for run_id, run_events in by_run.items() if run_events[0].version == 1}
         for run_id, run_events in list(by_run.items()):
             run = runs.get(run_id)
             if run is None and not isinstance(run_events[0].event, RunCreated):
@@ -82,10 +84,11 @@ class RunStateProjection:
                         )
                     else:
                         ready.pop(task.id, None)
-                        unready.add(task.id)
+                        if run_id not in fresh:
+                            unready.add(task.id)
             assert run is not None
             runs[run_id] = run
-        await self._write(connection, [runs[r] for r in by_run], ready, unready)
+        await self._write(connection, [runs[r] for r in by_run], ready, unready, fresh)
         for run_id in by_run:
             self._remember(runs[run_id])
 
@@ -123,6 +126,7 @@ class RunStateProjection:
         runs: list[Run],
         ready: dict[str, tuple[Any, ...]],
         unready: set[str],
+        fresh: set[str],
     ) -> None:
         await connection.execute(
             """
@@ -163,10 +167,11 @@ class RunStateProjection:
             )
             await connection.execute("SELECT pg_notify($1, '')", READY_CHANNEL)
         due = [(r.id, next_wakeup(r)) for r in runs]
-        await connection.execute(
-            "DELETE FROM run_timers WHERE run_id = ANY($1::text[])",
-            [run_id for run_id, at in due if at is None],
-        )
+        untimed = [run_id for run_id, at in due if at is None and run_id not in fresh]
+        if untimed:
+            await connection.execute(
+                "DELETE FROM run_timers WHERE run_id = ANY($1::text[])", untimed
+            )
         timed = [(run_id, at) for run_id, at in due if at is not None]
         if timed:
             await connection.execute(

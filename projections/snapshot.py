@@ -25,8 +25,8 @@ import asyncpg
 import msgspec
 import structlog
 import zstandard
-from eventlog.objectstore import ObjectNotFound, ObjectStore
 
+from eventlog.objectstore import ObjectNotFound, ObjectStore
 from projections.index import IndexProjection
 
 log = structlog.get_logger("runsvc.snapshot")

@@ -91,7 +91,7 @@ def token_create(args: argparse.Namespace) -> int:
 
 
 def projections_rebuild(args: argparse.Namespace) -> int:
-    from projections.rebuild import RebuildProgress, rebuild
+    from projections.rebuild import RebuildProgress, rebuild_all
     from projections.registry import all_projections, projection_named
 
     try:
@@ -114,13 +114,13 @@ def projections_rebuild(args: argparse.Namespace) -> int:
 
     async def work(settings: Settings, database: Database) -> None:
         async with open_event_store(settings, database) as store:
-            for projection in chosen:
-                final = await rebuild(store, database.dsn, projection, progress=show)
-                if interactive:
-                    print(file=sys.stderr)
+            finals = await rebuild_all(store, database.dsn, chosen, progress=show)
+            if interactive:
+                print(file=sys.stderr)
+            for final in finals:
                 print(
                     f"rebuilt {final.projection}: {final.events:,} events "
-                    f"at {final.events_per_s:,.0f} events/s"
+                    f"({final.position:,} log positions at {final.events_per_s:,.0f}/s)"
                 )
 
     run_with_database(args, work)
