@@ -93,11 +93,17 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
 
+MAX_DURATION = timedelta(days=366)
+
+
 def parse_duration(text: str) -> timedelta:
-    """`500ms`, `2s`, `5m`, `1h`, `1d`, or combinations such as `1h30m`. Raises
-    ValueError on anything else, including an empty or negative duration."""
+    """`500ms`, `2s`, `5m`, `1h`, `1d`, or combinations such as `1h30m`, at most a year.
+    Raises ValueError on anything else, including an empty or negative duration."""
     stripped = text.strip()
     parts = _DURATION.findall(stripped)
     if not stripped or "".join(n + u for n, u in parts) != stripped:
         raise ValueError(f"invalid duration {text!r}; use e.g. 500ms, 2s, 5m, 1h, 1h30m")
-    return timedelta(seconds=sum(float(n) * _UNITS[u] for n, u in parts))
+    seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"duration {text!r} is longer than the limit of 366d")
+    return timedelta(seconds=seconds)

@@ -11,7 +11,8 @@ incrementally so that a decision costs what changed rather than the size of the 
   scheduled once `max_parallel` allows (`slots`);
 - counts of active (scheduled or running) tasks, per run and per foreach parent;
 - foreach parents whose children are all final (`closing`);
-- a heap of running attempts' deadlines.
+- running attempts' deadlines, sorted (stale entries are dropped when reached);
+- how many tasks have not started yet (a stop cancels them);
 
 The scheduler must not change a run it is given, yet it needs to see the effect of its own
 decisions to reach a fixed point in one call. So the fold can keep an undo journal:
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import heapq
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -175,7 +175,10 @@ class Run:
         self.active_in: dict[str, int] = {}
         self.nonfinal = 0
         self.open_children: dict[str, int] = {}
+        # Tasks waiting for an approval not given yet; the run's timeout is paused while
+        # there is one and nothing is scheduled or running.
         self.waiting_approval = 0
+        self.unstarted = 0
         self.blocking_failures = 0
         self.deadlines: list[tuple[datetime, OrderKey, int]] = []
 
@@ -247,20 +250,21 @@ class Run:
             self.set_item(self.slots, group, queue)
         return queue
 
+    # A sorted list rather than a heap: both are cheap to add to and take the smallest
+    # from, but only a sorted list is cheap to undo (the journal removes what it added).
     def push_deadline(self, deadline: datetime, task: Task) -> None:
         entry = (deadline, task.order, task.attempt)
-        heapq.heappush(self.deadlines, entry)
-        self._record(lambda: _heap_remove(self.deadlines, entry))
+        bisect.insort(self.deadlines, entry)
+        self._record(lambda: _remove_sorted(self.deadlines, entry))
 
     def pop_deadline(self) -> tuple[datetime, OrderKey, int]:
-        entry = heapq.heappop(self.deadlines)
-        self._record(lambda: heapq.heappush(self.deadlines, entry))
+        entry = self.deadlines.pop(0)
+        self._record(lambda: self.deadlines.insert(0, entry))
         return entry
 
 
-def _heap_remove(heap: list[Any], entry: Any) -> None:
-    heap.remove(entry)
-    heapq.heapify(heap)
+def _remove_sorted(keys: list[Any], entry: Any) -> None:
+    del keys[bisect.bisect_left(keys, entry)]
 
 
 def topological_order(config: RunConfig) -> list[TaskConfig]:

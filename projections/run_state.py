@@ -36,6 +36,7 @@ from projections.run_model import (
 )
 
 TERMINAL_PHASES = frozenset({"finished", "cancelled", "setuperror"})
+UNSTARTED = frozenset({"notstarted", "waiting_approval", "scheduled"})
 
 
 # -- rules the fold and the scheduler share ------------------------------------------------
@@ -212,8 +213,10 @@ def rebuild_indexes(run: Run) -> None:
             run.active_in[task.slot_group] = run.active_in.get(task.slot_group, 0) + 1
         if task.status == "running":
             _track_deadline(run, task)
-        if task.status == "waiting_approval":
+        if task.status == "waiting_approval" and task.approved_by is None:
             run.waiting_approval += 1
+        if task.status in UNSTARTED:
+            run.unstarted += 1
         if task.status == "failed" and not task.spec.continue_on_error:
             run.blocking_failures += 1
         if task.is_parent and task.expanded:
@@ -240,8 +243,11 @@ def _task_status(run: Run, event: TaskStatusChanged) -> None:
         elif new in ACTIVE and old not in ACTIVE:
             run.add("active", 1)
             run.add_in(run.active_in, task.slot_group, 1)
-    if (old == "waiting_approval") != (new == "waiting_approval"):
-        _pause(run, event.at, 1 if new == "waiting_approval" else -1)
+    unapproved = task.approved_by is None
+    if unapproved and (old == "waiting_approval") != (new == "waiting_approval"):
+        run.add("waiting_approval", 1 if new == "waiting_approval" else -1)
+    if (old in UNSTARTED) != (new in UNSTARTED):
+        run.add("unstarted", 1 if new in UNSTARTED else -1)
     run.set(task, "status", new)
     # Only what changes is written: the fold runs for every event of every rebuild.
     for field, value in (
@@ -268,6 +274,7 @@ def _task_status(run: Run, event: TaskStatusChanged) -> None:
         _became_final(run, task)
     elif new in ("notstarted", "waiting_approval"):
         classify(run, task)
+    update_pause(run, event.at)
 
 
 def _became_final(run: Run, task: Task) -> None:
@@ -288,12 +295,13 @@ def _became_final(run: Run, task: Task) -> None:
             run.insort(run.closing, parent.order)
 
 
-def _pause(run: Run, at: datetime, delta: int) -> None:
-    before = run.waiting_approval
-    run.add("waiting_approval", delta)
-    if before == 0 and run.waiting_approval > 0:
+def update_pause(run: Run, at: datetime) -> None:
+    """Start or end a pause of the run's timeout: it is paused while a task waits for an
+    approval not yet given and nothing is scheduled or running."""
+    paused = run.waiting_approval > 0 and run.active == 0
+    if paused and run.paused_since is None:
         run.set(run, "paused_since", at)
-    elif before > 0 and run.waiting_approval == 0 and run.paused_since is not None:
+    elif not paused and run.paused_since is not None:
         run.set(run, "paused_s", run.paused_s + (at - run.paused_since).total_seconds())
         run.set(run, "paused_since", None)
 
@@ -303,6 +311,7 @@ def _expanded(run: Run, event: TaskExpanded) -> None:
     unclassify(run, parent)
     add_children(run, parent, event)
     run.add("nonfinal", len(event.children))
+    run.add("unstarted", len(event.children))
     run.set_item(run.open_children, parent.name, len(event.children))
     for name in parent.children:
         child = run.tasks[name]
@@ -336,9 +345,12 @@ def apply_event(run: Run | None, event: Event | UnknownEvent, *, version: int) -
         _expanded(run, event)
     elif isinstance(event, TaskApproved):
         task = run.tasks[event.task]
+        if task.status == "waiting_approval" and task.approved_by is None:
+            run.add("waiting_approval", -1)
         run.set(task, "approved_by", event.approver)
         run.set(task, "approval_comment", event.comment)
         classify(run, task)
+        update_pause(run, event.at)
     # Unknown (newer) event types change nothing this version understands.
     run.set(run, "version", version)
     return run

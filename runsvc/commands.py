@@ -101,12 +101,13 @@ def cancel(run: Run, now: datetime) -> list[Event]:
     if run.phase != "queued":
         hint = " (stop a running run instead)" if run.phase == "running" else ""
         raise Conflict(f"run {run.id} is {run.phase}; only a queued run can be cancelled{hint}")
-    events: list[Event] = [RunPhaseChanged(phase="cancelled", at=now)]
-    for task in sorted(run.tasks.values(), key=lambda t: t.order):
-        if task.status not in FINAL:
-            events.append(
-                TaskStatusChanged(task=task.name, status="cancelled", attempt=task.attempt, at=now)
-            )
+    events: list[Event] = [
+        TaskStatusChanged(task=task.name, status="cancelled", attempt=task.attempt, at=now)
+        for task in sorted(run.tasks.values(), key=lambda t: t.order)
+        if task.status not in FINAL
+    ]
+    # The tasks' ends first, so a watcher that sees the phase sees the whole outcome.
+    events.append(RunPhaseChanged(phase="cancelled", at=now))
     return events
 
 

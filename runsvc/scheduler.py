@@ -100,7 +100,11 @@ def retry_policy(run: Run, task: Task) -> Retry:
 def backoff(policy: Retry, attempt: int) -> timedelta:
     base = parse_duration(policy.backoff).total_seconds()
     cap = parse_duration(policy.max_backoff).total_seconds()
-    return timedelta(seconds=min(base * policy.factor ** (attempt - 1), cap))
+    try:
+        delay = base * policy.factor ** (attempt - 1)
+    except OverflowError:
+        delay = cap
+    return timedelta(seconds=min(delay, cap))
 
 
 def attempt_outcome(
@@ -188,6 +192,8 @@ def _expire_run(run: Run, now: datetime, events: list[Event]) -> None:
 
 
 def _cancel_waiting(run: Run, now: datetime, events: list[Event]) -> None:
+    if run.unstarted == 0:
+        return
     for task in sorted(run.tasks.values(), key=lambda t: t.order):
         if task.status in ("notstarted", "waiting_approval", "scheduled"):
             emit(

@@ -9,12 +9,13 @@ clock jumps to whenever the next attempt may start.
 
 from __future__ import annotations
 
+import heapq
 from datetime import UTC, datetime
 from typing import Literal
 
 import msgspec
 
-from eventlog.events import Event
+from eventlog.events import Event, TaskStatusChanged
 from projections.run_model import Run, Task
 from projections.run_state import apply_event
 from runsvc import commands
@@ -39,7 +40,6 @@ class SimulationResult(msgspec.Struct, frozen=True):
 
 
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-_MAX_STEPS = 1_000_000
 
 
 def simulate(request: SimulationRequest) -> SimulationResult:
@@ -51,30 +51,49 @@ def simulate(request: SimulationRequest) -> SimulationResult:
         environment=request.environment,
     )
     now = _EPOCH
-    run = _applied(
-        None, commands.create_run(create, run_id="simulation", counter=1, now=now, admitted=True)
+    claimable: list[tuple[datetime, tuple[int, int], str]] = []
+    gated: list[str] = []
+
+    def applied(run: Run | None, events: list[Event]) -> Run:
+        # Track what becomes claimable or waits for approval from the events themselves,
+        # so each step costs what changed (a preview of a 10,000-task config stays fast).
+        for event in events:
+            run = apply_event(run, event, version=(run.version if run else 0) + 1)
+            if isinstance(event, TaskStatusChanged):
+                task = run.tasks[event.task]
+                if event.status == "scheduled" and not task.is_parent:
+                    heapq.heappush(
+                        claimable, (event.next_attempt_at or _EPOCH, task.order, task.name)
+                    )
+                elif event.status == "waiting_approval":
+                    gated.append(task.name)
+        assert run is not None
+        return run
+
+    create_events = commands.create_run(
+        create, run_id="simulation", counter=1, now=now, admitted=True
     )
+    run = applied(None, create_events)
     approved: set[str] = set()
-    for _ in range(_MAX_STEPS):
-        if run.phase != "running":
-            break
-        task = _next_claimable(run)
-        if task is not None:
-            if task.next_attempt_at is not None and task.next_attempt_at > now:
-                now = task.next_attempt_at
-            run = _applied(
+    while run.phase == "running":
+        if claimable:
+            not_before, _, name = heapq.heappop(claimable)
+            task = run.tasks[name]
+            if task.status != "scheduled":
+                continue
+            now = max(now, not_before)
+            attempt = task.attempt
+            run = applied(
                 run,
-                commands.start_attempt(
-                    run, task.name, attempt=task.attempt, executor="simulation", now=now
-                ),
+                commands.start_attempt(run, name, attempt=attempt, executor="simulation", now=now),
             )
             fails = request.outcomes.get(_outcome_key(task)) == "failure"
-            run = _applied(
+            run = applied(
                 run,
                 commands.finish_attempt(
                     run,
-                    task.name,
-                    attempt=task.attempt,
+                    name,
+                    attempt=attempt,
                     succeeded=not fails,
                     exit_code=1 if fails else 0,
                     error="failure injected by the simulation" if fails else None,
@@ -82,18 +101,15 @@ def simulate(request: SimulationRequest) -> SimulationResult:
                 ),
             )
             continue
-        gated = [
-            t
-            for t in _in_order(run)
-            if t.status == "waiting_approval" and request.outcomes.get(t.name) != "no_approval"
-        ]
-        if not gated:
+        waiting = [n for n in gated if request.outcomes.get(n) != "no_approval"]
+        if not waiting:
             break
-        approved.add(gated[0].name)
-        run = _applied(
-            run, commands.approve(run, gated[0].name, approver="simulation", comment=None, now=now)
+        gated.remove(waiting[0])
+        approved.add(waiting[0])
+        run = applied(
+            run, commands.approve(run, waiting[0], approver="simulation", comment=None, now=now)
         )
-    return _result(run, request, approved)
+    return _result(run, approved)
 
 
 def _outcome_key(task: Task) -> str:
@@ -101,22 +117,8 @@ def _outcome_key(task: Task) -> str:
     return task.parent if task.parent is not None else task.name
 
 
-def _applied(run: Run | None, events: list[Event]) -> Run:
-    for event in events:
-        run = apply_event(run, event, version=(run.version if run else 0) + 1)
-    assert run is not None
-    return run
-
-
 def _in_order(run: Run) -> list[Task]:
     return sorted(run.tasks.values(), key=lambda t: t.order)
-
-
-def _next_claimable(run: Run) -> Task | None:
-    scheduled = [t for t in _in_order(run) if t.status == "scheduled" and not t.is_parent]
-    if not scheduled:
-        return None
-    return min(scheduled, key=lambda t: (t.next_attempt_at or _EPOCH, t.order))
 
 
 def _waves(run: Run) -> dict[str, int]:
@@ -129,7 +131,7 @@ def _waves(run: Run) -> dict[str, int]:
     return waves
 
 
-def _result(run: Run, request: SimulationRequest, approved: set[str]) -> SimulationResult:
+def _result(run: Run, approved: set[str]) -> SimulationResult:
     waves = _waves(run)
     blocked: set[str] = set()
     tasks: list[SimulatedTask] = []

@@ -15,6 +15,8 @@ GROUP_SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 CONDITIONS = frozenset({"success", "failure", "skipped"})
 MAX_KEY = 200
 MAX_ENVIRONMENT = 1000
+MAX_ATTEMPTS = 100
+MAX_FACTOR = 100
 
 
 class _Problems(list[Problem]):
@@ -31,8 +33,12 @@ def validate_config(
 
     if not config.tasks:
         add(f"{root}.tasks", "a run needs at least one task")
-    if len(config.tasks) > max_tasks:
-        add(f"{root}.tasks", f"{len(config.tasks)} tasks is over the limit of {max_tasks}")
+    total = len(config.tasks) + sum(len(t.foreach or ()) for t in config.tasks)
+    if total > max_tasks:
+        add(
+            f"{root}.tasks",
+            f"{total} tasks (foreach items included) is over the limit of {max_tasks}",
+        )
     if config.max_parallel is not None and config.max_parallel < 1:
         add(f"{root}.max_parallel", "must be at least 1")
     _duration(config.timeout, f"{root}.timeout", add)
@@ -103,10 +109,10 @@ def _task(task: TaskConfig, path: str, report: _Problems) -> None:
 
 
 def _retry(retry: Retry, path: str, report: _Problems) -> None:
-    if retry.max_attempts < 1:
-        report(f"{path}.max_attempts", "must be at least 1")
-    if retry.factor < 1:
-        report(f"{path}.factor", "must be at least 1")
+    if not 1 <= retry.max_attempts <= MAX_ATTEMPTS:
+        report(f"{path}.max_attempts", f"must be between 1 and {MAX_ATTEMPTS}")
+    if not 1 <= retry.factor <= MAX_FACTOR:
+        report(f"{path}.factor", f"must be between 1 and {MAX_FACTOR}")
     _duration(retry.backoff, f"{path}.backoff", report, zero_ok=True)
     _duration(retry.max_backoff, f"{path}.max_backoff", report, zero_ok=True)
 
@@ -124,28 +130,30 @@ def _duration(text: str | None, path: str, report: _Problems, *, zero_ok: bool =
 
 
 def find_cycle(config: RunConfig) -> list[str] | None:
-    """One dependency cycle, as the task names along it, or None."""
-    graph = {t.name: [d.task for d in t.dependencies()] for t in config.tasks}
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(name: str) -> list[str] | None:
-        state[name] = 1
-        stack.append(name)
-        for parent in graph.get(name, []):
-            if parent not in graph:
-                continue
-            if state.get(parent) == 1:
-                return stack[stack.index(parent) :]
-            if parent not in state and (found := visit(parent)):
-                return found
-        stack.pop()
-        state[name] = 2
-        return None
-
-    for name in sorted(graph):
-        if name not in state and (found := visit(name)):
-            return list(reversed(found))
+    """One dependency cycle, as the task names along it (parents first), or None.
+    Iterative, so chains of any depth within the task limit are fine."""
+    names = {t.name for t in config.tasks}
+    graph = {t.name: [d.task for d in t.dependencies() if d.task in names] for t in config.tasks}
+    done: set[str] = set()
+    for start in sorted(graph):
+        if start in done:
+            continue
+        path = [start]
+        on_path = {start}
+        pending = [iter(graph[start])]
+        while pending:
+            parent = next(pending[-1], None)
+            if parent is None:
+                pending.pop()
+                finished = path.pop()
+                on_path.discard(finished)
+                done.add(finished)
+            elif parent in on_path:
+                return list(reversed(path[path.index(parent) :]))
+            elif parent not in done:
+                path.append(parent)
+                on_path.add(parent)
+                pending.append(iter(graph[parent]))
     return None
 
 

@@ -7,6 +7,7 @@ reached yet is folded from its stream, so a run is readable right after it was c
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 
 import msgspec
@@ -206,7 +207,9 @@ async def simulate_run(request: web.Request) -> web.Response:
         if name not in names:
             problems.append(Problem(path=f"outcomes.{name}", message=f"unknown task {name!r}"))
     raise_problems(problems)
-    return json_response(simulate(body))
+    # A preview of a large config takes a while of pure CPU; in a thread the event loop
+    # keeps serving everyone else meanwhile.
+    return json_response(await asyncio.to_thread(simulate, body))
 
 
 def _run(path: str = "") -> str:

@@ -404,3 +404,35 @@ def test_reasons_for_tasks_that_are_not_running() -> None:
     assert tasks["flaky"].reason.startswith("waiting for its retry time 2026-01-01T00:00:30")
     assert tasks["gate"].reason == "waiting for approval"
     assert tasks["picky"].reason == "waiting for an executor with labels os=linux"
+
+
+def test_approval_wait_pauses_the_run_timeout_only_when_nothing_runs() -> None:
+    """While another task runs, time spent waiting for an approval still counts; the
+    pause covers only the time when the run waits on the approval alone."""
+    history = History(
+        config(task("gate", approval=True), task("long"), task("after", "gate"), timeout="10m")
+    )
+    history.start("long")
+    assert history.state.paused_since is None  # something runs: the clock goes on
+    history.at(300).finish("long")
+    assert history.state.paused_since == T0 + timedelta(seconds=300)
+    history.at(3300).approve("gate")
+    assert history.state.paused_s == 3000
+    assert next_wakeup(history.state) == T0 + timedelta(seconds=3000 + 600)
+
+
+def test_cancel_ends_tasks_before_the_phase() -> None:
+    """A cancelled run's task cancellations come before the phase change."""
+    queued = History(config(task("a")), admitted=False)
+    queued.cancel()
+    assert isinstance(queued.last[-1], RunPhaseChanged)
+    assert all(isinstance(e, TaskStatusChanged) for e in queued.last[:-1])
+
+
+def test_huge_backoff_factors_cap_instead_of_overflowing() -> None:
+    """Backoff growth that would overflow a float stops at max_backoff."""
+    from eventlog.config import Retry
+    from runsvc.scheduler import backoff
+
+    policy = Retry(max_attempts=100, backoff="1s", factor=100, max_backoff="1h")
+    assert backoff(policy, 99) == timedelta(hours=1)

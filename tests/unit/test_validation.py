@@ -82,8 +82,8 @@ def test_task_level_rules() -> None:
     assert "exactly one of `run`" in found["config.tasks[1]"]
     assert found["config.tasks[2].on_lost"] == "must be retry or fail"
     assert found["config.tasks[2].foreach_strategy"] == "must be parallel or sequence"
-    assert found["config.tasks[3].retry.max_attempts"] == "must be at least 1"
-    assert found["config.tasks[3].retry.factor"] == "must be at least 1"
+    assert found["config.tasks[3].retry.max_attempts"] == "must be between 1 and 100"
+    assert found["config.tasks[3].retry.factor"] == "must be between 1 and 100"
     assert "config.tasks[3].retry.backoff" in found
     assert found["config.tasks[4].when"] == "give exactly one of equals, not_equals, in"
     assert "config.tasks[5].artifacts[0]" in found
@@ -120,3 +120,27 @@ def test_wrong_types_are_reported_by_path_when_decoding() -> None:
             b'{"group": "/a", "name": "n", "colour": 1, "config": {"tasks": []}}',
             type=CreateRunRequest,
         )
+
+
+def test_limits_that_would_overflow_are_refused() -> None:
+    """Durations over a year and retry factors beyond reason are refused, not crashed on;
+    foreach items count against the task limit."""
+    found = problems(
+        task("a", timeout="99999999999d", retry={"max_attempts": 4, "factor": 1e200}),
+        timeout="3000000d",
+    )
+    assert "longer than the limit" in found["config.tasks[0].timeout"]
+    assert "config.tasks[0].retry.factor" in found
+    assert "longer than the limit" in found["config.timeout"]
+    wide = validate_config(config(task("fan", foreach=list(range(10)))), max_tasks=5)
+    assert "foreach items included" in wide[0].message
+
+
+def test_deep_chains_are_checked_without_recursion_limits() -> None:
+    """A 10,000-task chain validates, and a cycle at its end is still found."""
+    chain = [task("t0")] + [task(f"t{i}", f"t{i - 1}") for i in range(1, 10_000)]
+    assert validate_config(config(*chain)) == []
+    looped = [task("t0", "t9999"), *chain[1:]]
+    cycle = find_cycle(config(*looped))
+    assert cycle is not None
+    assert len(cycle) == 10_000
