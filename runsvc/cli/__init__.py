@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from runsvc.cli import local, serve
+from runsvc.cli import executor, local, serve
 from runsvc.logs import configure_logging
 
 EXIT_CODES = """\
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     serve.register(commands)
     local.register(commands)
+    executor.register(commands)
     return parser
 
 

@@ -1,0 +1,38 @@
+"""Typed async clients of the runsvc HTTP API."""
+
+from __future__ import annotations
+
+from runsvc.client.base import (
+    ApiClient,
+    ApiError,
+    BadRequestError,
+    ConflictError,
+    ConnectionFailed,
+    ForbiddenError,
+    InvalidResponse,
+    NotFoundError,
+    Response,
+    RetryPolicy,
+    ServerError,
+    TooLargeError,
+    UnauthorizedError,
+)
+from runsvc.client.executor import ExecutorClient, LeaseLost
+
+__all__ = [
+    "ApiClient",
+    "ApiError",
+    "BadRequestError",
+    "ConflictError",
+    "ConnectionFailed",
+    "ExecutorClient",
+    "ForbiddenError",
+    "InvalidResponse",
+    "LeaseLost",
+    "NotFoundError",
+    "Response",
+    "RetryPolicy",
+    "ServerError",
+    "TooLargeError",
+    "UnauthorizedError",
+]
