@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -205,6 +206,12 @@ class EmbeddedSeaweed:
         ]
 
     def _wait_ready(self, process: subprocess.Popen[bytes]) -> None:
+        """Wait until S3 answers and the master knows every volume on disk. The S3 gateway
+        answers before the volume server's first heartbeat has reached the master; until
+        then, reads of objects stored before a restart fail with "volume not found"."""
+        assert self._ports is not None
+        volumes = sum(1 for _ in self.data_dir.glob("*.dat"))
+        master = f"http://127.0.0.1:{self._ports['master']}"
         deadline = time.monotonic() + self.startup_timeout
         while True:
             code = process.poll()
@@ -213,7 +220,7 @@ class EmbeddedSeaweed:
                     f"weed exited with status {code} while starting; "
                     f"its log ({self.log_path}) ends with:\n{self.log_tail()}"
                 )
-            if _answers(self.endpoint):
+            if _answers(self.endpoint) and _known_volumes(master) >= volumes:
                 return
             if time.monotonic() > deadline:
                 raise SeaweedError(
@@ -285,6 +292,22 @@ def _answers(endpoint: str) -> bool:
         return exc.code < 500
     except OSError:
         return False
+
+
+def _known_volumes(master: str) -> int:
+    """How many volumes the master knows of; -1 before a volume server registered."""
+    try:
+        with _DIRECT.open(master + "/dir/status", timeout=1.0) as response:
+            topology = json.load(response)["Topology"]
+    except (OSError, ValueError, KeyError):
+        return -1
+    nodes = [
+        node
+        for center in topology.get("DataCenters") or []
+        for rack in center.get("Racks") or []
+        for node in rack.get("DataNodes") or []
+    ]
+    return sum(int(node.get("Volumes", 0)) for node in nodes) if nodes else -1
 
 
 _OTHER_LISTENERS = (

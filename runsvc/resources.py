@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 
+from eventlog.objectstore import ObjectStore, ObjectStoreConfig, ObjectStoreError
 from eventlog.postgres import EmbeddedPostgres, create_pool, migrate
+from eventlog.seaweed import EmbeddedSeaweed
 from eventlog.store import EventStore
 from runsvc.database import MIGRATION_SETS
 from runsvc.settings import Settings
@@ -63,3 +65,34 @@ async def open_event_store(settings: Settings, database: Database) -> AsyncItera
         yield store
     finally:
         await store.close()
+
+
+@asynccontextmanager
+async def open_object_store(settings: Settings) -> AsyncIterator[ObjectStore]:
+    """The configured object store, or an embedded SeaweedFS under the data directory
+    (started here, stopped on exit). An unreachable store does not stop the service:
+    what needs it (snapshots, log archiving) retries later."""
+    embedded: EmbeddedSeaweed | None = None
+    endpoint = settings.s3_endpoint
+    if endpoint is None:
+        embedded = EmbeddedSeaweed(settings.data_dir / "s3")
+        log.info("starting embedded object store", data_dir=str(embedded.data_dir))
+        endpoint = await embedded.astart()
+    try:
+        config = ObjectStoreConfig(
+            endpoint=endpoint,
+            bucket=settings.s3_bucket,
+            region=settings.s3_region,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key,
+        )
+        async with ObjectStore.connect(config) as objects:
+            try:
+                await objects.ensure_bucket()
+            except ObjectStoreError as exc:
+                log.warning("object store not reachable yet", error=str(exc))
+            yield objects
+    finally:
+        if embedded is not None:
+            log.info("stopping embedded object store")
+            await embedded.astop()

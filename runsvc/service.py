@@ -153,7 +153,7 @@ class RunService:
             else:
                 raise Conflict(f"run {run_id} is changing too fast; try again")
         # Outside the run's lock: admitting the next run takes that run's lock.
-        await self._after_commit(run, caller)
+        await self.after_commit(run, caller)
         return run
 
     def _applied(self, run: Run, events: list[Event], positions: list[int]) -> None:
@@ -162,7 +162,7 @@ class RunService:
         run.position = positions[-1]
         self._remember(run)
 
-    async def _after_commit(self, run: Run, caller: Caller) -> None:
+    async def after_commit(self, run: Run, caller: Caller) -> None:
         if run.concurrency_key is not None and run.phase in TERMINAL_PHASES:
             await self.release_slot(run.concurrency_key, run.id, caller)
 

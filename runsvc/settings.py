@@ -34,6 +34,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     snapshot_keep: int = 5
     readiness_max_lag: int = 10_000
     bootstrap_admin_token: bool = True
+    lease_ttl_s: float = 30.0
+    heartbeat_interval_s: float = 10.0
+    max_claim_wait_s: float = 60.0
     shutdown_grace_s: float = 10.0
 
     @property
@@ -68,6 +71,9 @@ _ENV: dict[str, str] = {
     "readiness_max_lag": "RUNSVC_READINESS_MAX_LAG",
     "shutdown_grace_s": "RUNSVC_SHUTDOWN_GRACE_S",
     "bootstrap_admin_token": "RUNSVC_BOOTSTRAP_ADMIN_TOKEN",
+    "lease_ttl_s": "RUNSVC_LEASE_TTL_S",
+    "heartbeat_interval_s": "RUNSVC_HEARTBEAT_INTERVAL_S",
+    "max_claim_wait_s": "RUNSVC_MAX_CLAIM_WAIT_S",
 }
 
 

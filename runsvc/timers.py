@@ -10,7 +10,7 @@ slot still held by a run that has ended.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
@@ -76,18 +76,22 @@ async def release_stale_slots(service: RunService) -> None:
         await service.release_slot(row["key"], row["run_id"], Caller(SYSTEM))
 
 
-async def timer_loop(service: RunService, *, interval: float = 1.0) -> None:
-    """Runs until cancelled."""
+Job = Callable[[], Awaitable[object]]
+
+
+async def timer_loop(
+    service: RunService, *, jobs: Sequence[tuple[int, Job]] = (), interval: float = 1.0
+) -> None:
+    """Tick due runs every `interval`; run each extra job every n rounds. Until cancelled."""
+    every: list[tuple[int, Job]] = [(10, lambda: release_stale_slots(service)), *jobs]
     rounds = 0
     while True:
-        try:
-            await tick_due(service)
-            if rounds % 10 == 0:
-                await release_stale_slots(service)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("timer round failed")
+        for job in [lambda: tick_due(service)] + [j for n, j in every if rounds % n == 0]:
+            try:
+                await job()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("timer job failed")
         rounds += 1
-        with contextlib.suppress(TimeoutError):
-            await asyncio.sleep(interval)
+        await asyncio.sleep(interval)

@@ -12,13 +12,18 @@ from importlib.metadata import PackageNotFoundError, version
 from aiohttp import web
 
 from eventlog.fanout import EventHub
+from eventlog.listener import ChannelListener
 from projections.registry import all_projections
+from projections.run_state_projection import READY_CHANNEL
 from projections.runner import ProjectionRunner, run_forever
 from runsvc.auth import Permission, TokenVerifier, count_tokens, create_token
-from runsvc.http import events, health, runs
+from runsvc.http import events, executors, health, runs
 from runsvc.http.keys import (
     DATABASE,
     HUB,
+    LEASES,
+    LOG_LISTENER,
+    OBJECTS,
     PROJECTIONS,
     SERVICE,
     SETTINGS,
@@ -30,9 +35,11 @@ from runsvc.http.metrics import METRICS, Metrics, metrics_handler
 from runsvc.http.middleware import body_limit, errors, request_context
 from runsvc.http.openapi import OPENAPI, build_document, openapi_handler
 from runsvc.http.routing import Endpoint, register
-from runsvc.resources import open_database, open_event_store
+from runsvc.leases import LeaseService
+from runsvc.resources import open_database, open_event_store, open_object_store
 from runsvc.service import RunService
 from runsvc.settings import Settings
+from runsvc.task_logs import archive_pending
 from runsvc.timers import timer_loop
 
 
@@ -54,15 +61,41 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _objects_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with open_object_store(app[SETTINGS]) as objects:
+        app[OBJECTS] = objects
+        yield
+
+
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The command side and, in the background, the timer loop."""
+    """The command side, executors' leases, and in the background the timer loop."""
     settings = app[SETTINGS]
+    database = app[DATABASE]
     service = RunService(app[STORE], max_tasks=settings.max_tasks)
+    ready = ChannelListener(database.dsn, READY_CHANNEL)
+    logs = ChannelListener(database.dsn, "runsvc_logs")
+    await ready.start()
+    await logs.start()
+    leases = LeaseService(
+        service,
+        ready,
+        lease_ttl_s=settings.lease_ttl_s,
+        heartbeat_interval_s=settings.heartbeat_interval_s,
+    )
     app[SERVICE] = service
-    timers = asyncio.create_task(timer_loop(service), name="timers")
+    app[LEASES] = leases
+    app[LOG_LISTENER] = logs
+    objects = app[OBJECTS]
+    jobs = [
+        (1, leases.expire),
+        (5, lambda: archive_pending(database.pool, objects)),
+    ]
+    timers = asyncio.create_task(timer_loop(service, jobs=jobs), name="timers")
     yield
     timers.cancel()
     await asyncio.gather(timers, return_exceptions=True)
+    await ready.close()
+    await logs.close()
 
 
 async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -161,7 +194,13 @@ OPERATIONS = [
 
 
 def all_endpoints() -> list[Endpoint]:
-    return [*OPERATIONS, *runs.ENDPOINTS, *events.ENDPOINTS]
+    return [
+        *OPERATIONS,
+        *runs.ENDPOINTS,
+        *events.ENDPOINTS,
+        *executors.EXECUTOR_ENDPOINTS,
+        *executors.TASK_ENDPOINTS,
+    ]
 
 
 def create_app(settings: Settings, *, extra: Sequence[Endpoint] = ()) -> web.Application:
@@ -177,6 +216,7 @@ def create_app(settings: Settings, *, extra: Sequence[Endpoint] = ()) -> web.App
     app.cleanup_ctx.append(_first_token_ctx)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_projections_ctx)
+    app.cleanup_ctx.append(_objects_ctx)
     app.cleanup_ctx.append(_service_ctx)
     app.cleanup_ctx.append(_hub_ctx)
     app.on_shutdown.append(events.close_websockets)

@@ -5,9 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from eventlog.fanout import EventHub
+from eventlog.listener import ChannelListener
+from eventlog.objectstore import ObjectStore
 from eventlog.store import EventStore
 from projections.runner import ProjectionRunner
 from runsvc.auth import TokenVerifier
+from runsvc.leases import LeaseService
 from runsvc.resources import Database
 from runsvc.service import RunService
 from runsvc.settings import Settings
@@ -24,3 +27,6 @@ HUB = web.AppKey("hub", EventHub)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 PROJECTIONS = web.AppKey("projections", Projections)
 SERVICE = web.AppKey("service", RunService)
+OBJECTS = web.AppKey("objects", ObjectStore)
+LEASES = web.AppKey("leases", LeaseService)
+LOG_LISTENER = web.AppKey("log_listener", ChannelListener)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
+import msgspec
 import pytest
 from aiohttp import WSMsgType, web
 from structlog.testing import capture_logs
@@ -15,7 +15,8 @@ from eventlog.store import NO_STREAM
 from runsvc.auth import Permission
 from runsvc.http.keys import HUB, STORE
 from runsvc.http.routing import Endpoint
-from tests.fixtures.service import Service, service_settings, start_service
+from runsvc.settings import Settings
+from tests.fixtures.service import Service, start_service
 from tests.integration.test_store import META, status
 
 
@@ -27,9 +28,9 @@ BROKEN = Endpoint("GET", "/api/v1/broken", explode, Permission.READ, "Fail on pu
 
 
 @pytest.fixture
-async def broken_service(database_dsn: str, tmp_path: Path) -> AsyncIterator[Service]:
+async def broken_service(service_config: Settings) -> AsyncIterator[Service]:
     """The service with one extra route made to raise."""
-    async for running in start_service(service_settings(database_dsn, tmp_path), [BROKEN]):
+    async for running in start_service(service_config, [BROKEN]):
         yield running
 
 
@@ -86,9 +87,9 @@ async def test_tokens_and_roles(service: Service) -> None:
         assert (await client.get(path)).status == 200
 
 
-async def test_body_over_limit_is_413(database_dsn: str, tmp_path: Path) -> None:
+async def test_body_over_limit_is_413(service_config: Settings) -> None:
     """A body over the configured limit is refused with 413 and the error body."""
-    settings = service_settings(database_dsn, tmp_path, max_body_bytes=1000)
+    settings = msgspec.structs.replace(service_config, max_body_bytes=1000)
     async for service in start_service(settings):
         response = await service.client.post(
             "/api/v1/events", data=b"x" * 5000, headers=service.auth()
@@ -144,10 +145,10 @@ async def test_websocket_streams_stored_then_live(service: Service) -> None:
     await ws.close()
 
 
-async def test_websocket_subscriber_limit_and_shutdown(database_dsn: str, tmp_path: Path) -> None:
+async def test_websocket_subscriber_limit_and_shutdown(service_config: Settings) -> None:
     """Past the per-process subscriber limit a new subscription is refused with a clear
     503; on shutdown open sockets are closed with 1001 (going away)."""
-    settings = service_settings(database_dsn, tmp_path, max_subscribers=1)
+    settings = msgspec.structs.replace(service_config, max_subscribers=1)
     service_iter = start_service(settings)
     service = await anext(service_iter)
     first = await service.client.ws_connect("/api/v1/events/ws", headers=service.auth())

@@ -1,0 +1,276 @@
+"""Executor endpoints (claim, heartbeat, logs, artifacts, complete, release) and the task
+output endpoints readers use (logs, live or archived; artifacts)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from eventlog.config import parse_duration
+from eventlog.objectstore import ObjectInfo, ObjectNotFound, ObjectStoreError
+from runsvc.auth import Permission
+from runsvc.errors import BadRequest, NotFound, ServiceError
+from runsvc.executor_api import (
+    ARTIFACT_PATH,
+    CLAIM_PATH,
+    COMPLETE_PATH,
+    HEARTBEAT_PATH,
+    LOG_OFFSET_HEADER,
+    LOGS_PATH,
+    RELEASE_PATH,
+    Claim,
+    ClaimRequest,
+    Completion,
+    HeartbeatAnswer,
+)
+from runsvc.http.keys import LEASES, LOG_LISTENER, OBJECTS, SETTINGS
+from runsvc.http.routing import Endpoint, decode_body, decode_query, json_response
+from runsvc.task_logs import (
+    archive,
+    artifact_prefix,
+    attempt_of,
+    check_artifact_path,
+    read_log,
+)
+
+log = structlog.get_logger("runsvc.http")
+
+
+class StorageUnavailable(ServiceError):
+    """Object storage cannot be reached right now; try again later."""
+
+    status = 503
+    code = "unavailable"
+
+
+def _lease(request: web.Request) -> str:
+    return request.match_info["lease"]
+
+
+async def claim(request: web.Request) -> web.Response:
+    body = await decode_body(request, ClaimRequest)
+    try:
+        wait = parse_duration(body.wait).total_seconds()
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from exc
+    wait = min(wait, request.app[SETTINGS].max_claim_wait_s)
+    claimed = await request.app[LEASES].claim(body.executor, body.labels, wait)
+    if claimed is None:
+        return web.Response(status=204)
+    return json_response(claimed)
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    answer = await request.app[LEASES].heartbeat(_lease(request))
+    if answer is None:
+        return web.Response(status=204)
+    return json_response(answer)
+
+
+async def append_log(request: web.Request) -> web.Response:
+    raw = request.headers.get(LOG_OFFSET_HEADER)
+    try:
+        offset = int(raw) if raw is not None else -1
+    except ValueError:
+        offset = -1
+    if offset < 0:
+        raise BadRequest(f"{LOG_OFFSET_HEADER} must give the chunk's byte offset")
+    await request.app[LEASES].append_log(_lease(request), offset, await request.read())
+    return web.Response(status=204)
+
+
+async def upload_artifact(request: web.Request) -> web.Response:
+    path = check_artifact_path(request.match_info["path"])
+    lease = await request.app[LEASES].lease_for_upload(_lease(request))
+
+    async def body() -> AsyncIterator[bytes]:
+        async for chunk in request.content.iter_chunked(1 << 20):
+            yield chunk
+
+    try:
+        await request.app[OBJECTS].put_stream(artifact_prefix(lease.task_id) + path, body())
+    except ObjectStoreError as exc:
+        raise StorageUnavailable(f"artifact not stored: {exc}") from exc
+    return web.Response(status=204)
+
+
+async def complete(request: web.Request) -> web.Response:
+    body = await decode_body(request, Completion)
+    lease = await request.app[LEASES].complete(_lease(request), body)
+    # The log moves to object storage now; if the store is down the timer loop retries.
+    try:
+        await archive(request.app[LEASES].pool, request.app[OBJECTS], lease.task_id, lease.attempt)
+    except ObjectStoreError as exc:
+        log.warning("log archive delayed", task_id=lease.task_id, error=str(exc))
+    return web.Response(status=204)
+
+
+async def release(request: web.Request) -> web.Response:
+    await request.app[LEASES].lose(_lease(request), "handed back by its executor", state="released")
+    return web.Response(status=204)
+
+
+class LogQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    attempt: int | None = None
+    follow: bool = False
+
+
+async def task_logs(request: web.Request) -> web.StreamResponse:
+    """The attempt's output: what has arrived, or with `follow=true` the output as it
+    arrives until the attempt ends."""
+    query = decode_query(request, LogQuery)
+    task_id = request.match_info["task_id"]
+    pool = request.app[LEASES].pool
+    objects = request.app[OBJECTS]
+    attempt, state = await attempt_of(pool, task_id, query.attempt)
+    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    await response.prepare(request)
+    offset = 0
+    try:
+        while True:
+            async for data in read_log(pool, objects, task_id, attempt, offset):
+                await response.write(data)
+                offset += len(data)
+            if not query.follow or state != "active":
+                break
+            await request.app[LOG_LISTENER].wait(1.0)
+            _, state = await attempt_of(pool, task_id, attempt)
+        # One last read: output that arrived between the last read and the end.
+        if query.follow:
+            async for data in read_log(pool, objects, task_id, attempt, offset):
+                await response.write(data)
+    except ObjectStoreError as exc:
+        log.warning("log read failed", task_id=task_id, error=str(exc))
+    await response.write_eof()
+    return response
+
+
+class ArtifactList(msgspec.Struct, frozen=True):
+    artifacts: list[ObjectInfo]
+
+
+async def list_artifacts(request: web.Request) -> web.Response:
+    prefix = artifact_prefix(request.match_info["task_id"])
+    found = []
+    try:
+        async for item in request.app[OBJECTS].list(prefix):
+            found.append(msgspec.structs.replace(item, key=item.key[len(prefix) :]))
+    except ObjectStoreError as exc:
+        raise StorageUnavailable(str(exc)) from exc
+    return json_response(ArtifactList(artifacts=found))
+
+
+async def get_artifact(request: web.Request) -> web.StreamResponse:
+    path = check_artifact_path(request.match_info["path"])
+    key = artifact_prefix(request.match_info["task_id"]) + path
+    objects = request.app[OBJECTS]
+    try:
+        await objects.head(key)
+    except ObjectNotFound:
+        raise NotFound(f"no artifact {path!r}") from None
+    except ObjectStoreError as exc:
+        raise StorageUnavailable(str(exc)) from exc
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    await response.prepare(request)
+    async for data in objects.get_stream(key):
+        await response.write(data)
+    await response.write_eof()
+    return response
+
+
+EXECUTOR_ENDPOINTS = [
+    Endpoint(
+        "POST",
+        CLAIM_PATH,
+        claim,
+        Permission.EXECUTE,
+        "Claim a ready task",
+        "executors",
+        body=ClaimRequest,
+        responses={200: Claim, 204: None},
+    ),
+    Endpoint(
+        "POST",
+        HEARTBEAT_PATH,
+        heartbeat,
+        Permission.EXECUTE,
+        "Renew a lease",
+        "executors",
+        responses={204: None, 200: HeartbeatAnswer},
+    ),
+    Endpoint(
+        "PUT",
+        LOGS_PATH,
+        append_log,
+        Permission.EXECUTE,
+        "Append a chunk of output",
+        "executors",
+        responses={204: None},
+        body_content_type="text/plain",
+    ),
+    Endpoint(
+        "PUT",
+        ARTIFACT_PATH.replace("{path}", "{path:.+}"),
+        upload_artifact,
+        Permission.EXECUTE,
+        "Upload an artifact",
+        "executors",
+        responses={204: None},
+        body_content_type="application/octet-stream",
+    ),
+    Endpoint(
+        "POST",
+        COMPLETE_PATH,
+        complete,
+        Permission.EXECUTE,
+        "Report an attempt's outcome",
+        "executors",
+        body=Completion,
+        responses={204: None},
+    ),
+    Endpoint(
+        "POST",
+        RELEASE_PATH,
+        release,
+        Permission.EXECUTE,
+        "Hand a task back",
+        "executors",
+        responses={204: None},
+    ),
+]
+
+TASK_ENDPOINTS = [
+    Endpoint(
+        "GET",
+        "/api/v1/tasks/{task_id}/logs",
+        task_logs,
+        Permission.READ,
+        "A task attempt's output",
+        "tasks",
+        query=LogQuery,
+        responses={200: None},
+        response_content_type="text/plain",
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/tasks/{task_id}/artifacts",
+        list_artifacts,
+        Permission.READ,
+        "A task's artifacts",
+        "tasks",
+        responses={200: ArtifactList},
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/tasks/{task_id}/artifacts/{path:.+}",
+        get_artifact,
+        Permission.READ,
+        "Download an artifact",
+        "tasks",
+        responses={200: None},
+        response_content_type="application/octet-stream",
+    ),
+]

@@ -1,0 +1,401 @@
+"""Executors' side of the command side: claims, leases, heartbeats, reports.
+
+A claim takes the oldest ready task whose labels the executor has, with `FOR UPDATE SKIP
+LOCKED` on the claim queue, checks it against the run itself, and in ONE transaction
+records the lease, takes the task off the queue and appends the attempt's start (with the
+run's expected version). So a task attempt is handed to exactly one executor, across every
+service process.
+
+Leases are fenced: heartbeats, log chunks, artifacts and the completion all name their
+lease, and a lease that is no longer `active` is answered with a conflict and changes
+nothing. A lease that expires (its executor vanished), stalls (no output for longer than
+the task's `progress_timeout`) or is handed back ends its attempt as `lost`; the task's
+`on_lost` decides what follows. Heartbeats renew the lease without writing events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import asyncpg
+import structlog
+
+from eventlog.config import parse_duration
+from eventlog.errors import VersionConflict
+from eventlog.events import SYSTEM, Actor, Event, Metadata
+from eventlog.listener import ChannelListener
+from projections.run_model import Run, Task
+from runsvc import commands
+from runsvc.errors import BadRequest, Conflict, NotFound
+from runsvc.executor_api import Claim, Completion, HeartbeatAnswer, WorkItem
+from runsvc.service import Caller, RunService, stream_of
+
+log = structlog.get_logger("runsvc.leases")
+
+
+@dataclass(frozen=True)
+class LeaseRow:
+    lease_id: str
+    run_id: str
+    task: str
+    task_id: str
+    attempt: int
+    executor: str
+    state: str
+    last_output_at: datetime
+    log_bytes: int
+
+    @classmethod
+    def of(cls, record: asyncpg.Record) -> LeaseRow:
+        return cls(**{name: record[name] for name in cls.__dataclass_fields__})
+
+
+def work_item(run: Run, task: Task) -> WorkItem:
+    spec = task.spec
+    return WorkItem(
+        task_id=task.id,
+        run_id=run.id,
+        group=run.group,
+        task=task.name,
+        attempt=task.attempt,
+        run=spec.run,
+        command=spec.command,
+        static_environment=run.static_environment,
+        environment=run.environment,
+        env=spec.env,
+        item=task.item,
+        artifacts=spec.artifacts,
+        timeout_s=parse_duration(spec.timeout).total_seconds() if spec.timeout else None,
+        progress_timeout_s=(
+            parse_duration(spec.progress_timeout).total_seconds() if spec.progress_timeout else None
+        ),
+    )
+
+
+class LeaseService:
+    def __init__(
+        self,
+        runs: RunService,
+        ready: ChannelListener,
+        *,
+        lease_ttl_s: float = 30.0,
+        heartbeat_interval_s: float = 10.0,
+    ) -> None:
+        self.runs = runs
+        self.pool = runs.pool
+        self.store = runs.store
+        self.ready = ready
+        self.lease_ttl = timedelta(seconds=lease_ttl_s)
+        self.heartbeat_interval_s = heartbeat_interval_s
+
+    def _meta(self, executor: str, now: datetime) -> Metadata:
+        return Metadata(actor=Actor(kind="executor", id=executor), recorded_at=now)
+
+    # -- claims
+
+    async def claim(self, executor: str, labels: dict[str, str], wait_s: float) -> Claim | None:
+        """One ready task for this executor, waiting up to `wait_s` for one to become
+        ready (woken by the claim queue's notifications, not by polling in a loop)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            claim = await self._try_claim(executor, labels)
+            if claim is not None:
+                return claim
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            # A retry's start time passing sends no notification: wake for it too.
+            await self.ready.wait(min(remaining, await self._until_next_start(labels)))
+
+    async def _until_next_start(self, labels: dict[str, str]) -> float:
+        seconds = await self.pool.fetchval(
+            """
+            SELECT extract(epoch FROM min(not_before) - now()) FROM ready_tasks
+            WHERE not_before > now() AND runs_on <@ $1::jsonb
+            """,
+            json.dumps(labels),
+        )
+        return max(0.05, float(seconds)) if seconds is not None else 60.0
+
+    async def _try_claim(self, executor: str, labels: dict[str, str]) -> Claim | None:
+        for _ in range(20):
+            try:
+                claim = await self._claim_one(executor, labels)
+            except _Retry:
+                continue
+            if claim is not _STALE:
+                return claim
+        return None
+
+    async def _claim_one(self, executor: str, labels: dict[str, str]) -> Claim | None:
+        """One try: a Claim, None when nothing is ready, or _STALE after dropping a stale
+        queue entry. Raises _Retry when the run moved under it."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(
+                """
+                SELECT task_id, run_id, task, attempt FROM ready_tasks
+                WHERE (not_before IS NULL OR not_before <= now()) AND runs_on <@ $1::jsonb
+                ORDER BY position LIMIT 1
+                FOR UPDATE SKIP LOCKED
+                """,
+                json.dumps(labels),
+            )
+            if row is None:
+                return None
+            try:
+                run = await self.runs.load(row["run_id"])
+            except NotFound:
+                run = None
+            task = run.tasks.get(row["task"]) if run is not None else None
+            now = self.runs.clock()
+            if (
+                run is None
+                or task is None
+                or task.attempt != row["attempt"]
+                or not commands.claimable(run, task, now)
+            ):
+                # Stale (the projection has not caught up with a change): drop it.
+                await connection.execute(
+                    "DELETE FROM ready_tasks WHERE task_id = $1 AND attempt = $2",
+                    row["task_id"],
+                    row["attempt"],
+                )
+                return _STALE
+            expected = run.version
+            events = commands.start_attempt(
+                run, task.name, attempt=task.attempt, executor=executor, now=now
+            )
+            lease = secrets.token_urlsafe(18)
+            expires = now + self.lease_ttl
+            await connection.execute(
+                """
+                INSERT INTO leases (lease_id, run_id, task, task_id, attempt, executor,
+                                    expires_at, last_output_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                """,
+                lease,
+                run.id,
+                task.name,
+                task.id,
+                task.attempt,
+                executor,
+                expires,
+                now,
+            )
+            await connection.execute("DELETE FROM ready_tasks WHERE task_id = $1", row["task_id"])
+            try:
+                await self.store.append_in_transaction(
+                    connection,
+                    stream_of(run.id),
+                    events,
+                    expected,
+                    meta=self._meta(executor, now),
+                    scope=run.group,
+                )
+            except VersionConflict:
+                raise _Retry from None
+            item = work_item(run, task)
+        return Claim(
+            lease=lease,
+            lease_expires_at=expires,
+            heartbeat_interval_s=self.heartbeat_interval_s,
+            task=item,
+        )
+
+    # -- reports
+
+    async def _active(self, connection: asyncpg.Connection, lease: str) -> LeaseRow:
+        record = await connection.fetchrow(
+            "SELECT * FROM leases WHERE lease_id = $1 FOR UPDATE", lease
+        )
+        if record is None:
+            raise Conflict("no such lease (it may have expired and been replaced)")
+        row = LeaseRow.of(record)
+        if row.state != "active":
+            raise Conflict(f"lease is {row.state}; this attempt is no longer current")
+        return row
+
+    async def heartbeat(self, lease: str) -> HeartbeatAnswer | None:
+        """Renew the lease. Returns a stop instruction, or None to keep going."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            row = await self._active(connection, lease)
+            now = self.runs.clock()
+            run = await self.runs.load(row.run_id)
+            task = run.tasks[row.task]
+            if task.status != "running" or task.attempt != row.attempt:
+                # The server ended this attempt (e.g. it timed out): the lease is over.
+                await connection.execute(
+                    "UPDATE leases SET state = 'lost', ended_at = $2 WHERE lease_id = $1",
+                    lease,
+                    now,
+                )
+                raise Conflict("this attempt has already ended")
+            stalled = self._stalled(task, row, now)
+            if stalled is None:
+                await connection.execute(
+                    "UPDATE leases SET expires_at = $2 WHERE lease_id = $1",
+                    lease,
+                    now + self.lease_ttl,
+                )
+        if stalled is not None:
+            await self.lose(lease, stalled)
+            raise Conflict(f"this attempt was ended: {stalled}")
+        if run.stop_requested:
+            return HeartbeatAnswer(stop=True, reason="the run was stopped")
+        return None
+
+    def _stalled(self, task: Task, row: LeaseRow, now: datetime) -> str | None:
+        if not task.spec.progress_timeout:
+            return None
+        limit = parse_duration(task.spec.progress_timeout)
+        if now - row.last_output_at > limit:
+            return f"no output for {task.spec.progress_timeout}"
+        return None
+
+    async def append_log(self, lease: str, offset: int, data: bytes) -> None:
+        """Store a chunk of output at `offset`; a chunk sent again is stored once."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            row = await self._active(connection, lease)
+            if offset > row.log_bytes:
+                raise BadRequest(
+                    f"log chunk at offset {offset} leaves a gap (the log has {row.log_bytes} bytes)"
+                )
+            fresh = data[row.log_bytes - offset :]
+            if not fresh:
+                return
+            await connection.execute(
+                'INSERT INTO log_chunks (task_id, attempt, "offset", data) VALUES ($1, $2, $3, $4)',
+                row.task_id,
+                row.attempt,
+                row.log_bytes,
+                fresh,
+            )
+            await connection.execute(
+                "UPDATE leases SET log_bytes = log_bytes + $2, last_output_at = $3 "
+                "WHERE lease_id = $1",
+                lease,
+                len(fresh),
+                self.runs.clock(),
+            )
+            await connection.execute("SELECT pg_notify('runsvc_logs', $1)", row.task_id)
+
+    async def lease_for_upload(self, lease: str) -> LeaseRow:
+        async with self.pool.acquire() as connection, connection.transaction():
+            return await self._active(connection, lease)
+
+    async def complete(self, lease: str, completion: Completion) -> LeaseRow:
+        """Record the attempt's outcome and end the lease, in one transaction. The same
+        completion sent again (its answer was lost) is accepted again."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            record = await connection.fetchrow(
+                "SELECT * FROM leases WHERE lease_id = $1 FOR UPDATE", lease
+            )
+            if record is not None and record["state"] == "completed":
+                return LeaseRow.of(record)
+            row = await self._active(connection, lease)
+            now = self.runs.clock()
+            await self._append_for(
+                connection,
+                row,
+                lambda run: commands.finish_attempt(
+                    run,
+                    row.task,
+                    attempt=row.attempt,
+                    succeeded=completion.status == "success",
+                    exit_code=completion.exit_code,
+                    error=completion.error,
+                    now=now,
+                ),
+            )
+            await connection.execute(
+                "UPDATE leases SET state = 'completed', ended_at = $2 WHERE lease_id = $1",
+                lease,
+                now,
+            )
+        await self._after(row)
+        return row
+
+    async def lose(self, lease: str, reason: str, *, state: str = "lost") -> LeaseRow | None:
+        """End an active lease's attempt as lost (expired, stalled, handed back)."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            try:
+                row = await self._active(connection, lease)
+            except Conflict:
+                return None
+            now = self.runs.clock()
+            # A conflict means the attempt already ended another way; the lease just closes.
+            with contextlib.suppress(Conflict):
+                await self._append_for(
+                    connection,
+                    row,
+                    lambda run: commands.lose_attempt(
+                        run, row.task, attempt=row.attempt, error=reason, now=now
+                    ),
+                )
+            await connection.execute(
+                "UPDATE leases SET state = $2, ended_at = $3 WHERE lease_id = $1",
+                lease,
+                state,
+                now,
+            )
+        await self._after(row)
+        log.info("attempt lost", lease=lease, run_id=row.run_id, task=row.task, reason=reason)
+        return row
+
+    async def _append_for(
+        self,
+        connection: asyncpg.Connection,
+        row: LeaseRow,
+        decide: Callable[[Run], list[Event]],
+    ) -> None:
+        for _ in range(8):
+            run = await self.runs.load(row.run_id)
+            expected = run.version
+            events = decide(run)
+            try:
+                async with connection.transaction():  # a savepoint: a conflict undoes only this
+                    await self.store.append_in_transaction(
+                        connection,
+                        stream_of(run.id),
+                        events,
+                        expected,
+                        meta=self._meta(row.executor, self.runs.clock()),
+                        scope=run.group,
+                    )
+                return
+            except VersionConflict:
+                continue
+        raise Conflict(f"run {row.run_id} is changing too fast; try again")
+
+    async def _after(self, row: LeaseRow) -> None:
+        run = await self.runs.load(row.run_id)
+        await self.runs.after_commit(run, Caller(SYSTEM))
+
+    async def expire(self) -> int:
+        """End every lease past its expiry (its executor is gone)."""
+        rows = await self.pool.fetch(
+            "SELECT lease_id FROM leases WHERE state = 'active' AND expires_at < now() "
+            "ORDER BY expires_at LIMIT 100"
+        )
+        for row in rows:
+            await self.lose(row["lease_id"], "executor lost: its lease expired")
+        return len(rows)
+
+
+class _Retry(Exception):
+    """The run moved between reading it and appending: claim again."""
+
+
+_STALE = Claim(
+    lease="",
+    lease_expires_at=datetime.min,
+    heartbeat_interval_s=0,
+    task=WorkItem(task_id="", run_id="", group="", task="", attempt=0),
+)
