@@ -93,6 +93,13 @@ class LeaseService:
         self.ready = ready
         self.lease_ttl = timedelta(seconds=lease_ttl_s)
         self.heartbeat_interval_s = heartbeat_interval_s
+        self.closing = False
+
+    def shut_down(self) -> None:
+        """Answer waiting claims now (204), so a graceful shutdown need not wait out
+        their long polls; executors claim again from another instance."""
+        self.closing = True
+        self.ready.wake()
 
     def _meta(self, executor: str, now: datetime) -> Metadata:
         return Metadata(actor=Actor(kind="executor", id=executor), recorded_at=now)
@@ -109,7 +116,7 @@ class LeaseService:
             if claim is not None:
                 return claim
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or self.closing:
                 return None
             # A retry's start time passing sends no notification: wake for it too.
             await self.ready.wait(min(remaining, await self._until_next_start(labels)))

@@ -54,6 +54,16 @@ async def attempt_of(pool: asyncpg.Pool, task_id: str, attempt: int | None) -> t
     return int(row["attempt"]), str(row["state"])
 
 
+async def has_chunks(pool: asyncpg.Pool, task_id: str, attempt: int) -> bool:
+    return bool(
+        await pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM log_chunks WHERE task_id = $1 AND attempt = $2)",
+            task_id,
+            attempt,
+        )
+    )
+
+
 async def chunks_after(
     pool: asyncpg.Pool, task_id: str, attempt: int, offset: int
 ) -> list[tuple[int, bytes]]:

@@ -145,6 +145,11 @@ async def _first_token_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def _end_long_polls(app: web.Application) -> None:
+    if LEASES in app:
+        app[LEASES].shut_down()
+
+
 def _version() -> str:
     try:
         return version("runsvc")
@@ -220,6 +225,7 @@ def create_app(settings: Settings, *, extra: Sequence[Endpoint] = ()) -> web.App
     app.cleanup_ctx.append(_service_ctx)
     app.cleanup_ctx.append(_hub_ctx)
     app.on_shutdown.append(events.close_websockets)
+    app.on_shutdown.append(_end_long_polls)
     endpoints = [*all_endpoints(), *extra]
     register(app, endpoints)
     app[OPENAPI] = build_document(endpoints, version=_version())

@@ -33,6 +33,7 @@ from runsvc.task_logs import (
     artifact_prefix,
     attempt_of,
     check_artifact_path,
+    has_chunks,
     read_log,
 )
 
@@ -126,7 +127,16 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
     pool = request.app[LEASES].pool
     objects = request.app[OBJECTS]
     attempt, state = await attempt_of(pool, task_id, query.attempt)
-    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    live = await has_chunks(pool, task_id, attempt)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/plain; charset=utf-8",
+            # Where the bytes come from: the database while the attempt's output is
+            # there, object storage once it has been moved.
+            "X-Log-Source": "database" if live else "object-storage",
+            "X-Log-Attempt": str(attempt),
+        }
+    )
     await response.prepare(request)
     offset = 0
     try:

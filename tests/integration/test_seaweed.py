@@ -74,7 +74,7 @@ def test_start_timeout_reports_the_log_and_stops_the_process(tmp_path: Path) -> 
     """A server that does not answer in time is stopped, and the error names the log
     and quotes its end."""
     server = EmbeddedSeaweed(tmp_path / "s3", startup_timeout=0.0)
-    with pytest.raises(SeaweedError, match="did not answer") as caught:
+    with pytest.raises(SeaweedError, match="not ready") as caught:
         server.start()
     assert str(server.log_path) in str(caught.value)
     assert not server.running
