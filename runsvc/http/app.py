@@ -9,13 +9,16 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
+import structlog
 from aiohttp import web
 
 from eventlog.fanout import EventHub
 from eventlog.listener import ChannelListener
+from eventlog.objectstore import ObjectStoreError
 from projections.registry import all_projections
 from projections.run_state_projection import READY_CHANNEL
-from projections.runner import ProjectionRunner, run_forever
+from projections.runner import ProjectionRunner, ensure_tables, run_forever
+from projections.snapshot import restore_newest
 from runsvc.auth import Permission, TokenVerifier, count_tokens, create_token
 from runsvc.http import events, executors, health, runs
 from runsvc.http.keys import (
@@ -27,6 +30,7 @@ from runsvc.http.keys import (
     PROJECTIONS,
     SERVICE,
     SETTINGS,
+    SNAPSHOTTER,
     STORE,
     VERIFIER,
     Projections,
@@ -39,8 +43,11 @@ from runsvc.leases import LeaseService
 from runsvc.resources import open_database, open_event_store, open_object_store
 from runsvc.service import RunService
 from runsvc.settings import Settings
+from runsvc.snapshotter import Snapshotter
 from runsvc.task_logs import archive_pending
 from runsvc.timers import timer_loop
+
+log = structlog.get_logger("runsvc")
 
 
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -65,6 +72,29 @@ async def _objects_ctx(app: web.Application) -> AsyncIterator[None]:
     async with open_object_store(app[SETTINGS]) as objects:
         app[OBJECTS] = objects
         yield
+
+
+async def _snapshotter_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    snapshotter = Snapshotter(
+        app[DATABASE].pool,
+        app[OBJECTS],
+        interval_s=settings.snapshot_interval_s,
+        keep=settings.snapshot_keep,
+    )
+    app[SNAPSHOTTER] = snapshotter
+    app[METRICS].components.gauges["runsvc_snapshot_age_seconds"] = (
+        "Seconds since the newest index dump in object storage was written.",
+        lambda: snapshotter.age_s,
+    )
+    app[METRICS].components.gauges["runsvc_snapshot_failures"] = (
+        "Index dumps failed in a row (the object store may be unreachable).",
+        lambda: float(snapshotter.failures),
+    )
+    task = asyncio.create_task(snapshotter.run(), name="snapshotter")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -110,8 +140,31 @@ async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
     await hub.close()
 
 
+async def _restore_empty_index(app: web.Application) -> None:
+    """A new or wiped index on a log that is not empty: start from the newest dump in
+    object storage, so only the events after it need replaying."""
+    pool = app[DATABASE].pool
+    position = await pool.fetchval(
+        "SELECT position FROM projection_checkpoints WHERE name = 'index'"
+    )
+    if position or not await app[STORE].head():
+        return
+    try:
+        restored = await restore_newest(pool, app[OBJECTS])
+    except ObjectStoreError as exc:
+        log.warning("no dump restored; the index rebuilds from the log", error=str(exc))
+        return
+    if restored is not None:
+        dump, at = restored
+        log.info("index restored from dump", key=dump.key, position=at)
+
+
 async def _projections_ctx(app: web.Application) -> AsyncIterator[None]:
     """Every projection, caught up and then followed live in the background."""
+    async with app[DATABASE].pool.acquire() as connection:
+        for projection in all_projections():
+            await ensure_tables(connection, projection)
+    await _restore_empty_index(app)
     runners = Projections(ProjectionRunner(app[STORE], p) for p in all_projections())
     for runner in runners:
         await runner.start()
@@ -220,8 +273,9 @@ def create_app(settings: Settings, *, extra: Sequence[Endpoint] = ()) -> web.App
     app.cleanup_ctx.append(_database_ctx)
     app.cleanup_ctx.append(_first_token_ctx)
     app.cleanup_ctx.append(_store_ctx)
-    app.cleanup_ctx.append(_projections_ctx)
     app.cleanup_ctx.append(_objects_ctx)
+    app.cleanup_ctx.append(_projections_ctx)
+    app.cleanup_ctx.append(_snapshotter_ctx)
     app.cleanup_ctx.append(_service_ctx)
     app.cleanup_ctx.append(_hub_ctx)
     app.on_shutdown.append(events.close_websockets)

@@ -7,7 +7,7 @@ import asyncio
 import msgspec
 from aiohttp import web
 
-from runsvc.http.keys import DATABASE, PROJECTIONS, SETTINGS, STORE
+from runsvc.http.keys import DATABASE, OBJECTS, PROJECTIONS, SETTINGS, SNAPSHOTTER, STORE
 from runsvc.http.routing import json_response
 
 
@@ -40,6 +40,7 @@ async def readyz(request: web.Request) -> web.Response:
             detail=None if store.notifier.connected else "reconnecting",
         )
     )
+    checks.append(await _check_object_store(request.app))
     limit = request.app[SETTINGS].readiness_max_lag
     for runner in request.app[PROJECTIONS]:
         lag = runner.lag
@@ -52,6 +53,22 @@ async def readyz(request: web.Request) -> web.Response:
         )
     ready = all(c.ok for c in checks)
     return json_response(Readiness(ready=ready, checks=checks), status=200 if ready else 503)
+
+
+async def _check_object_store(app: web.Application) -> Check:
+    snapshotter = app[SNAPSHOTTER]
+    try:
+        async with asyncio.timeout(2):
+            await app[OBJECTS].ping()
+    except Exception as exc:  # unreachable or slow: the service runs on, snapshots wait
+        return Check(
+            name="object_store",
+            ok=False,
+            detail=f"{type(exc).__name__}; snapshots delayed ({snapshotter.failures} failed)",
+        )
+    age = snapshotter.age_s
+    detail = f"last index dump {age:.0f}s ago" if age is not None else "no index dump yet"
+    return Check(name="object_store", ok=True, detail=detail)
 
 
 async def _check_database(app: web.Application) -> Check:

@@ -14,6 +14,7 @@ from runsvc.leases import LeaseService
 from runsvc.resources import Database
 from runsvc.service import RunService
 from runsvc.settings import Settings
+from runsvc.snapshotter import Snapshotter
 
 
 class Projections(list[ProjectionRunner]):
@@ -30,3 +31,4 @@ SERVICE = web.AppKey("service", RunService)
 OBJECTS = web.AppKey("objects", ObjectStore)
 LEASES = web.AppKey("leases", LeaseService)
 LOG_LISTENER = web.AppKey("log_listener", ChannelListener)
+SNAPSHOTTER = web.AppKey("snapshotter", Snapshotter)
