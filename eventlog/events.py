@@ -158,6 +158,15 @@ class TaskApproved(Event, tag="task_approved", frozen=True):
     comment: str | None = None
 
 
+class RunOutputDeleted(Event, tag="run_output_deleted", frozen=True):
+    """Retention removed the run's logs and artifacts (the run and its events stay)."""
+
+    at: datetime
+    older_than: datetime
+    logs: int
+    artifacts: int
+
+
 RunEvent = (
     RunCreated
     | RunPhaseChanged
@@ -166,6 +175,7 @@ RunEvent = (
     | TaskStatusChanged
     | TaskExpanded
     | TaskApproved
+    | RunOutputDeleted
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -176,6 +186,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     TaskStatusChanged,
     TaskExpanded,
     TaskApproved,
+    RunOutputDeleted,
 )
 
 # --- codec --------------------------------------------------------------------------------

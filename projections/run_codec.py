@@ -57,6 +57,7 @@ class RunState(msgspec.Struct, array_like=True):
     paused_s: float
     paused_since: datetime | None
     tasks: list[TaskState]
+    output_deleted_at: datetime | None = None
 
 
 _TASK_FIELDS = TaskState.__struct_fields__
@@ -71,7 +72,7 @@ def encode_run(run: Run) -> bytes:
         for task in sorted(run.tasks.values(), key=lambda t: t.order)
     ]
     values = {field: getattr(run, field) for field in _RUN_FIELDS}
-    state = RunState(**values, tasks=tasks)
+    state = RunState(**{**values, "tasks": tasks})
     return _encoder.encode(state)
 
 

@@ -154,6 +154,7 @@ class Run:
         self.version = 0
         self.position = 0
         # Seconds during which the run waited for an approval; excluded from its timeout.
+        self.output_deleted_at: datetime | None = None
         self.paused_s = 0.0
         self.paused_since: datetime | None = None
         self.tasks: dict[str, Task] = {}

@@ -17,6 +17,7 @@ from eventlog.events import (
     Event,
     RecordedEvent,
     RunCreated,
+    RunOutputDeleted,
     RunPhaseChanged,
     RunResultChanged,
     RunStopRequested,
@@ -343,6 +344,8 @@ def apply_event(run: Run | None, event: Event | UnknownEvent, *, version: int) -
         run.set(run, "stop_reason", event.reason)
     elif isinstance(event, TaskExpanded):
         _expanded(run, event)
+    elif isinstance(event, RunOutputDeleted):
+        run.set(run, "output_deleted_at", event.at)
     elif isinstance(event, TaskApproved):
         task = run.tasks[event.task]
         if task.status == "waiting_approval" and task.approved_by is None:

@@ -36,8 +36,8 @@ _json = msgspec.json.Encoder()
 
 class RunStateProjection:
     name = "run_state"
-    version = 1
-    tables: tuple[str, ...] = ("run_state", "ready_tasks", "run_timers")
+    version = 2
+    tables: tuple[str, ...] = ("run_state", "ready_tasks", "run_timers", "carried_tasks")
     filter: EventFilter | None = EventFilter(stream_prefix=RUN_STREAM_PREFIX)
 
     def __init__(self, cache_size: int = 2000) -> None:
@@ -56,6 +56,7 @@ class RunStateProjection:
         unready: set[str] = set()
         # Runs created in this batch have no rows yet: nothing of theirs needs deleting.
         fresh = {run_id for run_id, run_events in by_run.items() if run_events[0].version == 1}
+        carried: list[tuple[str, str]] = []
         for run_id, run_events in list(by_run.items()):
             run = runs.get(run_id)
             if run is None and not isinstance(run_events[0].event, RunCreated):
@@ -69,6 +70,8 @@ class RunStateProjection:
             for recorded in run_events:
                 run = apply(run, recorded)
                 event = recorded.event
+                if isinstance(event, RunCreated) and event.carried:
+                    carried += [(c.id, run_id) for c in event.carried.values()]
                 if isinstance(event, TaskStatusChanged):
                     task = run.tasks[event.task]
                     if event.status == "scheduled" and not task.is_parent:
@@ -89,6 +92,12 @@ class RunStateProjection:
             assert run is not None
             runs[run_id] = run
         await self._write(connection, [runs[r] for r in by_run], ready, unready, fresh)
+        if carried:
+            await connection.executemany(
+                "INSERT INTO carried_tasks (task_id, run_id) VALUES ($1, $2) "
+                "ON CONFLICT DO NOTHING",
+                carried,
+            )
         for run_id in by_run:
             self._remember(runs[run_id])
 

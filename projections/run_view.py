@@ -60,6 +60,7 @@ class RunView(msgspec.Struct, frozen=True):
     recreated_from: str | None = None
     stop_reason: str | None = None
     queue_position: int | None = None
+    output_deleted_at: datetime | None = None
 
 
 def _slot_limit(run: Run, task: Task) -> str:
@@ -165,4 +166,5 @@ def run_view(run: Run, *, queue_position: int | None = None) -> RunView:
         recreated_from=run.recreated_from,
         stop_reason=run.stop_reason,
         queue_position=queue_position,
+        output_deleted_at=run.output_deleted_at,
     )

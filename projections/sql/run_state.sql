@@ -32,3 +32,11 @@ CREATE TABLE run_timers (
     claimed_until timestamptz
 );
 CREATE INDEX run_timers_due ON run_timers (due_at);
+
+-- Tasks a recreated run carried over from an older run: they share their task ids (and so
+-- their logs and artifacts), which retention must not delete while a newer run uses them.
+CREATE TABLE carried_tasks (
+    task_id text NOT NULL,
+    run_id  text NOT NULL,
+    PRIMARY KEY (task_id, run_id)
+);

@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
+
 from runsvc.resources import Database, open_database, open_event_store
 from runsvc.settings import Settings, load_settings
 
@@ -77,6 +79,57 @@ def register(commands: Any) -> None:
     rebuild.add_argument("name", nargs="?", help="one projection (default: all)")
     add_local_options(rebuild)
     rebuild.set_defaults(handler=projections_rebuild)
+    register_gc(commands)
+
+
+def register_gc(commands: Any) -> None:
+    gc = commands.add_parser(
+        "gc",
+        help="delete logs and artifacts of old runs (the runs and their events stay)",
+        description="Delete the logs and artifacts of runs that ended before the cutoff and "
+        "record that in each run's history.",
+        epilog="example:\n  runsvc gc --older-than 30d",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    gc.add_argument("--older-than", required=True, help="a duration such as 30d or 12h")
+    add_local_options(gc)
+    gc.add_argument("--s3-endpoint", help="object store endpoint (default: embedded)")
+    gc.set_defaults(handler=run_gc)
+
+
+def run_gc(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from eventlog.config import parse_duration
+    from runsvc.resources import open_object_store
+    from runsvc.retention import collect
+    from runsvc.service import RunService
+
+    try:
+        cutoff = datetime.now(UTC) - parse_duration(args.older_than)
+    except ValueError as exc:
+        print(f"runsvc: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    def show(done: int, total: int) -> None:
+        print(f"\r{done}/{total} runs", end="", file=sys.stderr, flush=True)
+
+    async def work(settings: Settings, database: Database) -> None:
+        if args.s3_endpoint:
+            settings = msgspec.structs.replace(settings, s3_endpoint=args.s3_endpoint)
+        async with (
+            open_event_store(settings, database) as store,
+            open_object_store(settings) as objects,
+        ):
+            collected = await collect(RunService(store), objects, older_than=cutoff, progress=show)
+        if collected:
+            print(file=sys.stderr)
+        logs = sum(c.logs for c in collected)
+        artifacts = sum(c.artifacts for c in collected)
+        print(f"{len(collected)} runs: deleted {logs} logs and {artifacts} artifacts")
+
+    run_with_database(args, work)
+    return EXIT_OK
 
 
 def token_create(args: argparse.Namespace) -> int:
