@@ -7,7 +7,10 @@ Every one of them opens an HTTP and a gRPC listener, and their default ports are
 chosen here and passed explicitly. The ports are kept for the object's lifetime:
 `start()` after `stop()` comes back where clients already point.
 
-This module only manages the process; `eventlog.objectstore` is the S3 client.
+The data directory holds the server's data, its output (`weed.log`, the previous run's in
+`weed.log.1`, detailed logs under `log/`) and its pid (`weed.pid`), by which a later start
+stops a server that a crashed owner left running. This module only manages the process;
+`eventlog.objectstore` is the S3 client.
 """
 
 from __future__ import annotations
@@ -37,6 +40,20 @@ _ADMIN_GRPC_OFFSET = 10000
 # authentication with keys runsvc does not know, so the child never sees them.
 _SCRUBBED_PREFIXES = ("AWS_", "S3_", "WEED_")
 
+# Listeners besides S3 and admin, each on a port of its own.
+_OTHER_LISTENERS = (
+    "s3_grpc",
+    "master",
+    "master_grpc",
+    "volume",
+    "volume_grpc",
+    "filer",
+    "filer_grpc",
+)
+
+# A proxy from the environment must not stand between us and a loopback server.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
 
 class SeaweedError(RuntimeError):
     """The embedded SeaweedFS server could not be started."""
@@ -48,8 +65,8 @@ class SeaweedError(RuntimeError):
 class EmbeddedSeaweed:
     """A `weed mini` server whose data lives in `data_dir`.
 
-    `start()` blocks until the S3 endpoint answers; from async code run it (and `stop()`)
-    through `astart()`/`astop()`, which use a worker thread. Also a context manager.
+    `start()` blocks until the server serves the data it holds; from async code use
+    `astart()`/`astop()`, which run in a worker thread. Also a context manager.
     """
 
     def __init__(
@@ -58,7 +75,7 @@ class EmbeddedSeaweed:
         *,
         s3_port: int | None = None,
         startup_timeout: float = 30.0,
-        stop_grace: float = 15.0,
+        stop_grace: float = 10.0,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.startup_timeout = startup_timeout
@@ -76,6 +93,7 @@ class EmbeddedSeaweed:
 
     @property
     def running(self) -> bool:
+        """Whether the process this object started is alive."""
         return self._process is not None and self._process.poll() is None
 
     @property
@@ -87,9 +105,9 @@ class EmbeddedSeaweed:
         return self.data_dir / "weed.pid"
 
     def start(self) -> str:
-        """Start the server (a no-op if it runs) and wait until S3 answers; return the
-        endpoint. Raises SeaweedError, with the end of the server's log, if it exits or
-        does not answer within `startup_timeout` seconds."""
+        """Start the server (a no-op if it runs), wait until it is ready, and return the
+        endpoint. Raises SeaweedError, quoting the end of the server's log, if it exits or
+        is not ready within `startup_timeout` seconds."""
         if self.running:
             return self.endpoint
         binary = weed_binary()
@@ -118,7 +136,8 @@ class EmbeddedSeaweed:
                 # the server in order, instead of killing both at once.
                 start_new_session=True,
             )
-        self.pid_path.write_text(f"{self._process.pid}\n")
+        # The owner's pid too: a server whose owner still runs is in use, not stale.
+        self.pid_path.write_text(f"{self._process.pid} {os.getpid()}\n")
         try:
             self._wait_ready(self._process)
         except BaseException:
@@ -127,7 +146,12 @@ class EmbeddedSeaweed:
         return self.endpoint
 
     def stop(self) -> None:
-        """Stop the server: SIGTERM, then SIGKILL after `stop_grace` seconds. Idempotent."""
+        """Stop the server: SIGTERM, then SIGKILL after `stop_grace` seconds. Idempotent.
+
+        Now and then weed's volume server waits a minute for an internal connection to
+        close before exiting. By then S3 and the filer have stopped, so nothing new is
+        written, and what was written is in the data files (a SIGKILL does not undo
+        writes the kernel has taken), so ending the wait early loses nothing."""
         process, self._process = self._process, None
         if process is None:
             return
@@ -139,7 +163,7 @@ class EmbeddedSeaweed:
                 process.kill()
                 process.wait()
         # Another server may have replaced ours on this directory since (see _kill_stale).
-        if self._recorded_pid() == process.pid:
+        if self._recorded()[0] == process.pid:
             self.pid_path.unlink(missing_ok=True)
         # weed leaves its local sockets behind, in /tmp whatever TMPDIR says, named by port.
         assert self._ports is not None
@@ -203,6 +227,11 @@ class EmbeddedSeaweed:
             # The volume server otherwise waits before stopping for peers to notice; there
             # are no peers, and a slow stop only delays shutdown and restarts.
             "-volume.preStopSeconds=0",
+            # Resuming the master's Raft state makes it leader a few milliseconds late, and
+            # a volume server whose first heartbeat lands in that gap retries only after
+            # 5 s. A single master loses nothing by starting fresh: the volume server
+            # reports every volume (and so the highest volume id) in its first heartbeat.
+            "-master.resumeState=false",
         ]
 
     def _wait_ready(self, process: subprocess.Popen[bytes]) -> None:
@@ -224,47 +253,57 @@ class EmbeddedSeaweed:
                 return
             if time.monotonic() > deadline:
                 raise SeaweedError(
-                    f"weed did not answer on {self.endpoint} within {self.startup_timeout}s; "
+                    f"weed was not ready on {self.endpoint} within {self.startup_timeout}s; "
                     f"its log ({self.log_path}) ends with:\n{self.log_tail()}"
                 )
             time.sleep(0.05)
 
     def _kill_stale(self) -> None:
-        """Stop a server that a crashed earlier process left running on this directory:
-        two servers on one directory would corrupt it. The pid is only trusted while it
-        still is `weed` serving this very directory (pids are reused)."""
-        pid = self._recorded_pid()
-        if pid is None:
-            return
+        """Stop a server that a crashed owner left running on this directory: two servers
+        on one directory would corrupt it. The recorded pid is only trusted while it still
+        is `weed` on this very directory (pids are reused); a server whose owner, another
+        process, still runs is in use, and starting is refused."""
+        pid, owner = self._recorded()
+        state = _process_state(pid)
         try:
             arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             arguments = []
-        if f"-dir={self.data_dir}".encode() in arguments and arguments[0].endswith(b"weed"):
+        ours = f"-dir={self.data_dir}".encode() in arguments and arguments[0].endswith(b"weed")
+        if state is not None and ours:
+            if state[1] == owner and owner != os.getpid():
+                raise SeaweedError(
+                    f"{self.data_dir} is in use by the SeaweedFS server (pid {pid}) of "
+                    f"process {owner}"
+                )
             for sig, wait in ((signal.SIGTERM, self.stop_grace), (signal.SIGKILL, 5.0)):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
                 deadline = time.monotonic() + wait
-                while _alive(pid) and time.monotonic() < deadline:
+                while _process_state(pid) is not None and time.monotonic() < deadline:
                     time.sleep(0.05)
-                if not _alive(pid):
+                if _process_state(pid) is None:
                     break
         self.pid_path.unlink(missing_ok=True)
 
-    def _recorded_pid(self) -> int | None:
+    def _recorded(self) -> tuple[int, int]:
+        """(server pid, owner pid) from the pid file; (0, 0) when there is none."""
         try:
-            return int(self.pid_path.read_text().strip())
+            pid, owner = (int(n) for n in self.pid_path.read_text().split())
         except (OSError, ValueError):
-            return None
+            return 0, 0
+        return pid, owner
 
 
-def _alive(pid: int) -> bool:
-    """Whether `pid` runs; a zombie (exited, not yet reaped by its parent) does not."""
+def _process_state(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a live process, None if it does not run (a zombie, exited
+    but not yet reaped by its parent, does not). An orphan's parent is no longer the
+    process that started it."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
+        return None
+    return None if fields[0] == "Z" else (fields[0], int(fields[1]))
 
 
 def weed_binary() -> Path:
@@ -308,20 +347,6 @@ def _known_volumes(master: str) -> int:
         for node in rack.get("DataNodes") or []
     ]
     return sum(int(node.get("Volumes", 0)) for node in nodes) if nodes else -1
-
-
-_OTHER_LISTENERS = (
-    "s3_grpc",
-    "master",
-    "master_grpc",
-    "volume",
-    "volume_grpc",
-    "filer",
-    "filer_grpc",
-)
-
-# A proxy from the environment must not stand between us and a loopback server.
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _choose_ports(s3_port: int | None) -> dict[str, int]:

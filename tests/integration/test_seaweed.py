@@ -1,17 +1,24 @@
-"""The embedded SeaweedFS process: outages and restarts as clients see them, a stale
-server left on the data directory, and start-up failures."""
+"""The embedded SeaweedFS process: outages and restarts as clients see them, servers
+left on the data directory by a crashed owner or owned by a live one, start-up failures."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import socket
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from eventlog.objectstore import ObjectStore, ObjectStoreConfig, ObjectStoreUnavailable
 from eventlog.seaweed import EmbeddedSeaweed, SeaweedError, weed_binary
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_outage_fails_fast_and_the_same_store_recovers(
@@ -44,30 +51,89 @@ async def test_outage_fails_fast_and_the_same_store_recovers(
     assert [item.key async for item in object_store.list()] == ["after", "before"]
 
 
-def test_new_server_replaces_a_stale_one_on_the_same_directory(tmp_path: Path) -> None:
-    """A server started (here as a context manager) on a directory where an earlier one
-    still runs, its owner having crashed, stops that one first and serves its data."""
+# An owner process: starts a server on the directory given, prints its endpoint, and
+# stops it when terminated (SIGTERM); killed with SIGKILL, it leaves the server orphaned.
+_OWNER = """
+import signal, sys, time
+from pathlib import Path
+from eventlog.seaweed import EmbeddedSeaweed
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+with EmbeddedSeaweed(Path(sys.argv[1])) as server:
+    print(server.endpoint, flush=True)
+    time.sleep(120)
+"""
 
-    async def put(endpoint: str) -> None:
-        async with ObjectStore.connect(ObjectStoreConfig(endpoint=endpoint, bucket="stale")) as s:
-            await s.ensure_bucket()
-            await s.put("key", b"value")
 
-    async def get(endpoint: str) -> bytes:
-        async with ObjectStore.connect(ObjectStoreConfig(endpoint=endpoint, bucket="stale")) as s:
-            return await s.get("key")
-
-    first = EmbeddedSeaweed(tmp_path / "s3")
+@contextlib.contextmanager
+def owner_process(data_dir: Path) -> Iterator[tuple[subprocess.Popen[str], str, int]]:
+    """A separate process owning a server on `data_dir`: (process, endpoint, server pid).
+    On leaving, the owner is terminated and a server it orphaned is killed."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    owner = subprocess.Popen(
+        [sys.executable, "-c", _OWNER, str(data_dir)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    server_pid = 0
     try:
-        first.start()
-        asyncio.run(put(first.endpoint))
-        with EmbeddedSeaweed(tmp_path / "s3") as second:
-            assert not first.running
-            assert second.endpoint != first.endpoint
-            assert asyncio.run(get(second.endpoint)) == b"value"
+        assert owner.stdout is not None
+        endpoint = owner.stdout.readline().strip()
+        assert endpoint.startswith("http://127.0.0.1:"), "the owner did not start its server"
+        server_pid = int((data_dir / "weed.pid").read_text().split()[0])
+        yield owner, endpoint, server_pid
     finally:
-        first.stop()
+        owner.terminate()
+        owner.wait()
+        assert owner.stdout is not None
+        owner.stdout.close()
+        if server_pid and not gone(server_pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server_pid, signal.SIGKILL)
+
+
+def gone(pid: int) -> bool:
+    """Whether `pid` no longer runs a program (exited, or a zombie left to reap)."""
+    try:
+        return not Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+
+
+async def put_value(endpoint: str) -> None:
+    async with ObjectStore.connect(ObjectStoreConfig(endpoint=endpoint, bucket="owned")) as s:
+        await s.ensure_bucket()
+        await s.put("key", b"value")
+
+
+async def get_value(endpoint: str) -> bytes:
+    async with ObjectStore.connect(ObjectStoreConfig(endpoint=endpoint, bucket="owned")) as s:
+        return await s.get("key")
+
+
+def test_a_server_orphaned_by_a_crashed_owner_is_replaced(tmp_path: Path) -> None:
+    """When the process that started a server died without stopping it, the next start
+    on the directory (here as a context manager) stops the orphan and serves its data."""
+    with owner_process(tmp_path / "s3") as (owner, endpoint, orphan):
+        asyncio.run(put_value(endpoint))
+        owner.kill()
+        owner.wait()
+
+        with EmbeddedSeaweed(tmp_path / "s3") as server:
+            assert server.endpoint != endpoint
+            assert asyncio.run(get_value(server.endpoint)) == b"value"
+            assert gone(orphan)
     assert not (tmp_path / "s3" / "weed.pid").exists()
+
+
+def test_a_server_whose_owner_runs_is_left_alone(tmp_path: Path) -> None:
+    """Starting on a directory whose server another live process owns is refused, and
+    that server keeps serving."""
+    with owner_process(tmp_path / "s3") as (_, endpoint, server_pid):
+        with pytest.raises(
+            SeaweedError, match=f"in use by the SeaweedFS server \\(pid {server_pid}"
+        ):
+            EmbeddedSeaweed(tmp_path / "s3").start()
+        asyncio.run(put_value(endpoint))
+        assert asyncio.run(get_value(endpoint)) == b"value"
 
 
 def test_start_timeout_reports_the_log_and_stops_the_process(tmp_path: Path) -> None:
