@@ -51,14 +51,15 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 @dataclass
 class AppendRequest:
     """One caller's append, encoded: parallel lists of ids, types and payloads (columns
-    rather than objects, because this is the hot path), one metadata blob for all."""
+    rather than objects, because this is the hot path). `meta` is one metadata blob for
+    all events, or one per event."""
 
     stream: str
     expected_version: int
     event_ids: Sequence[uuid.UUID]
     types: Sequence[str]
     payloads: Sequence[bytes]
-    meta: bytes
+    meta: bytes | Sequence[bytes]
     scope: str | None
     future: asyncio.Future[list[int]] = field(repr=False)
 
@@ -67,7 +68,12 @@ class AppendRequest:
 
     @property
     def size(self) -> int:
-        return sum(map(len, self.payloads)) + len(self.meta) * len(self.payloads)
+        return sum(map(len, self.payloads)) + sum(map(len, self.metas()))
+
+    def metas(self) -> Sequence[bytes]:
+        if isinstance(self.meta, bytes):
+            return [self.meta] * len(self.payloads)
+        return self.meta
 
 
 @dataclass(frozen=True)
@@ -419,13 +425,14 @@ def build_rows(
         head = current[request.stream]
         assumed.setdefault(request.stream, head)
         first_version, previous = head.version + 1, head.hash
-        stream_bytes, meta = request.stream.encode(), request.meta
+        stream_bytes, metas = request.stream.encode(), request.metas()
         count = len(request)
-        for version, event_id, type_, data in zip(
+        for version, event_id, type_, data, meta in zip(
             range(first_version, first_version + count),
             request.event_ids,
             request.types,
             request.payloads,
+            metas,
             strict=True,
         ):
             previous = chain_hash_raw(
@@ -437,7 +444,7 @@ def build_rows(
         id_col += request.event_ids
         type_col += request.types
         data_col += request.payloads
-        meta_col += [meta] * count
+        meta_col += metas
         scope_col += [request.scope] * count
         current[request.stream] = Head(first_version + count - 1, previous)
     columns: list[list[Any]] = [

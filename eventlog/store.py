@@ -143,12 +143,13 @@ class EventStore:
         events: Sequence[Event | UnknownEvent],
         expected_version: int,
         *,
-        meta: Metadata,
+        meta: Metadata | Sequence[Metadata],
         event_ids: Sequence[uuid.UUID] | None = None,
         scope: str | None = None,
     ) -> list[int]:
         """Append `events` to `stream` if it is at `expected_version` (`NO_STREAM` to
-        create it); return their positions. Raises `VersionConflict`, `StreamNotFound`,
+        create it); return their positions. `meta` is one Metadata for all events or one
+        per event. Raises `VersionConflict`, `StreamNotFound`,
         `EmptyAppend`, `PayloadTooLarge`; in every error case nothing is written."""
         request = self._request(
             stream, events, expected_version, meta=meta, event_ids=event_ids, scope=scope
@@ -161,7 +162,7 @@ class EventStore:
         events: Sequence[Event | UnknownEvent],
         expected_version: int,
         *,
-        meta: Metadata,
+        meta: Metadata | Sequence[Metadata],
         event_ids: Sequence[uuid.UUID] | None,
         scope: str | None,
     ) -> AppendRequest:
@@ -170,6 +171,8 @@ class EventStore:
             raise EmptyAppend(f"append to {stream!r} carries no events")
         if expected_version < 0:
             raise ValueError("expected_version must be >= 0")
+        if not isinstance(meta, Metadata) and len(meta) != len(events):
+            raise ValueError("meta must be one Metadata, or one per event")
         if event_ids is not None and len(event_ids) != len(events):
             raise ValueError("event_ids must have one id per event")
         ids = list(event_ids) if event_ids is not None else [new_event_id() for _ in events]
@@ -183,7 +186,11 @@ class EventStore:
             event_ids=ids,
             types=[event_type_of(event) for event in events],
             payloads=payloads,
-            meta=encode_metadata(meta),
+            meta=(
+                encode_metadata(meta)
+                if isinstance(meta, Metadata)
+                else [encode_metadata(m) for m in meta]
+            ),
             scope=scope,
             future=asyncio.get_running_loop().create_future(),
         )
@@ -196,7 +203,7 @@ class EventStore:
         events: Sequence[Event | UnknownEvent],
         expected_version: int,
         *,
-        meta: Metadata,
+        meta: Metadata | Sequence[Metadata],
         event_ids: Sequence[uuid.UUID] | None = None,
         scope: str | None = None,
     ) -> list[int]:

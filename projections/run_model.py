@@ -194,16 +194,22 @@ class Run:
 
     @contextmanager
     def journal(self) -> Iterator[None]:
-        """Changes made inside are undone on exit: the run is left exactly as it was."""
-        if self._journal is not None:
-            raise RuntimeError("a journal is already open on this run")
-        self._journal = []
+        """Changes made inside are undone on exit: the run is left exactly as it was.
+        Journals nest: an inner one undoes only what was changed inside it."""
+        outermost = self._journal is None
+        if outermost:
+            self._journal = []
+        assert self._journal is not None
+        mark = len(self._journal)
         try:
             yield
         finally:
-            undo, self._journal = self._journal, None
-            for step in reversed(undo):
+            undo = self._journal
+            for step in reversed(undo[mark:]):
                 step()
+            del undo[mark:]
+            if outermost:
+                self._journal = None
 
     def _record(self, undo: Callable[[], None]) -> None:
         if self._journal is not None:

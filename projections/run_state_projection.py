@@ -36,7 +36,7 @@ _json = msgspec.json.Encoder()
 
 class RunStateProjection:
     name = "run_state"
-    version = 2
+    version = 3
     tables: tuple[str, ...] = ("run_state", "ready_tasks", "run_timers", "carried_tasks")
     filter: EventFilter | None = EventFilter(stream_prefix=RUN_STREAM_PREFIX)
 
@@ -170,7 +170,8 @@ class RunStateProjection:
                             $6::text[], $7::bigint[]) AS t(id, run, task, attempt, nb, labels, pos)
                 ON CONFLICT (task_id) DO UPDATE SET
                     attempt = excluded.attempt, not_before = excluded.not_before,
-                    runs_on = excluded.runs_on, position = excluded.position
+                    runs_on = excluded.runs_on, position = excluded.position,
+                    reserved_until = NULL
                 """,
                 *[list(column) for column in zip(*rows, strict=True)],
             )

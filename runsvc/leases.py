@@ -1,10 +1,16 @@
 """Executors' side of the command side: claims, leases, heartbeats, reports.
 
-A claim takes the oldest ready task whose labels the executor has, with `FOR UPDATE SKIP
-LOCKED` on the claim queue, checks it against the run itself, and in ONE transaction
-records the lease, takes the task off the queue and appends the attempt's start (with the
-run's expected version). So a task attempt is handed to exactly one executor, across every
-service process.
+A claim reserves the oldest ready task whose labels the executor has (`FOR UPDATE SKIP
+LOCKED` on the claim queue, so two processes never reserve the same entry), writes the
+lease, and then starts the attempt through the ordinary command path: the run is loaded,
+`start_attempt` checks the task is claimable, and the start is appended with the run's
+expected version. Only one start of an attempt can ever be appended, so a task attempt is
+handed to exactly one executor, across every service process. A lease whose start never
+got appended (the process died in between) simply expires.
+
+No run is loaded while a database transaction holds a pooled connection: loading reads
+the stream on a connection of its own, and holding one while waiting for another is how a
+busy pool deadlocks.
 
 Leases are fenced: heartbeats, log chunks, artifacts and the completion all name their
 lease, and a lease that is no longer `active` is answered with a conflict and changes
@@ -17,9 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -27,14 +33,13 @@ import asyncpg
 import structlog
 
 from eventlog.config import parse_duration
-from eventlog.errors import VersionConflict
-from eventlog.events import SYSTEM, Actor, Event, Metadata
+from eventlog.events import SYSTEM, Actor, Event
 from eventlog.listener import ChannelListener
 from projections.run_model import Run, Task
 from runsvc import commands
 from runsvc.errors import BadRequest, Conflict, NotFound
 from runsvc.executor_api import Claim, Completion, HeartbeatAnswer, WorkItem
-from runsvc.service import Caller, RunService, stream_of
+from runsvc.service import Caller, RunService
 
 log = structlog.get_logger("runsvc.leases")
 
@@ -78,6 +83,10 @@ def work_item(run: Run, task: Task) -> WorkItem:
     )
 
 
+def _start(run: Run, now: datetime, *, task: str, attempt: int, executor: str) -> list[Event]:
+    return commands.start_attempt(run, task, attempt=attempt, executor=executor, now=now)
+
+
 class LeaseService:
     def __init__(
         self,
@@ -89,7 +98,6 @@ class LeaseService:
     ) -> None:
         self.runs = runs
         self.pool = runs.pool
-        self.store = runs.store
         self.ready = ready
         self.lease_ttl = timedelta(seconds=lease_ttl_s)
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -100,9 +108,6 @@ class LeaseService:
         their long polls; executors claim again from another instance."""
         self.closing = True
         self.ready.wake()
-
-    def _meta(self, executor: str, now: datetime) -> Metadata:
-        return Metadata(actor=Actor(kind="executor", id=executor), recorded_at=now)
 
     # -- claims
 
@@ -124,104 +129,88 @@ class LeaseService:
     async def _until_next_start(self, labels: dict[str, str]) -> float:
         seconds = await self.pool.fetchval(
             """
-            SELECT extract(epoch FROM min(not_before) - now()) FROM ready_tasks
-            WHERE not_before > now() AND runs_on <@ $1::jsonb
+            SELECT extract(epoch FROM min(greatest(not_before, reserved_until)) - now())
+            FROM ready_tasks
+            WHERE greatest(not_before, reserved_until) > now() AND runs_on <@ $1::jsonb
             """,
             json.dumps(labels),
         )
         return max(0.05, float(seconds)) if seconds is not None else 60.0
 
-    async def _try_claim(self, executor: str, labels: dict[str, str]) -> Claim | None:
-        for _ in range(20):
-            try:
-                claim = await self._claim_one(executor, labels)
-            except _Retry:
-                continue
-            if claim is not _STALE:
-                return claim
-        return None
-
-    async def _claim_one(self, executor: str, labels: dict[str, str]) -> Claim | None:
-        """One try: a Claim, None when nothing is ready, or _STALE after dropping a stale
-        queue entry. Raises _Retry when the run moved under it."""
-        async with self.pool.acquire() as connection, connection.transaction():
-            row = await connection.fetchrow(
-                """
-                SELECT task_id, run_id, task, attempt FROM ready_tasks
-                WHERE (not_before IS NULL OR not_before <= now()) AND runs_on <@ $1::jsonb
+    async def _reserve(self, labels: dict[str, str]) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(
+            """
+            UPDATE ready_tasks SET reserved_until = now() + interval '30 seconds'
+            WHERE task_id = (
+                SELECT task_id FROM ready_tasks
+                WHERE (not_before IS NULL OR not_before <= now())
+                  AND (reserved_until IS NULL OR reserved_until <= now())
+                  AND runs_on <@ $1::jsonb
                 ORDER BY position LIMIT 1
                 FOR UPDATE SKIP LOCKED
-                """,
-                json.dumps(labels),
             )
-            if row is None:
+            RETURNING task_id, run_id, task, attempt
+            """,
+            json.dumps(labels),
+        )
+
+    async def _try_claim(self, executor: str, labels: dict[str, str]) -> Claim | None:
+        for _ in range(50):
+            entry = await self._reserve(labels)
+            if entry is None:
                 return None
-            try:
-                run = await self.runs.load(row["run_id"])
-            except NotFound:
-                run = None
-            task = run.tasks.get(row["task"]) if run is not None else None
-            now = self.runs.clock()
-            if (
-                run is None
-                or task is None
-                or task.attempt != row["attempt"]
-                or not commands.claimable(run, task, now)
-            ):
-                # Stale (the projection has not caught up with a change): drop it.
-                await connection.execute(
-                    "DELETE FROM ready_tasks WHERE task_id = $1 AND attempt = $2",
-                    row["task_id"],
-                    row["attempt"],
-                )
-                return _STALE
-            expected = run.version
-            events = commands.start_attempt(
-                run, task.name, attempt=task.attempt, executor=executor, now=now
-            )
             lease = secrets.token_urlsafe(18)
+            now = self.runs.clock()
             expires = now + self.lease_ttl
-            await connection.execute(
+            await self.pool.execute(
                 """
                 INSERT INTO leases (lease_id, run_id, task, task_id, attempt, executor,
                                     expires_at, last_output_at)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                 """,
                 lease,
-                run.id,
-                task.name,
-                task.id,
-                task.attempt,
+                entry["run_id"],
+                entry["task"],
+                entry["task_id"],
+                entry["attempt"],
                 executor,
                 expires,
                 now,
             )
-            await connection.execute("DELETE FROM ready_tasks WHERE task_id = $1", row["task_id"])
             try:
-                await self.store.append_in_transaction(
-                    connection,
-                    stream_of(run.id),
-                    events,
-                    expected,
-                    meta=self._meta(executor, now),
-                    scope=run.group,
+                run = await self.runs.execute(
+                    entry["run_id"],
+                    functools.partial(
+                        _start, task=entry["task"], attempt=entry["attempt"], executor=executor
+                    ),
+                    Caller(Actor(kind="executor", id=executor)),
                 )
-            except VersionConflict:
-                raise _Retry from None
-            item = work_item(run, task)
-        return Claim(
-            lease=lease,
-            lease_expires_at=expires,
-            heartbeat_interval_s=self.heartbeat_interval_s,
-            task=item,
-        )
+            except (Conflict, NotFound):
+                # Stale: the run moved on since the queue was written. Drop both.
+                await self.pool.execute("DELETE FROM leases WHERE lease_id = $1", lease)
+                await self.pool.execute(
+                    "DELETE FROM ready_tasks WHERE task_id = $1 AND attempt = $2",
+                    entry["task_id"],
+                    entry["attempt"],
+                )
+                continue
+            await self.pool.execute(
+                "DELETE FROM ready_tasks WHERE task_id = $1 AND attempt = $2",
+                entry["task_id"],
+                entry["attempt"],
+            )
+            return Claim(
+                lease=lease,
+                lease_expires_at=expires,
+                heartbeat_interval_s=self.heartbeat_interval_s,
+                task=work_item(run, run.tasks[entry["task"]]),
+            )
+        return None
 
     # -- reports
 
-    async def _active(self, connection: asyncpg.Connection, lease: str) -> LeaseRow:
-        record = await connection.fetchrow(
-            "SELECT * FROM leases WHERE lease_id = $1 FOR UPDATE", lease
-        )
+    async def _current(self, lease: str) -> LeaseRow:
+        record = await self.pool.fetchrow("SELECT * FROM leases WHERE lease_id = $1", lease)
         if record is None:
             raise Conflict("no such lease (it may have expired and been replaced)")
         row = LeaseRow.of(record)
@@ -231,26 +220,24 @@ class LeaseService:
 
     async def heartbeat(self, lease: str) -> HeartbeatAnswer | None:
         """Renew the lease. Returns a stop instruction, or None to keep going."""
-        async with self.pool.acquire() as connection, connection.transaction():
-            row = await self._active(connection, lease)
-            now = self.runs.clock()
-            run = await self.runs.load(row.run_id)
-            task = run.tasks[row.task]
-            if task.status != "running" or task.attempt != row.attempt:
-                # The server ended this attempt (e.g. it timed out): the lease is over.
-                await connection.execute(
-                    "UPDATE leases SET state = 'lost', ended_at = $2 WHERE lease_id = $1",
-                    lease,
-                    now,
-                )
-                raise Conflict("this attempt has already ended")
-            stalled = self._stalled(task, row, now)
-            if stalled is None:
-                await connection.execute(
-                    "UPDATE leases SET expires_at = $2 WHERE lease_id = $1",
-                    lease,
-                    now + self.lease_ttl,
-                )
+        now = self.runs.clock()
+        record = await self.pool.fetchrow(
+            "UPDATE leases SET expires_at = $2 WHERE lease_id = $1 AND state = 'active' "
+            "RETURNING *",
+            lease,
+            now + self.lease_ttl,
+        )
+        if record is None:
+            await self._current(lease)  # raises the conflict that says why
+            raise Conflict("this attempt is no longer current")
+        row = LeaseRow.of(record)
+        run = await self.runs.load(row.run_id)
+        task = run.tasks[row.task]
+        if task.status != "running" or task.attempt != row.attempt:
+            # The server ended this attempt (e.g. it timed out): the lease is over.
+            await self._close(lease, "lost")
+            raise Conflict("this attempt has already ended")
+        stalled = self._stalled(task, row, now)
         if stalled is not None:
             await self.lose(lease, stalled)
             raise Conflict(f"this attempt was ended: {stalled}")
@@ -269,7 +256,12 @@ class LeaseService:
     async def append_log(self, lease: str, offset: int, data: bytes) -> None:
         """Store a chunk of output at `offset`; a chunk sent again is stored once."""
         async with self.pool.acquire() as connection, connection.transaction():
-            row = await self._active(connection, lease)
+            record = await connection.fetchrow(
+                "SELECT * FROM leases WHERE lease_id = $1 FOR UPDATE", lease
+            )
+            if record is None or record["state"] != "active":
+                raise Conflict("this attempt is no longer current")
+            row = LeaseRow.of(record)
             if offset > row.log_bytes:
                 raise BadRequest(
                     f"log chunk at offset {offset} leaves a gap (the log has {row.log_bytes} bytes)"
@@ -294,96 +286,57 @@ class LeaseService:
             await connection.execute("SELECT pg_notify('runsvc_logs', $1)", row.task_id)
 
     async def lease_for_upload(self, lease: str) -> LeaseRow:
-        async with self.pool.acquire() as connection, connection.transaction():
-            return await self._active(connection, lease)
+        return await self._current(lease)
 
     async def complete(self, lease: str, completion: Completion) -> LeaseRow:
-        """Record the attempt's outcome and end the lease, in one transaction. The same
-        completion sent again (its answer was lost) is accepted again."""
-        async with self.pool.acquire() as connection, connection.transaction():
-            record = await connection.fetchrow(
-                "SELECT * FROM leases WHERE lease_id = $1 FOR UPDATE", lease
-            )
-            if record is not None and record["state"] == "completed":
-                return LeaseRow.of(record)
-            row = await self._active(connection, lease)
-            now = self.runs.clock()
-            await self._append_for(
-                connection,
-                row,
-                lambda run: commands.finish_attempt(
-                    run,
-                    row.task,
-                    attempt=row.attempt,
-                    succeeded=completion.status == "success",
-                    exit_code=completion.exit_code,
-                    error=completion.error,
-                    now=now,
-                ),
-            )
-            await connection.execute(
-                "UPDATE leases SET state = 'completed', ended_at = $2 WHERE lease_id = $1",
-                lease,
-                now,
-            )
-        await self._after(row)
+        """Record the attempt's outcome, then end the lease. The same completion sent
+        again (its answer was lost) is accepted again."""
+        record = await self.pool.fetchrow("SELECT * FROM leases WHERE lease_id = $1", lease)
+        if record is not None and record["state"] == "completed":
+            return LeaseRow.of(record)
+        row = await self._current(lease)
+        await self.runs.execute(
+            row.run_id,
+            lambda run, now: commands.finish_attempt(
+                run,
+                row.task,
+                attempt=row.attempt,
+                succeeded=completion.status == "success",
+                exit_code=completion.exit_code,
+                error=completion.error,
+                now=now,
+            ),
+            Caller(Actor(kind="executor", id=row.executor)),
+        )
+        await self._close(lease, "completed")
         return row
 
     async def lose(self, lease: str, reason: str, *, state: str = "lost") -> LeaseRow | None:
         """End an active lease's attempt as lost (expired, stalled, handed back)."""
-        async with self.pool.acquire() as connection, connection.transaction():
-            try:
-                row = await self._active(connection, lease)
-            except Conflict:
-                return None
-            now = self.runs.clock()
-            # A conflict means the attempt already ended another way; the lease just closes.
-            with contextlib.suppress(Conflict):
-                await self._append_for(
-                    connection,
-                    row,
-                    lambda run: commands.lose_attempt(
-                        run, row.task, attempt=row.attempt, error=reason, now=now
-                    ),
-                )
-            await connection.execute(
-                "UPDATE leases SET state = $2, ended_at = $3 WHERE lease_id = $1",
-                lease,
-                state,
-                now,
+        try:
+            row = await self._current(lease)
+        except Conflict:
+            return None
+        # A conflict means the attempt already ended another way; the lease just closes.
+        with contextlib.suppress(Conflict, NotFound):
+            await self.runs.execute(
+                row.run_id,
+                lambda run, now: commands.lose_attempt(
+                    run, row.task, attempt=row.attempt, error=reason, now=now
+                ),
+                Caller(SYSTEM),
             )
-        await self._after(row)
+        await self._close(lease, state)
         log.info("attempt lost", lease=lease, run_id=row.run_id, task=row.task, reason=reason)
         return row
 
-    async def _append_for(
-        self,
-        connection: asyncpg.Connection,
-        row: LeaseRow,
-        decide: Callable[[Run], list[Event]],
-    ) -> None:
-        for _ in range(8):
-            run = await self.runs.load(row.run_id)
-            expected = run.version
-            events = decide(run)
-            try:
-                async with connection.transaction():  # a savepoint: a conflict undoes only this
-                    await self.store.append_in_transaction(
-                        connection,
-                        stream_of(run.id),
-                        events,
-                        expected,
-                        meta=self._meta(row.executor, self.runs.clock()),
-                        scope=run.group,
-                    )
-                return
-            except VersionConflict:
-                continue
-        raise Conflict(f"run {row.run_id} is changing too fast; try again")
-
-    async def _after(self, row: LeaseRow) -> None:
-        run = await self.runs.load(row.run_id)
-        await self.runs.after_commit(run, Caller(SYSTEM))
+    async def _close(self, lease: str, state: str) -> None:
+        await self.pool.execute(
+            "UPDATE leases SET state = $2, ended_at = now() "
+            "WHERE lease_id = $1 AND state = 'active'",
+            lease,
+            state,
+        )
 
     async def expire(self) -> int:
         """End every lease past its expiry (its executor is gone)."""
@@ -394,15 +347,3 @@ class LeaseService:
         for row in rows:
             await self.lose(row["lease_id"], "executor lost: its lease expired")
         return len(rows)
-
-
-class _Retry(Exception):
-    """The run moved between reading it and appending: claim again."""
-
-
-_STALE = Claim(
-    lease="",
-    lease_expires_at=datetime.min,
-    heartbeat_interval_s=0,
-    task=WorkItem(task_id="", run_id="", group="", task="", attempt=0),
-)

@@ -28,7 +28,7 @@ from projections.run_codec import decode_run
 from projections.run_model import Run
 from projections.run_state import TERMINAL_PHASES, apply, apply_event
 from runsvc import commands
-from runsvc.errors import Conflict, NotFound
+from runsvc.errors import Conflict, NotFound, ServiceError
 from runsvc.requests import CreateRunRequest, RecreateRequest
 from runsvc.validation import validate_create
 
@@ -47,6 +47,15 @@ def new_run_id() -> str:
 
 def stream_of(run_id: str) -> str:
     return f"run-{run_id}"
+
+
+class _Pending:
+    __slots__ = ("caller", "decision", "future")
+
+    def __init__(self, decision: Decision, caller: Caller, future: asyncio.Future[Run]) -> None:
+        self.decision = decision
+        self.caller = caller
+        self.future = future
 
 
 class Caller:
@@ -76,6 +85,8 @@ class RunService:
         self._cache: OrderedDict[str, Run] = OrderedDict()
         self._cache_size = cache_size
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._pending: dict[str, list[_Pending]] = {}
+        self._writing: set[str] = set()
 
     # -- reading
 
@@ -128,33 +139,76 @@ class RunService:
     # -- the command loop
 
     async def execute(self, run_id: str, decision: Decision, caller: Caller) -> Run:
-        """Load, decide, append with the expected version; on a conflict, again."""
-        async with self._serialised(run_id):
-            for _ in range(_ATTEMPTS):
-                run = await self._load(run_id)
-                now = self.clock()
-                expected = run.version
-                events = decision(run, now)
-                if not events:
-                    return run
-                try:
-                    positions = await self.store.append(
-                        stream_of(run_id),
-                        events,
-                        expected,
-                        meta=caller.metadata(now),
-                        scope=run.group,
-                    )
-                except VersionConflict:
-                    self._cache.pop(run_id, None)
-                    continue
-                self._applied(run, events, positions)
-                break
-            else:
-                raise Conflict(f"run {run_id} is changing too fast; try again")
+        """Load, decide, append with the expected version; on a conflict, again.
+
+        Commands that arrive for a run while another is being written are coalesced: the
+        next writer decides them one after the other on the same loaded run (each sees the
+        ones before it) and appends them together, so a busy run (dozens of executors
+        claiming and reporting its tasks) costs one load and one transaction per batch,
+        not per command. Each command still succeeds or fails on its own."""
+        future: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(run_id, []).append(_Pending(decision, caller, future))
+        if run_id not in self._writing:
+            self._writing.add(run_id)
+            try:
+                await self._write_pending(run_id)
+            finally:
+                self._writing.discard(run_id)
+        run = await future
         # Outside the run's lock: admitting the next run takes that run's lock.
         await self.after_commit(run, caller)
         return run
+
+    async def _write_pending(self, run_id: str) -> None:
+        async with self._serialised(run_id):
+            while batch := self._pending.pop(run_id, []):
+                try:
+                    await self._write_batch(run_id, batch)
+                except BaseException as exc:
+                    for pending in batch:
+                        if not pending.future.done():
+                            pending.future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+
+    async def _write_batch(self, run_id: str, batch: list[_Pending]) -> None:
+        for _ in range(_ATTEMPTS):
+            run = await self._load(run_id)
+            now = self.clock()
+            decided: list[tuple[_Pending, list[Event]]] = []
+            with run.journal():  # each decision sees the ones before it; then undone
+                for pending in batch:
+                    try:
+                        events = pending.decision(run, now)
+                    except ServiceError as exc:
+                        pending.future.set_exception(exc)
+                        continue
+                    for event in events:
+                        apply_event(run, event, version=run.version + 1)
+                    decided.append((pending, events))
+            events = [event for _, decided_events in decided for event in decided_events]
+            if events:
+                # One append for the whole batch: it commits or conflicts as a whole, and
+                # every event keeps its own caller's metadata.
+                metas = [
+                    pending.caller.metadata(now)
+                    for pending, decided_events in decided
+                    for _ in decided_events
+                ]
+                try:
+                    positions = await self.store.append(
+                        stream_of(run_id), events, run.version, meta=metas, scope=run.group
+                    )
+                except VersionConflict:
+                    self._cache.pop(run_id, None)
+                    batch = [pending for pending, _ in decided]
+                    continue
+                self._applied(run, events, positions)
+            for pending, _ in decided:
+                pending.future.set_result(run)
+            return
+        for pending in batch:
+            pending.future.set_exception(Conflict(f"run {run_id} is changing too fast; try again"))
 
     def _applied(self, run: Run, events: list[Event], positions: list[int]) -> None:
         for event in events:

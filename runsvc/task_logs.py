@@ -99,7 +99,10 @@ async def read_log(
 
 async def archive(pool: asyncpg.Pool, objects: ObjectStore, task_id: str, attempt: int) -> None:
     """Move an ended attempt's output to object storage, then drop it from the database.
-    If the store is unreachable the output stays (and is served) where it is."""
+    If the store is unreachable the output stays (and is served) where it is. An attempt
+    without output has nothing to move (readers treat a missing log as empty)."""
+    if not await has_chunks(pool, task_id, attempt):
+        return
     async with pool.acquire() as connection, connection.transaction():
         rows = connection.cursor(
             'SELECT data FROM log_chunks WHERE task_id = $1 AND attempt = $2 ORDER BY "offset"',

@@ -19,7 +19,9 @@ CREATE TABLE ready_tasks (
     attempt    integer     NOT NULL,
     not_before timestamptz,
     runs_on    jsonb       NOT NULL,
-    position   bigint      NOT NULL
+    position   bigint      NOT NULL,
+    -- Set by a claim while it starts the attempt, so other claims pass over it.
+    reserved_until timestamptz
 );
 CREATE INDEX ready_tasks_order ON ready_tasks (position);
 
