@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from eventlog.events import SYSTEM
+from eventlog.events import SYSTEM, Actor
 from projections.run_state import fold
 from projections.run_view import run_view
 from runsvc import commands
@@ -382,3 +382,30 @@ async def test_timers_fail_an_attempt_past_its_timeout(service: Service) -> None
     final = await runs.load(run["id"])
     assert final.tasks["slow"].status == "failed"
     assert final.tasks["slow"].error == "timed out after 1s"
+
+
+async def test_concurrent_commands_on_one_run_are_coalesced(service: Service) -> None:
+    """Thirty executors starting tasks of one run at once: every start succeeds once,
+    each event keeps its own actor, and the commands share far fewer appends."""
+    config = {"tasks": [{"name": f"t{i}", "run": "true"} for i in range(30)]}
+    run = await create(service, config=config)
+    runs = service.app[SERVICE]
+    store = service.app[STORE]
+    before = store.appender.batches_written
+
+    def start(name: str) -> Any:
+        return lambda r, now: commands.start_attempt(r, name, attempt=1, executor=name, now=now)
+
+    await asyncio.gather(
+        *(
+            runs.execute(run["id"], start(f"t{i}"), Caller(Actor(kind="executor", id=f"t{i}")))
+            for i in range(30)
+        )
+    )
+    final = await runs.load(run["id"])
+    assert all(final.tasks[f"t{i}"].executor == f"t{i}" for i in range(30))
+    events = await store.read_stream(stream_of(run["id"]))
+    starts = [e for e in events if e.type == "task_status_changed" and e.event.status == "running"]  # type: ignore[union-attr]
+    assert len(starts) == 30
+    assert all(e.meta.actor.id == e.event.task for e in starts)  # type: ignore[union-attr]
+    assert store.appender.batches_written - before < 30
