@@ -150,8 +150,10 @@ async def bench(args: argparse.Namespace, root: Path) -> None:
                 async with session.get(f"{url}/api/v1/runs/{run['id']}/events") as r:
                     events = (await r.json())["events"]
                 failures = [
-                    e["data"] for e in events
-                    if e["type"] == "task_status_changed" and e["data"]["status"] in ("failed", "lost")
+                    e["data"]
+                    for e in events
+                    if e["type"] == "task_status_changed"
+                    and e["data"]["status"] in ("failed", "lost")
                 ]
                 note(f"failed tasks: {failures[:5]}")
         assert result == "success", result
