@@ -8,9 +8,11 @@ chosen here and passed explicitly. The ports are kept for the object's lifetime:
 `start()` after `stop()` comes back where clients already point.
 
 The data directory holds the server's data, its output (`weed.log`, the previous run's in
-`weed.log.1`, detailed logs under `log/`) and its pid (`weed.pid`), by which a later start
-stops a server that a crashed owner left running. This module only manages the process;
-`eventlog.objectstore` is the S3 client.
+`weed.log.1`, detailed logs under `log/`) and `weed.pid`: the server's pid, its owner's pid
+and its S3 port. By it a later start stops a server that a crashed owner left running, or,
+when the owner still runs (`runsvc serve`), attaches to that server instead of starting a
+second one on the same data (operator commands such as `runsvc snapshot create`). This
+module only manages the process; `eventlog.objectstore` is the S3 client.
 """
 
 from __future__ import annotations
@@ -83,10 +85,13 @@ class EmbeddedSeaweed:
         self._s3_port = s3_port
         self._ports: dict[str, int] | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._attached_port: int | None = None
 
     @property
     def endpoint(self) -> str:
         """The S3 endpoint URL; fixed from the first `start()` on, also while stopped."""
+        if self._attached_port is not None:
+            return f"http://127.0.0.1:{self._attached_port}"
         if self._ports is None:
             raise SeaweedError("the embedded SeaweedFS has not been started")
         return f"http://127.0.0.1:{self._ports['s3']}"
@@ -95,6 +100,11 @@ class EmbeddedSeaweed:
     def running(self) -> bool:
         """Whether the process this object started is alive."""
         return self._process is not None and self._process.poll() is None
+
+    @property
+    def attached(self) -> bool:
+        """Whether `start()` found another live process's server and uses that one."""
+        return self._attached_port is not None
 
     @property
     def log_path(self) -> Path:
@@ -106,13 +116,18 @@ class EmbeddedSeaweed:
 
     def start(self) -> str:
         """Start the server (a no-op if it runs), wait until it is ready, and return the
-        endpoint. Raises SeaweedError, quoting the end of the server's log, if it exits or
-        is not ready within `startup_timeout` seconds."""
-        if self.running:
+        endpoint. When another live process owns a server on this directory, attach to it
+        instead: return its endpoint, and leave it running on `stop()`. Raises
+        SeaweedError, quoting the end of the server's log, if it exits or is not ready
+        within `startup_timeout` seconds."""
+        if self.running or self.attached:
             return self.endpoint
         binary = weed_binary()
         (self.data_dir / "log").mkdir(parents=True, exist_ok=True)
-        self._kill_stale()
+        owned_port = self._owned_port_or_clear_stale()
+        if owned_port is not None:
+            self._attached_port = owned_port
+            return self.endpoint
         if self._ports is None:
             self._ports = _choose_ports(self._s3_port)
         if self.log_path.exists():
@@ -137,7 +152,7 @@ class EmbeddedSeaweed:
                 start_new_session=True,
             )
         # The owner's pid too: a server whose owner still runs is in use, not stale.
-        self.pid_path.write_text(f"{self._process.pid} {os.getpid()}\n")
+        self.pid_path.write_text(f"{self._process.pid} {os.getpid()} {self._ports['s3']}\n")
         try:
             self._wait_ready(self._process)
         except BaseException:
@@ -152,6 +167,7 @@ class EmbeddedSeaweed:
         close before exiting. By then S3 and the filer have stopped, so nothing new is
         written, and what was written is in the data files (a SIGKILL does not undo
         writes the kernel has taken), so ending the wait early loses nothing."""
+        self._attached_port = None
         process, self._process = self._process, None
         if process is None:
             return
@@ -162,7 +178,8 @@ class EmbeddedSeaweed:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        # Another server may have replaced ours on this directory since (see _kill_stale).
+        # Another server may have replaced ours on this directory since (a stale-server
+        # cleanup by a later start).
         if self._recorded()[0] == process.pid:
             self.pid_path.unlink(missing_ok=True)
         # weed leaves its local sockets behind, in /tmp whatever TMPDIR says, named by port.
@@ -258,12 +275,12 @@ class EmbeddedSeaweed:
                 )
             time.sleep(0.05)
 
-    def _kill_stale(self) -> None:
-        """Stop a server that a crashed owner left running on this directory: two servers
-        on one directory would corrupt it. The recorded pid is only trusted while it still
-        is `weed` on this very directory (pids are reused); a server whose owner, another
-        process, still runs is in use, and starting is refused."""
-        pid, owner = self._recorded()
+    def _owned_port_or_clear_stale(self) -> int | None:
+        """The S3 port of a server that another live process owns on this directory, or
+        None after stopping a server that a crashed owner left running (two servers on
+        one directory would corrupt it). The recorded pid is only trusted while it still is
+        `weed` on this very directory (pids are reused)."""
+        pid, owner, s3_port = self._recorded()
         state = _process_state(pid)
         try:
             arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -272,10 +289,12 @@ class EmbeddedSeaweed:
         ours = f"-dir={self.data_dir}".encode() in arguments and arguments[0].endswith(b"weed")
         if state is not None and ours:
             if state[1] == owner and owner != os.getpid():
-                raise SeaweedError(
-                    f"{self.data_dir} is in use by the SeaweedFS server (pid {pid}) of "
-                    f"process {owner}"
-                )
+                if not s3_port:
+                    raise SeaweedError(
+                        f"{self.data_dir} is in use by the SeaweedFS server (pid {pid}) of "
+                        f"process {owner}, which did not record its port"
+                    )
+                return s3_port
             for sig, wait in ((signal.SIGTERM, self.stop_grace), (signal.SIGKILL, 5.0)):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
@@ -285,14 +304,16 @@ class EmbeddedSeaweed:
                 if _process_state(pid) is None:
                     break
         self.pid_path.unlink(missing_ok=True)
+        return None
 
-    def _recorded(self) -> tuple[int, int]:
-        """(server pid, owner pid) from the pid file; (0, 0) when there is none."""
+    def _recorded(self) -> tuple[int, int, int]:
+        """(server pid, owner pid, S3 port) from the pid file, zeros for what it lacks."""
         try:
-            pid, owner = (int(n) for n in self.pid_path.read_text().split())
+            fields = [int(n) for n in self.pid_path.read_text().split()]
         except (OSError, ValueError):
-            return 0, 0
-        return pid, owner
+            return 0, 0, 0
+        fields += [0] * (3 - len(fields))
+        return fields[0], fields[1], fields[2]
 
 
 def _process_state(pid: int) -> tuple[str, int] | None:

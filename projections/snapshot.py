@@ -18,7 +18,7 @@ falls back to the previous one.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import asyncpg
@@ -64,6 +64,10 @@ class DumpInfo(msgspec.Struct, frozen=True):
     created_at: datetime
 
 
+Progress = Callable[[int, int | None], None]
+"""Called after each batch with the rows done so far and the total when it is known."""
+
+
 class CorruptDump(Exception):
     """The dump does not match its checksum or is cut short; nothing was restored."""
 
@@ -91,7 +95,15 @@ def _frame(payload: bytes) -> bytes:
 
 
 class _DumpState:
-    rows = 0
+    def __init__(self, progress: Progress | None, total: int | None) -> None:
+        self.rows = 0
+        self.progress = progress
+        self.total = total
+
+    def advance(self, rows: int) -> None:
+        self.rows = rows
+        if self.progress is not None:
+            self.progress(rows, self.total)
 
 
 async def _dump_frames(
@@ -138,12 +150,13 @@ async def _dump_frames(
             rows += len(batch)
             batch = []
             yield frame
+            state.advance(rows)
     if batch:
         frame = _frame(_encoder.encode(batch))
         digest.update(frame)
         rows += len(batch)
         yield frame
-    state.rows = rows
+    state.advance(rows)
     yield _frame(b"")  # an empty frame ends the batches
     yield _frame(_encoder.encode(DumpTrailer(rows=rows, sha256=digest.hexdigest())))
 
@@ -177,7 +190,12 @@ class _Counting:
 
 
 async def create_dump(
-    pool: asyncpg.Pool, objects: ObjectStore, *, keep: int = 5, batch_rows: int = 5000
+    pool: asyncpg.Pool,
+    objects: ObjectStore,
+    *,
+    keep: int = 5,
+    batch_rows: int = 5000,
+    progress: Progress | None = None,
 ) -> DumpInfo:
     """Stream the index to a new dump, publish it as `latest`, and prune to `keep` dumps."""
     async with (
@@ -191,7 +209,9 @@ async def create_dump(
             raise RuntimeError("the index projection has not been created yet")
         created = datetime.now(UTC)
         key = f"{PREFIX}{int(position):020d}-{created:%Y%m%dT%H%M%S%fZ}.msgpack.zst"
-        state = _DumpState()
+        # Counting costs a scan, so only when someone watches the progress.
+        total = await connection.fetchval("SELECT count(*) FROM runs_index") if progress else None
+        state = _DumpState(progress, total)
         body = _Counting(_compressed(_dump_frames(connection, int(position), batch_rows, state)))
         await objects.put_stream(key, aiter(body))
     info = DumpInfo(
@@ -279,12 +299,14 @@ class IncompatibleDump(CorruptDump):
     """The dump was written for another version of the index; nothing was restored."""
 
 
-async def _load(objects: ObjectStore, key: str, sink: asyncpg.Connection) -> DumpHeader:
+async def _load(
+    objects: ObjectStore, key: str, sink: asyncpg.Connection, state: _DumpState
+) -> DumpHeader:
     """Read dump `key` end to end, copying its rows into `sink`'s `runs_index`, and check
     it against its trailer. Raises CorruptDump; the caller's transaction then rolls back."""
     chunks = objects.get_stream(key)
     try:
-        return await _load_frames(_FrameReader(aiter(chunks)), sink)
+        return await _load_frames(_FrameReader(aiter(chunks)), sink, state)
     finally:
         # Closing the stream releases the HTTP response even when reading stopped early.
         close = getattr(chunks, "aclose", None)
@@ -292,7 +314,9 @@ async def _load(objects: ObjectStore, key: str, sink: asyncpg.Connection) -> Dum
             await close()
 
 
-async def _load_frames(reader: _FrameReader, sink: asyncpg.Connection) -> DumpHeader:
+async def _load_frames(
+    reader: _FrameReader, sink: asyncpg.Connection, state: _DumpState
+) -> DumpHeader:
     digest = hashlib.sha256()
     header_frame = await reader.next()
     digest.update(header_frame)
@@ -329,6 +353,7 @@ async def _load_frames(reader: _FrameReader, sink: asyncpg.Connection) -> DumpHe
                 for row in batch
             ],
         )
+        state.advance(rows)
     try:
         trailer = msgspec.msgpack.decode((await reader.next())[4:], type=DumpTrailer)
     except msgspec.DecodeError as exc:
@@ -338,7 +363,14 @@ async def _load_frames(reader: _FrameReader, sink: asyncpg.Connection) -> DumpHe
     return header
 
 
-async def restore_dump(pool: asyncpg.Pool, objects: ObjectStore, key: str) -> int:
+async def restore_dump(
+    pool: asyncpg.Pool,
+    objects: ObjectStore,
+    key: str,
+    *,
+    progress: Progress | None = None,
+    total_rows: int | None = None,
+) -> int:
     """Replace the index with dump `key` and move the index checkpoint to its position, in
     one transaction; the projection runner then replays only the events after it. Returns
     that position. Raises CorruptDump, changing nothing, on a bad dump."""
@@ -347,7 +379,7 @@ async def restore_dump(pool: asyncpg.Pool, objects: ObjectStore, key: str) -> in
             "SELECT 1 FROM projection_checkpoints WHERE name = 'index' FOR UPDATE"
         )
         await connection.execute("TRUNCATE runs_index")
-        header = await _load(objects, key, connection)
+        header = await _load(objects, key, connection, _DumpState(progress, total_rows))
         await connection.execute(
             """
             INSERT INTO projection_checkpoints (name, position, version) VALUES ('index', $1, $2)
@@ -359,7 +391,9 @@ async def restore_dump(pool: asyncpg.Pool, objects: ObjectStore, key: str) -> in
         return header.position
 
 
-async def restore_newest(pool: asyncpg.Pool, objects: ObjectStore) -> tuple[DumpInfo, int] | None:
+async def restore_newest(
+    pool: asyncpg.Pool, objects: ObjectStore, *, progress: Progress | None = None
+) -> tuple[DumpInfo, int] | None:
     """Restore the newest dump that reads back whole: the one `latest` points to, else the
     next older ones. Returns the dump and its position, or None when there is none."""
     pointer = await latest_pointer(objects)
@@ -368,7 +402,11 @@ async def restore_newest(pool: asyncpg.Pool, objects: ObjectStore) -> tuple[Dump
         candidates.sort(key=lambda d: d.key != pointer.key)
     for dump in candidates:
         try:
-            return dump, await restore_dump(pool, objects, dump.key)
+            rows = pointer.rows if pointer is not None and pointer.key == dump.key else None
+            position = await restore_dump(
+                pool, objects, dump.key, progress=progress, total_rows=rows
+            )
+            return dump, position
         except CorruptDump as exc:
             log.warning("dump refused; trying an older one", key=dump.key, reason=str(exc))
     return None

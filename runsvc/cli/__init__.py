@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from runsvc.cli import executor, local, serve
+from runsvc.cli import executor, local, serve, snapshot
 from runsvc.logs import configure_logging
 
 EXIT_CODES = """\
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.register(commands)
     local.register(commands)
     executor.register(commands)
+    snapshot.register(commands)
     return parser
 
 

@@ -124,15 +124,18 @@ def test_a_server_orphaned_by_a_crashed_owner_is_replaced(tmp_path: Path) -> Non
     assert not (tmp_path / "s3" / "weed.pid").exists()
 
 
-def test_a_server_whose_owner_runs_is_left_alone(tmp_path: Path) -> None:
-    """Starting on a directory whose server another live process owns is refused, and
-    that server keeps serving."""
+def test_a_server_whose_owner_runs_is_shared_and_left_running(tmp_path: Path) -> None:
+    """Starting on a directory whose server another live process owns (an operator
+    command while `runsvc serve` runs) attaches to that server: same endpoint, no second
+    process, and stopping leaves the owner's server serving."""
     with owner_process(tmp_path / "s3") as (_, endpoint, server_pid):
-        with pytest.raises(
-            SeaweedError, match=f"in use by the SeaweedFS server \\(pid {server_pid}"
-        ):
-            EmbeddedSeaweed(tmp_path / "s3").start()
-        asyncio.run(put_value(endpoint))
+        guest = EmbeddedSeaweed(tmp_path / "s3")
+        assert guest.start() == endpoint
+        assert guest.attached
+        assert not guest.running
+        asyncio.run(put_value(guest.endpoint))
+        guest.stop()
+        assert not gone(server_pid)
         assert asyncio.run(get_value(endpoint)) == b"value"
 
 
