@@ -15,12 +15,18 @@ class EventFilter(msgspec.Struct, frozen=True):
     """All given criteria must hold; an empty filter matches everything.
 
     `scope` matches by path: `/a/b` matches scopes `/a/b` and `/a/b/c`, not `/a/bc`.
+
+    `partition` = (count, index) keeps the streams of one of `count` disjoint parts: those
+    whose last character's code point is `index` modulo `count`. Stream ids end in random
+    characters, so the parts are about equal; every event of a stream lands in the same
+    part, which lets several processes fold a log side by side (a partitioned rebuild).
     """
 
     streams: frozenset[str] | None = None
     stream_prefix: str | None = None
     types: frozenset[str] | None = None
     scope: str | None = None
+    partition: tuple[int, int] | None = None
 
     def is_empty(self) -> bool:
         return (
@@ -28,6 +34,7 @@ class EventFilter(msgspec.Struct, frozen=True):
             and self.stream_prefix is None
             and self.types is None
             and self.scope is None
+            and self.partition is None
         )
 
     def matches(self, event: RecordedEvent) -> bool:
@@ -37,7 +44,15 @@ class EventFilter(msgspec.Struct, frozen=True):
             return False
         if self.types is not None and event.type not in self.types:
             return False
+        if self.partition is not None and not in_partition(event.stream, self.partition):
+            return False
         return self.scope is None or scope_matches(self.scope, event.scope)
+
+
+def in_partition(stream: str, partition: tuple[int, int]) -> bool:
+    """The in-memory twin of the SQL `ascii(right(stream, 1)) % count = index`."""
+    count, index = partition
+    return (ord(stream[-1]) if stream else 0) % count == index
 
 
 def scope_matches(prefix: str, scope: str | None) -> bool:

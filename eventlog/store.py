@@ -319,7 +319,9 @@ class EventStore:
                         AND ($4::text IS NULL OR starts_with(s.stream, $4))
                         AND ($5::text[] IS NULL OR s.type = ANY($5))
                         AND ($6::text IS NULL OR s.scope = $6
-                             OR starts_with(s.scope, rtrim($6, '/') || '/')) AS matched,
+                             OR starts_with(s.scope, rtrim($6, '/') || '/'))
+                        AND ($7::int IS NULL OR ascii(right(s.stream, 1)) % $7 = $8)
+                            AS matched,
                         max(s.position) OVER () AS scanned_to
                     FROM scanned s
                 )
@@ -335,6 +337,8 @@ class EventStore:
                 filter.stream_prefix,
                 sorted(filter.types) if filter.types is not None else None,
                 filter.scope,
+                filter.partition[0] if filter.partition is not None else None,
+                filter.partition[1] if filter.partition is not None else None,
             )
         )
         events: list[RecordedEvent] = []

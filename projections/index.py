@@ -92,6 +92,7 @@ class IndexProjection:
     name = "index"
     version = 1
     tables: tuple[str, ...] = ("runs_index",)
+    per_stream = True
     filter: EventFilter | None = EventFilter(
         stream_prefix=RUN_STREAM_PREFIX,
         types=frozenset(type_name(t) for t in (RunCreated, RunPhaseChanged, RunResultChanged)),

@@ -25,6 +25,9 @@ class Projection(Protocol):
     tables: tuple[str, ...]
     # The events it reads; others are skipped in SQL without being fetched.
     filter: EventFilter | None
+    # True when folding one stream's events reads and writes only that stream's rows, so
+    # disjoint sets of streams may be folded side by side (a partitioned rebuild).
+    per_stream: bool
 
     def ddl(self) -> str:
         """CREATE statements for its tables, with unqualified names."""

@@ -38,6 +38,7 @@ class RunStateProjection:
     name = "run_state"
     version = 3
     tables: tuple[str, ...] = ("run_state", "ready_tasks", "run_timers", "carried_tasks")
+    per_stream = True
     filter: EventFilter | None = EventFilter(stream_prefix=RUN_STREAM_PREFIX)
 
     def __init__(self, cache_size: int = 2000) -> None:

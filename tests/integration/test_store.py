@@ -181,6 +181,24 @@ async def test_filtered_pages_progress_and_match_by_path(store: EventStore) -> N
         assert EventFilter(scope="/a/b").matches(event)
 
 
+async def test_partitions_split_streams_alike_in_sql_and_in_memory(store: EventStore) -> None:
+    """The parts of a partition are disjoint, together hold every event, keep each stream
+    whole, and the database and `matches` put every event in the same part."""
+    for n in range(24):
+        await store.append(f"run-{n:04x}", [status(), status()], NO_STREAM, meta=META)
+    everything = (await store.read_all(limit=1000)).events
+    parts = [
+        (await store.read_all(limit=1000, filter=EventFilter(partition=(3, i)))).events
+        for i in range(3)
+    ]
+    assert sorted(e.position for part in parts for e in part) == [e.position for e in everything]
+    for index, part in enumerate(parts):
+        assert part, "a part is empty: the split is lopsided"
+        assert all(EventFilter(partition=(3, index)).matches(e) for e in part)
+        others = {e.stream for i, p in enumerate(parts) if i != index for e in p}
+        assert not others & {e.stream for e in part}
+
+
 async def test_hash_chain_detects_tampering(store: EventStore) -> None:
     """Altering, removing or reordering stored events (by SQL) breaks verification."""
     for name in ("run-alter", "run-remove", "run-swap"):
