@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from eventlog.events import RecordedEvent, UnknownEvent
+from eventlog.objectstore import ObjectInfo
 
 
 class ErrorDetail(msgspec.Struct, frozen=True):
@@ -73,3 +74,38 @@ def event_out(recorded: RecordedEvent) -> EventOut:
         causation_id=meta.causation_id,
         request_id=meta.request_id,
     )
+
+
+class Verification(msgspec.Struct, frozen=True):
+    """`GET /runs/{id}/verify`: the hash chain holds and the fold reproduces the state."""
+
+    ok: bool
+    events: int
+    problems: list[str]
+
+
+class ArtifactList(msgspec.Struct, frozen=True):
+    """`GET /tasks/{id}/artifacts`: keys relative to the task's artifact folder."""
+
+    artifacts: list[ObjectInfo]
+
+
+class Health(msgspec.Struct, frozen=True):
+    """`GET /healthz`: the process is up."""
+
+    status: str
+
+
+class Check(msgspec.Struct, frozen=True):
+    """One readiness check; `detail` says what is wrong (or, for some, how things are)."""
+
+    name: str
+    ok: bool
+    detail: str | None = None
+
+
+class Readiness(msgspec.Struct, frozen=True):
+    """`GET /readyz` (200 when every check is ok, 503 otherwise)."""
+
+    ready: bool
+    checks: list[Check]

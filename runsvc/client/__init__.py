@@ -18,6 +18,7 @@ from runsvc.client.base import (
     UnauthorizedError,
 )
 from runsvc.client.executor import ExecutorClient, LeaseLost
+from runsvc.client.runs import RunsClient
 
 __all__ = [
     "ApiClient",
@@ -32,6 +33,7 @@ __all__ = [
     "NotFoundError",
     "Response",
     "RetryPolicy",
+    "RunsClient",
     "ServerError",
     "TooLargeError",
     "UnauthorizedError",

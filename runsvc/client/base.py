@@ -217,6 +217,13 @@ class ApiClient:
     ) -> None:
         await self.close()
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The open session (with the token in its headers), for streams and websockets."""
+        if self._session is None:
+            raise RuntimeError("ApiClient is not open; use `async with ApiClient(...)`")
+        return self._session
+
     async def close(self) -> None:
         """Close the session and its connections."""
         if self._session is not None:

@@ -19,6 +19,7 @@ from projections.registry import all_projections
 from projections.run_state_projection import READY_CHANNEL
 from projections.runner import ProjectionRunner, ensure_tables, run_forever
 from projections.snapshot import restore_newest
+from runsvc.api import Health, Readiness
 from runsvc.auth import Permission, TokenVerifier, count_tokens, create_token
 from runsvc.http import events, executors, health, runs
 from runsvc.http.keys import (
@@ -218,7 +219,7 @@ OPERATIONS = [
         Permission.OPEN,
         "Liveness",
         "operations",
-        responses={200: health.Health},
+        responses={200: Health},
     ),
     Endpoint(
         "GET",
@@ -227,7 +228,7 @@ OPERATIONS = [
         Permission.OPEN,
         "Readiness",
         "operations",
-        responses={200: health.Readiness, 503: health.Readiness},
+        responses={200: Readiness, 503: Readiness},
     ),
     Endpoint(
         "GET",

@@ -10,7 +10,8 @@ import structlog
 from aiohttp import web
 
 from eventlog.config import parse_duration
-from eventlog.objectstore import ObjectInfo, ObjectNotFound, ObjectStoreError
+from eventlog.objectstore import ObjectNotFound, ObjectStoreError
+from runsvc.api import ArtifactList
 from runsvc.auth import Permission
 from runsvc.errors import BadRequest, NotFound, ServiceError
 from runsvc.executor_api import (
@@ -156,10 +157,6 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
         log.warning("log read failed", task_id=task_id, error=str(exc))
     await response.write_eof()
     return response
-
-
-class ArtifactList(msgspec.Struct, frozen=True):
-    artifacts: list[ObjectInfo]
 
 
 async def list_artifacts(request: web.Request) -> web.Response:

@@ -4,26 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-import msgspec
 from aiohttp import web
 
+from runsvc.api import Check, Health, Readiness
 from runsvc.http.keys import DATABASE, OBJECTS, PROJECTIONS, SETTINGS, SNAPSHOTTER, STORE
 from runsvc.http.routing import json_response
-
-
-class Health(msgspec.Struct, frozen=True):
-    status: str
-
-
-class Check(msgspec.Struct, frozen=True):
-    name: str
-    ok: bool
-    detail: str | None = None
-
-
-class Readiness(msgspec.Struct, frozen=True):
-    ready: bool
-    checks: list[Check]
 
 
 async def healthz(_request: web.Request) -> web.Response:

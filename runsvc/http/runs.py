@@ -19,7 +19,7 @@ from projections.index_queries import IndexPage, InvalidCursor, list_runs
 from projections.run_codec import encode_run
 from projections.run_state import fold
 from projections.run_view import RunView, run_view
-from runsvc.api import StreamEvents, event_out
+from runsvc.api import StreamEvents, Verification, event_out
 from runsvc.auth import Permission
 from runsvc.errors import BadRequest, NotFound, Problem
 from runsvc.http.keys import SERVICE, SETTINGS, STORE
@@ -44,12 +44,6 @@ class ListQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class StateQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     at_version: int | None = None
     at_position: int | None = None
-
-
-class Verification(msgspec.Struct, frozen=True):
-    ok: bool
-    events: int
-    problems: list[str]
 
 
 def caller(request: web.Request) -> Caller:
