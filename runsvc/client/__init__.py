@@ -18,6 +18,7 @@ from runsvc.client.base import (
     UnauthorizedError,
 )
 from runsvc.client.executor import ExecutorClient, LeaseLost
+from runsvc.client.follow import follow_events
 from runsvc.client.runs import RunsClient
 
 __all__ = [
@@ -37,4 +38,5 @@ __all__ = [
     "ServerError",
     "TooLargeError",
     "UnauthorizedError",
+    "follow_events",
 ]

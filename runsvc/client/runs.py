@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Literal, cast
 from urllib.parse import quote
 
@@ -100,7 +100,7 @@ class RunsClient:
         phase: str | None = None,
         result: str | None = None,
         page_size: int = 100,
-    ) -> AsyncIterator[IndexEntry]:
+    ) -> AsyncGenerator[IndexEntry, None]:
         """Every matching run, newest first, page after page. Runs created meanwhile do
         not shift later pages (the cursor is a creation position), so none is seen
         twice."""
@@ -189,7 +189,7 @@ class RunsClient:
 
     async def task_logs(
         self, task_id: str, *, attempt: int | None = None, follow: bool = False
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """The attempt's output (the latest attempt unless `attempt` is given) in chunks
         as they arrive; with `follow`, until the attempt ends.
 
