@@ -225,7 +225,10 @@ class RunsClient:
             failures += 1
             if started or failures >= self.api.retry.attempts:
                 raise error from cause
-            await asyncio.sleep(self.api.retry.backoff(failures))
+            pause = self.api.retry.backoff(failures)
+            if self.api.on_retry is not None:
+                self.api.on_retry(error, failures, pause)
+            await asyncio.sleep(pause)
 
     async def artifacts(self, task_id: str) -> ArtifactList:
         """The task's artifacts, keys relative to its artifact folder."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 import weakref
 
 import msgspec
@@ -83,16 +84,19 @@ class _Encoded:
     """Each event is encoded once however many subscribers it goes to."""
 
     def __init__(self, size: int = 4096) -> None:
-        self._cache: dict[int, str] = {}
+        # Keyed by the event's id too: a position alone names different events in
+        # different logs (a test's fresh database, a log restored elsewhere).
+        self._cache: dict[tuple[int, uuid.UUID], str] = {}
         self._size = size
 
     def __call__(self, event: RecordedEvent) -> str:
-        text = self._cache.get(event.position)
+        key = (event.position, event.event_id)
+        text = self._cache.get(key)
         if text is None:
             text = msgspec.json.encode(event_out(event)).decode()
             if len(self._cache) >= self._size:
                 self._cache.pop(next(iter(self._cache)))
-            self._cache[event.position] = text
+            self._cache[key] = text
         return text
 
 

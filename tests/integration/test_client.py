@@ -228,6 +228,26 @@ async def test_actions_history_audit_and_task_output(
     assert {"database", "object_store"} <= {check.name for check in readiness.checks}
 
 
+async def test_not_ready_is_an_answer(service: Service, service_config: Settings) -> None:
+    """A 503 from /readyz is the service's readiness with its checks, returned (not
+    raised) at the first ask, without retries."""
+    strict = msgspec.structs.replace(service_config, readiness_max_lag=-1)
+    server = await started(strict)
+    retries: list[ApiError] = []
+    try:
+        async with ApiClient(
+            str(server.make_url("")), retry=FAST, on_retry=lambda e, _n, _p: retries.append(e)
+        ) as api:
+            readiness = await RunsClient(api).ready()
+    finally:
+        await server.close()
+    assert not readiness.ready
+    failing = {check.name for check in readiness.checks if not check.ok}
+    assert failing
+    assert all(name.startswith("projection:") for name in failing)
+    assert retries == []
+
+
 async def server_error(
     service: Service,
     method: str,
@@ -302,6 +322,11 @@ async def test_each_error_row_is_its_typed_error(runs: RunsClient, service: Serv
     assert missing.value.code == "not_found"
     assert_carries(
         missing.value, await server_error(service, "GET", "/api/v1/runs/no-such-run/events")
+    )
+    with pytest.raises(NotFoundError) as no_task:
+        await anext(runs.task_logs("no-such-task"))
+    assert_carries(
+        no_task.value, await server_error(service, "GET", "/api/v1/tasks/no-such-task/logs")
     )
 
     with pytest.raises(ConflictError) as conflict:
