@@ -34,7 +34,6 @@ from runsvc.client import (
     follow_events,
 )
 from runsvc.executor_api import Completion
-from runsvc.http import events
 from runsvc.http.app import create_app
 from runsvc.http.keys import HUB, PROJECTIONS
 from runsvc.requests import CreateRunRequest, SimulationRequest
@@ -58,15 +57,6 @@ async def service_config(
 ) -> Settings:
     """The service's settings with a small body limit, so that a 413 is cheap to provoke."""
     return service_settings(database_dsn, tmp_path, object_store_config, max_body_bytes=BODY_LIMIT)
-
-
-@pytest.fixture(autouse=True)
-def fresh_event_encodings() -> None:
-    """The server caches each event's JSON by log position for the whole process
-    (`runsvc.http.events._encoded`). Every test has a fresh database whose positions start
-    at 1 again, so a cache filled by an earlier test would answer for this test's events:
-    empty it first. (Harmless in production, where a process serves one log.)"""
-    events._encoded._cache.clear()
 
 
 def base_url(service: Service) -> str:
