@@ -85,9 +85,12 @@ async def follow_events(
             reason = str(exc) or type(exc).__name__
         else:
             try:
+                reason = ""
                 async for message in socket:
                     if message.type is not aiohttp.WSMsgType.TEXT:
-                        break  # an error on the connection; its close follows
+                        # An error on the connection (a missed pong, a reset); it is over.
+                        reason = f"connection failed: {socket.exception() or message.type.name}"
+                        break
                     event = _decode(message.data)
                     # Never hand out a position twice, whatever a server sends again.
                     if event.position <= position:
@@ -95,7 +98,7 @@ async def follow_events(
                     position = event.position
                     failures = 0
                     yield event
-                reason = f"closed by the server (code {socket.close_code})"
+                reason = reason or f"closed by the server (code {socket.close_code})"
             finally:
                 await socket.close()
         failures += 1
