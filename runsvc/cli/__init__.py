@@ -10,7 +10,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from runsvc.cli import executor, local, serve, snapshot
+from runsvc.cli import (
+    completion,
+    connection,
+    executor,
+    local,
+    runs,
+    serve,
+    snapshot,
+    streams,
+    watch,
+)
 from runsvc.logs import configure_logging
 
 EXIT_CODES = """\
@@ -31,10 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    runs.register(commands)
+    watch.register(commands)
+    streams.register(commands)
+    connection.register_login(commands)
     serve.register(commands)
-    local.register(commands)
     executor.register(commands)
+    local.register(commands)
     snapshot.register(commands)
+    completion.register(commands, parser)
     return parser
 
 

@@ -1,0 +1,126 @@
+"""Which server and token a client command uses, and turning every failure into an exit
+code and one line for a person (never a traceback).
+
+Server and token come from, in order: `--server`/`--token`; `RUNSVC_SERVER`/
+`RUNSVC_TOKEN`; the file `runsvc login` writes (`$XDG_CONFIG_HOME/runsvc/config.json`);
+and for the server alone, http://127.0.0.1:8080. Without any token, the admin token that a
+local `runsvc serve` wrote to its data directory (`./.runsvc/admin.token`) is used, so
+the commands work out of the box next to `scripts/serve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from runsvc.client import ApiClient, ApiError, NotFoundError, RunsClient
+from runsvc.documents import DocumentError
+
+EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_SERVER, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+
+
+class UsageError(Exception):
+    """A command line that cannot be carried out as given (exit code 2)."""
+
+
+def config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "runsvc" / "config.json"
+
+
+def _saved() -> dict[str, str]:
+    try:
+        saved: dict[str, str] = json.loads(config_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return saved
+
+
+def add_connection_options(parser: argparse.ArgumentParser, *, formats: bool = True) -> None:
+    group = parser.add_argument_group("connection")
+    group.add_argument("--server", metavar="URL", help="the server (env RUNSVC_SERVER)")
+    group.add_argument("--token", help="an API token (better: env RUNSVC_TOKEN)")
+    if formats:
+        parser.add_argument(
+            "--format",
+            choices=["table", "json"],
+            default="table",
+            help="table for people (default), json for scripts",
+        )
+
+
+def server_and_token(args: argparse.Namespace) -> tuple[str, str | None]:
+    saved = _saved()
+    server = args.server or os.environ.get("RUNSVC_SERVER") or saved.get("server") or DEFAULT_SERVER
+    token = args.token or os.environ.get("RUNSVC_TOKEN") or saved.get("token")
+    if token is None:
+        data_dir = Path(os.environ.get("RUNSVC_DATA_DIR", ".runsvc"))
+        try:
+            token = (data_dir / "admin.token").read_text().strip() or None
+        except OSError:
+            token = None
+    return server, token
+
+
+def remote(args: argparse.Namespace, work: Callable[[RunsClient], Awaitable[int]]) -> int:
+    """Run `work` with a client of the chosen server; map failures to exit codes."""
+    server, token = server_and_token(args)
+
+    async def main() -> int:
+        async with ApiClient(server, token) as api:
+            return await work(RunsClient(api))
+
+    return guarded(lambda: asyncio.run(main()))
+
+
+def guarded(call: Callable[[], int]) -> int:
+    try:
+        return call()
+    except NotFoundError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except ApiError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        for detail in exc.details:
+            print(f"  {detail.path}: {detail.message}", file=sys.stderr)
+        return EXIT_SERVER
+    except (DocumentError, UsageError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python from complaining
+        # again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def register_login(commands: Any) -> None:
+    login = commands.add_parser(
+        "login",
+        help="remember a server and token for the other commands",
+        description=f"Write the server and token to {config_path()} (readable by you only).",
+        epilog="example:\n  runsvc login --server https://runs.example.com --token rsv_...",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    login.add_argument("--server", required=True, metavar="URL")
+    login.add_argument("--token", required=True)
+    login.set_defaults(handler=run_login)
+
+
+def run_login(args: argparse.Namespace) -> int:
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        json.dump({"server": args.server, "token": args.token}, file)
+    print(f"saved to {path}")
+    return EXIT_OK

@@ -1,0 +1,399 @@
+"""Client commands on runs: submit, simulate, runs list|show, stop, cancel, approve,
+recreate, history, state, verify."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from projections.run_view import RunView
+from runsvc.cli.connection import (
+    EXIT_OK,
+    EXIT_RUN_FAILED,
+    UsageError,
+    add_connection_options,
+    remote,
+)
+from runsvc.cli.output import duration, emit_json, moment, table
+from runsvc.cli.watch import follow_run, outcome_code
+from runsvc.client import RunsClient
+from runsvc.documents import Document, DocumentError
+from runsvc.requests import CreateRunRequest, SimulationRequest
+
+RAW = argparse.RawDescriptionHelpFormatter
+
+
+def _command(commands: Any, name: str, summary: str, example: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=summary,
+        description=summary,
+        epilog=f"example:\n  {example}",
+        formatter_class=RAW,
+    )
+    add_connection_options(parser)
+    return parser
+
+
+def register(commands: Any) -> None:
+    submit = _command(
+        commands,
+        "submit",
+        "create a run from a YAML or JSON file",
+        "runsvc submit examples/ci.yaml --env BRANCH=main --wait",
+    )
+    submit.add_argument(
+        "file", type=Path, help="a run document (group, name, config, ...) or a bare config"
+    )
+    submit.add_argument("--group", help="the run's group (overrides the file's)")
+    submit.add_argument("--name", help="the run's name (overrides the file's)")
+    submit.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="an environment variable of the run (repeatable)",
+    )
+    submit.add_argument("--idempotency-key", help="a repeat with this key returns the same run")
+    submit.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the run until it ends; exit 1 unless it succeeds",
+    )
+    submit.set_defaults(handler=run_submit)
+
+    simulate = _command(
+        commands,
+        "simulate",
+        "preview what a config would run, skip or wait for",
+        "runsvc simulate examples/ci.yaml --outcome test=failure",
+    )
+    simulate.add_argument("file", type=Path)
+    simulate.add_argument("--env", action="append", default=[], metavar="K=V")
+    simulate.add_argument(
+        "--outcome",
+        action="append",
+        default=[],
+        metavar="TASK=OUTCOME",
+        help="success, failure or no_approval (repeatable)",
+    )
+    simulate.set_defaults(handler=run_simulate)
+
+    runs = commands.add_parser("runs", help="list and show runs", description="List and show runs.")
+    actions = runs.add_subparsers(dest="runs_command", metavar="COMMAND", required=True)
+    listing = _command(
+        actions, "list", "runs, newest first", "runs list --group /acme --phase running"
+    )
+    listing.add_argument("--group", help="this group and everything below it")
+    listing.add_argument(
+        "--phase", choices=["setuperror", "queued", "running", "finished", "cancelled"]
+    )
+    listing.add_argument("--result", choices=["unknown", "success", "failed", "stopped"])
+    listing.add_argument("--limit", type=int, default=50)
+    listing.set_defaults(handler=run_list)
+    show = _command(actions, "show", "one run with its tasks", "runsvc runs show 0190f3c2...")
+    show.add_argument("run_id", metavar="ID")
+    show.set_defaults(handler=run_show)
+
+    for name, summary in (("stop", "stop a running run"), ("cancel", "cancel a queued run")):
+        action = _command(commands, name, summary, f"runsvc {name} 0190f3c2...")
+        action.add_argument("run_id", metavar="ID")
+        action.set_defaults(handler=run_action, action=name)
+    approve = _command(
+        commands,
+        "approve",
+        "approve a task waiting for approval",
+        "runsvc approve 0190f3c2... deploy --comment 'release 1.4'",
+    )
+    approve.add_argument("run_id", metavar="ID")
+    approve.add_argument("task")
+    approve.add_argument("--comment")
+    approve.set_defaults(handler=run_approve)
+    recreate = _command(
+        commands,
+        "recreate",
+        "run an ended run again as a new run",
+        "runsvc recreate 0190f3c2... --from failed",
+    )
+    recreate.add_argument("run_id", metavar="ID")
+    recreate.add_argument("--from", dest="from_", choices=["failed", "scratch"], default="failed")
+    recreate.add_argument(
+        "--env",
+        action="append",
+        default=None,
+        metavar="K=V",
+        help="replace the run's environment (repeatable)",
+    )
+    recreate.set_defaults(handler=run_recreate)
+
+    history = _command(commands, "history", "a run's events in order", "runsvc history 0190f3c2...")
+    history.add_argument("run_id", metavar="ID")
+    history.set_defaults(handler=run_history)
+    state = _command(
+        commands,
+        "state",
+        "a run as it was at a version or log position",
+        "runsvc state 0190f3c2... --at-version 3",
+    )
+    state.add_argument("run_id", metavar="ID")
+    at = state.add_mutually_exclusive_group(required=True)
+    at.add_argument("--at-version", type=int)
+    at.add_argument("--at-position", type=int)
+    state.set_defaults(handler=run_state)
+    verify = _command(
+        commands, "verify", "check a run's hash chain and stored state", "runsvc verify 0190f3c2..."
+    )
+    verify.add_argument("run_id", metavar="ID")
+    verify.set_defaults(handler=run_verify)
+
+
+def _pairs(values: list[str], what: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        key, sep, rest = value.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{what} {value!r} is not KEY=VALUE")
+        pairs[key] = rest
+    return pairs
+
+
+def _create_request(args: argparse.Namespace) -> CreateRunRequest:
+    document = Document.read(args.file)
+    data = document.data
+    if not isinstance(data, dict):
+        raise DocumentError(f"{document.where('')}: expected a mapping at the top")
+    if "config" not in data:  # a bare config: the tasks and run-wide settings alone
+        data = {"config": data}
+        document.data = data
+    data = {**data}
+    if args.group:
+        data["group"] = args.group
+    if args.name:
+        data["name"] = args.name
+    for field in ("group", "name"):
+        if field not in data:
+            raise UsageError(f"{args.file}: no {field}; give --{field}")
+    data["environment"] = {**data.get("environment", {}), **_pairs(args.env, "--env")}
+    if args.idempotency_key:
+        data["idempotency_key"] = args.idempotency_key
+    document.data = data
+    return document.decode(CreateRunRequest)
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    async def work(runs: RunsClient) -> int:
+        request = _create_request(args)
+        run, created = await runs.create(request)
+        if not args.wait:
+            if args.format == "json":
+                emit_json(run)
+            else:
+                verb = "created" if created else "already running (same idempotency key):"
+                print(f"run {run.id} {verb} {run.group} {run.name} #{run.counter}")
+                print(f"  follow it: runsvc watch {run.id}")
+            return EXIT_OK
+        if args.format != "json":
+            print(f"run {run.id} ({run.group} {run.name} #{run.counter})", file=sys.stderr)
+        final = await follow_run(runs, run.id, json_lines=args.format == "json")
+        return outcome_code(final)
+
+    return remote(args, work)
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    async def work(runs: RunsClient) -> int:
+        document = Document.read(args.file)
+        data = document.data if isinstance(document.data, dict) else {}
+        config = data.get("config", data)
+        document.data = {
+            "config": config,
+            "environment": {**data.get("environment", {}), **_pairs(args.env, "--env")},
+            "static_environment": data.get("static_environment", {}),
+            "outcomes": _pairs(args.outcome, "--outcome"),
+        }
+        result = await runs.simulate(document.decode(SimulationRequest))
+        if args.format == "json":
+            emit_json(result)
+            return EXIT_OK
+        rows = [
+            (t.wave if t.wave is not None else "-", t.name, t.status, t.reason)
+            for t in result.tasks
+        ]
+        print(table(["WAVE", "TASK", "WOULD", "WHY"], rows))
+        print(f"\n{result.waves} waves; the run would end: {result.result}")
+        return EXIT_OK
+
+    return remote(args, work)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    async def work(runs: RunsClient) -> int:
+        page = await runs.list(
+            group=args.group, phase=args.phase, result=args.result, limit=args.limit
+        )
+        if args.format == "json":
+            emit_json(page)
+            return EXIT_OK
+        rows = [
+            (
+                r.id,
+                r.group,
+                r.name,
+                r.counter,
+                r.phase,
+                r.result,
+                moment(r.created_at),
+                duration(r.started_at, r.finished_at),
+            )
+            for r in page.runs
+        ]
+        print(table(["ID", "GROUP", "NAME", "#", "PHASE", "RESULT", "CREATED", "TOOK"], rows))
+        if page.next_cursor:
+            print(f"(more: raise --limit, or page with the API's cursor {page.next_cursor})")
+        return EXIT_OK
+
+    return remote(args, work)
+
+
+def show_run(run: RunView) -> str:
+    lines = [
+        f"run {run.id}  {run.group} {run.name} #{run.counter}",
+        f"phase {run.phase}, result {run.result}"
+        + (f", stop requested ({run.stop_reason or 'by a user'})" if run.stop_requested else "")
+        + (f", position {run.queue_position} in its queue" if run.queue_position else ""),
+        f"created {moment(run.created_at)}, took {duration(run.started_at, run.finished_at)}",
+    ]
+    rows = [
+        (
+            t.name,
+            t.status,
+            t.attempt,
+            duration(t.started_at, t.finished_at),
+            t.exit_code,
+            t.error or t.reason or "",
+        )
+        for t in run.tasks.values()
+    ]
+    return (
+        "\n".join(lines)
+        + "\n\n"
+        + table(["TASK", "STATUS", "ATTEMPT", "TOOK", "EXIT", "NOTE"], rows)
+    )
+
+
+def run_show(args: argparse.Namespace) -> int:
+    async def work(runs: RunsClient) -> int:
+        run = await runs.get(args.run_id)
+        if args.format == "json":
+            emit_json(run)
+        else:
+            print(show_run(run))
+        return EXIT_OK
+
+    return remote(args, work)
+
+
+def run_action(args: argparse.Namespace) -> int:
+    async def work(runs: RunsClient) -> int:
+        await (runs.stop if args.action == "stop" else runs.cancel)(args.run_id)
+        _done(
+            args,
+            {"run": args.run_id, "action": args.action},
+            f"{args.action} requested for {args.run_id}",
+        )
+        return EXIT_OK
+
+    return remote(args, work)
+
+
+def run_approve(args: argparse.Namespace) -> int:
+    async def work(runs: RunsClient) -> int:
+        await runs.approve(args.run_id, args.task, args.comment)
+        _done(
+            args,
+            {"run": args.run_id, "task": args.task, "approved": True},
+            f"approved {args.task} of {args.run_id}",
+        )
+        return EXIT_OK
+
+    return remote(args, work)
+
+
+def _done(args: argparse.Namespace, value: dict[str, object], text: str) -> None:
+    if args.format == "json":
+        emit_json(value)
+    else:
+        print(text)
+
+
+def run_recreate(args: argparse.Namespace) -> int:
+    async def work(runs: RunsClient) -> int:
+        environment = _pairs(args.env, "--env") if args.env is not None else None
+        run = await runs.recreate(args.run_id, from_=args.from_, environment=environment)
+        _done(args, msgspec.to_builtins(run), f"run {run.id} recreated from {args.run_id}")
+        return EXIT_OK
+
+    return remote(args, work)
+
+
+def run_history(args: argparse.Namespace) -> int:
+    async def work(runs: RunsClient) -> int:
+        events = await runs.history(args.run_id)
+        if args.format == "json":
+            for event in events:
+                emit_json(event)
+            return EXIT_OK
+        rows = [
+            (
+                e.version,
+                e.position,
+                moment(e.recorded_at),
+                f"{e.actor.kind}:{e.actor.id}",
+                e.type,
+                _summary(e.data),
+            )
+            for e in events
+        ]
+        print(table(["VERSION", "POSITION", "RECORDED", "ACTOR", "TYPE", "WHAT"], rows))
+        return EXIT_OK
+
+    return remote(args, work)
+
+
+def _summary(data: Any) -> str:
+    if not isinstance(data, dict):
+        return ""
+    keys = ("task", "status", "attempt", "phase", "result", "error", "comment", "exit_code")
+    return " ".join(f"{k}={data[k]}" for k in keys if data.get(k) not in (None, ""))
+
+
+def run_state(args: argparse.Namespace) -> int:
+    async def work(runs: RunsClient) -> int:
+        run = await runs.state(
+            args.run_id, at_version=args.at_version, at_position=args.at_position
+        )
+        if args.format == "json":
+            emit_json(run)
+        else:
+            print(show_run(run))
+        return EXIT_OK
+
+    return remote(args, work)
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    async def work(runs: RunsClient) -> int:
+        result = await runs.verify(args.run_id)
+        if args.format == "json":
+            emit_json(result)
+        elif result.ok:
+            print(f"ok: {result.events} events, hash chain intact, state reproduced")
+        else:
+            print("NOT OK:\n" + "\n".join(f"  {p}" for p in result.problems))
+        return EXIT_OK if result.ok else EXIT_RUN_FAILED
+
+    return remote(args, work)
