@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -15,15 +17,20 @@ from tests.fixtures.postgres import dsn_for, server_directory
 
 
 @pytest.fixture
-async def empty_database(postgres_server: str) -> str:
+async def empty_database(postgres_server: str) -> AsyncIterator[str]:
     """A database with no tables at all (not cloned from the migrated template)."""
+    name = f"empty_{uuid.uuid4().hex}"
     admin = await asyncpg.connect(postgres_server)
-    name = f"empty_{id(admin)}"
     try:
         await admin.execute(f"CREATE DATABASE {name}")
     finally:
         await admin.close()
-    return dsn_for(postgres_server, name)
+    yield dsn_for(postgres_server, name)
+    admin = await asyncpg.connect(postgres_server)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()
 
 
 async def test_migrations_twice_and_concurrently_are_harmless(empty_database: str) -> None:
