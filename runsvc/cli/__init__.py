@@ -21,6 +21,7 @@ from runsvc.cli import (
     streams,
     watch,
 )
+from runsvc.cli.connection import EXIT_USAGE
 from runsvc.logs import configure_logging
 
 EXIT_CODES = """\
@@ -54,8 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command line; return its exit code (also for `--help` and usage errors,
+    which argparse reports by exiting)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     # Commands other than `serve` (which configures its own) only speak up when it matters.
     configure_logging("auto", "warning")
     code: int = args.handler(args)

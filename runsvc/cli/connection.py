@@ -19,7 +19,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from runsvc.client import ApiClient, ApiError, NotFoundError, RunsClient
+from runsvc.client import (
+    ApiClient,
+    ApiError,
+    ConnectionFailed,
+    NotFoundError,
+    RunsClient,
+    UnauthorizedError,
+)
 from runsvc.documents import DocumentError
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_SERVER, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
@@ -77,23 +84,28 @@ def remote(args: argparse.Namespace, work: Callable[[RunsClient], Awaitable[int]
         async with ApiClient(server, token) as api:
             return await work(RunsClient(api))
 
-    return guarded(lambda: asyncio.run(main()))
+    return guarded(lambda: asyncio.run(main()), server=server)
 
 
-def guarded(call: Callable[[], int]) -> int:
+def guarded(call: Callable[[], int], *, server: str | None = None) -> int:
+    """`call()`'s exit code, or the code of what it raised, with one line (and the
+    server's validation details) on stderr: never a traceback, unless RUNSVC_DEBUG is
+    set."""
     try:
         return call()
     except NotFoundError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return EXIT_NOT_FOUND
+        return _fail(EXIT_NOT_FOUND, exc.message)
+    except ConnectionFailed as exc:
+        hint = f"is the server at {server} up? (--server, RUNSVC_SERVER or runsvc login)"
+        return _fail(EXIT_SERVER, exc.message, hint if server else None)
+    except UnauthorizedError as exc:
+        hint = "the token comes from --token, RUNSVC_TOKEN or runsvc login"
+        return _fail(EXIT_SERVER, exc.message, hint)
     except ApiError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        for detail in exc.details:
-            print(f"  {detail.path}: {detail.message}", file=sys.stderr)
-        return EXIT_SERVER
-    except (DocumentError, UsageError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        details = [f"{detail.path}: {detail.message}" for detail in exc.details]
+        return _fail(EXIT_SERVER, exc.message, *details)
+    except (DocumentError, UsageError) as exc:
+        return _fail(EXIT_USAGE, str(exc))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -101,6 +113,26 @@ def guarded(call: Callable[[], int]) -> int:
         # again when it flushes stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except Exception as exc:
+        # A failure of this client itself; the one line still beats a traceback for a
+        # person, and RUNSVC_DEBUG=1 shows where it came from.
+        if os.environ.get("RUNSVC_DEBUG"):
+            raise
+        hint = "RUNSVC_DEBUG=1 shows the traceback"
+        return _fail(EXIT_SERVER, f"{type(exc).__name__}: {exc}", hint)
+
+
+def reconnecting(error: ApiError, failures: int, pause: float) -> None:
+    """Tells a person why a followed stream went quiet (a follower retries forever)."""
+    print(f"connection lost ({error.message}); reconnecting in {pause:.1f}s", file=sys.stderr)
+
+
+def _fail(code: int, message: str, *more: str | None) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    for line in more:
+        if line:
+            print(f"  {line}", file=sys.stderr)
+    return code
 
 
 def register_login(commands: Any) -> None:

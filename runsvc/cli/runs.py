@@ -5,24 +5,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from projections.run_view import RunView
-from runsvc.cli.connection import (
-    EXIT_OK,
-    EXIT_RUN_FAILED,
-    UsageError,
-    add_connection_options,
-    remote,
-)
+from runsvc.cli.connection import EXIT_OK, EXIT_RUN_FAILED, add_connection_options, remote
 from runsvc.cli.output import duration, emit_json, moment, table
-from runsvc.cli.watch import follow_run, outcome_code
-from runsvc.client import RunsClient
-from runsvc.documents import Document, DocumentError
-from runsvc.requests import CreateRunRequest, SimulationRequest
+from runsvc.cli.run_files import RunFile, pairs
+from runsvc.cli.watch import closing_note, follow_run, outcome_code
+from runsvc.client import ApiError, RunsClient
 
 RAW = argparse.RawDescriptionHelpFormatter
 
@@ -83,10 +77,17 @@ def register(commands: Any) -> None:
     )
     simulate.set_defaults(handler=run_simulate)
 
-    runs = commands.add_parser("runs", help="list and show runs", description="List and show runs.")
+    runs = commands.add_parser(
+        "runs",
+        help="list and show runs",
+        description="List and show runs.",
+        epilog="examples:\n  runsvc runs list --result failed\n"
+        "  runsvc runs show 01M88X6GBAY22NRY9DMZC54X7B --format json",
+        formatter_class=RAW,
+    )
     actions = runs.add_subparsers(dest="runs_command", metavar="COMMAND", required=True)
     listing = _command(
-        actions, "list", "runs, newest first", "runs list --group /acme --phase running"
+        actions, "list", "runs, newest first", "runsvc runs list --group /acme --phase running"
     )
     listing.add_argument("--group", help="this group and everything below it")
     listing.add_argument(
@@ -95,19 +96,21 @@ def register(commands: Any) -> None:
     listing.add_argument("--result", choices=["unknown", "success", "failed", "stopped"])
     listing.add_argument("--limit", type=int, default=50)
     listing.set_defaults(handler=run_list)
-    show = _command(actions, "show", "one run with its tasks", "runsvc runs show 0190f3c2...")
+    show = _command(
+        actions, "show", "one run with its tasks", "runsvc runs show 01M88X6GBAY22NRY9DMZC54X7B"
+    )
     show.add_argument("run_id", metavar="ID")
     show.set_defaults(handler=run_show)
 
     for name, summary in (("stop", "stop a running run"), ("cancel", "cancel a queued run")):
-        action = _command(commands, name, summary, f"runsvc {name} 0190f3c2...")
+        action = _command(commands, name, summary, f"runsvc {name} 01M88X6GBAY22NRY9DMZC54X7B")
         action.add_argument("run_id", metavar="ID")
         action.set_defaults(handler=run_action, action=name)
     approve = _command(
         commands,
         "approve",
         "approve a task waiting for approval",
-        "runsvc approve 0190f3c2... deploy --comment 'release 1.4'",
+        "runsvc approve 01M88X6GBAY22NRY9DMZC54X7B deploy --comment 'release 1.4'",
     )
     approve.add_argument("run_id", metavar="ID")
     approve.add_argument("task")
@@ -117,7 +120,7 @@ def register(commands: Any) -> None:
         commands,
         "recreate",
         "run an ended run again as a new run",
-        "runsvc recreate 0190f3c2... --from failed",
+        "runsvc recreate 01M88X6GBAY22NRY9DMZC54X7B --from failed",
     )
     recreate.add_argument("run_id", metavar="ID")
     recreate.add_argument("--from", dest="from_", choices=["failed", "scratch"], default="failed")
@@ -130,14 +133,16 @@ def register(commands: Any) -> None:
     )
     recreate.set_defaults(handler=run_recreate)
 
-    history = _command(commands, "history", "a run's events in order", "runsvc history 0190f3c2...")
+    history = _command(
+        commands, "history", "a run's events in order", "runsvc history 01M88X6GBAY22NRY9DMZC54X7B"
+    )
     history.add_argument("run_id", metavar="ID")
     history.set_defaults(handler=run_history)
     state = _command(
         commands,
         "state",
         "a run as it was at a version or log position",
-        "runsvc state 0190f3c2... --at-version 3",
+        "runsvc state 01M88X6GBAY22NRY9DMZC54X7B --at-version 3",
     )
     state.add_argument("run_id", metavar="ID")
     at = state.add_mutually_exclusive_group(required=True)
@@ -145,77 +150,64 @@ def register(commands: Any) -> None:
     at.add_argument("--at-position", type=int)
     state.set_defaults(handler=run_state)
     verify = _command(
-        commands, "verify", "check a run's hash chain and stored state", "runsvc verify 0190f3c2..."
+        commands,
+        "verify",
+        "check a run's hash chain and stored state",
+        "runsvc verify 01M88X6GBAY22NRY9DMZC54X7B",
     )
     verify.add_argument("run_id", metavar="ID")
     verify.set_defaults(handler=run_verify)
 
 
-def _pairs(values: list[str], what: str) -> dict[str, str]:
-    pairs = {}
-    for value in values:
-        key, sep, rest = value.partition("=")
-        if not sep or not key:
-            raise UsageError(f"{what} {value!r} is not KEY=VALUE")
-        pairs[key] = rest
-    return pairs
-
-
-def _create_request(args: argparse.Namespace) -> CreateRunRequest:
-    document = Document.read(args.file)
-    data = document.data
-    if not isinstance(data, dict):
-        raise DocumentError(f"{document.where('')}: expected a mapping at the top")
-    if "config" not in data:  # a bare config: the tasks and run-wide settings alone
-        data = {"config": data}
-        document.data = data
-    data = {**data}
-    if args.group:
-        data["group"] = args.group
-    if args.name:
-        data["name"] = args.name
-    for field in ("group", "name"):
-        if field not in data:
-            raise UsageError(f"{args.file}: no {field}; give --{field}")
-    data["environment"] = {**data.get("environment", {}), **_pairs(args.env, "--env")}
-    if args.idempotency_key:
-        data["idempotency_key"] = args.idempotency_key
-    document.data = data
-    return document.decode(CreateRunRequest)
-
-
 def run_submit(args: argparse.Namespace) -> int:
     async def work(runs: RunsClient) -> int:
-        request = _create_request(args)
-        run, created = await runs.create(request)
+        file = RunFile(args.file)
+        request = file.create_request(
+            group=args.group,
+            name=args.name,
+            environment=pairs(args.env, "--env"),
+            idempotency_key=args.idempotency_key,
+        )
+        try:
+            run, created = await runs.create(request)
+        except ApiError as exc:
+            raise file.located(exc) from exc
+        people = args.format != "json"
         if not args.wait:
-            if args.format == "json":
-                emit_json(run)
-            else:
-                verb = "created" if created else "already running (same idempotency key):"
-                print(f"run {run.id} {verb} {run.group} {run.name} #{run.counter}")
+            if people:
+                print(_created(run, created))
                 print(f"  follow it: runsvc watch {run.id}")
+            else:
+                emit_json(run)
             return EXIT_OK
-        if args.format != "json":
-            print(f"run {run.id} ({run.group} {run.name} #{run.counter})", file=sys.stderr)
-        final = await follow_run(runs, run.id, json_lines=args.format == "json")
+        if people:
+            # On stderr: stdout is the live view (or the lines of a log).
+            print(_created(run, created), file=sys.stderr)
+            hint = f"  following it; leave with Ctrl-C, come back with: runsvc watch {run.id}"
+            print(hint, file=sys.stderr)
+        final = await follow_run(runs, run.id, json_lines=not people)
+        if people:
+            print(closing_note(final))
         return outcome_code(final)
 
     return remote(args, work)
 
 
+def _created(run: RunView, created: bool) -> str:
+    what = "created" if created else "exists already (same idempotency key)"
+    return f"run {run.id} {what}: {run.group} {run.name} #{run.counter}"
+
+
 def run_simulate(args: argparse.Namespace) -> int:
     async def work(runs: RunsClient) -> int:
-        document = Document.read(args.file)
-        data = document.data if isinstance(document.data, dict) else {}
-        config = data.get("config", data)
-        document.data = {
-            "config": config,
-            "environment": {**data.get("environment", {}), **_pairs(args.env, "--env")},
-            "static_environment": data.get("static_environment", {}),
-            "outcomes": _pairs(args.outcome, "--outcome"),
-        }
-        result = await runs.simulate(document.decode(SimulationRequest))
+        file = RunFile(args.file)
+        request = file.simulation_request(
+            environment=pairs(args.env, "--env"), outcomes=pairs(args.outcome, "--outcome")
+        )
+        try:
+            result = await runs.simulate(request)
+        except ApiError as exc:
+            raise file.located(exc) from exc
         if args.format == "json":
             emit_json(result)
             return EXIT_OK
@@ -259,20 +251,26 @@ def run_list(args: argparse.Namespace) -> int:
     return remote(args, work)
 
 
-def show_run(run: RunView) -> str:
+def show_run(run: RunView, *, live: bool = True) -> str:
+    """A run and its tasks as text. A run read as it was (`live=False`) has no "now" to
+    measure unfinished work against: only what had ended shows a duration."""
+
+    def took(start: datetime | None, end: datetime | None) -> str:
+        return duration(start, end) if live or end is not None else "-"
+
     lines = [
         f"run {run.id}  {run.group} {run.name} #{run.counter}",
         f"phase {run.phase}, result {run.result}"
         + (f", stop requested ({run.stop_reason or 'by a user'})" if run.stop_requested else "")
         + (f", position {run.queue_position} in its queue" if run.queue_position else ""),
-        f"created {moment(run.created_at)}, took {duration(run.started_at, run.finished_at)}",
+        f"created {moment(run.created_at)}, took {took(run.started_at, run.finished_at)}",
     ]
     rows = [
         (
             t.name,
             t.status,
             t.attempt,
-            duration(t.started_at, t.finished_at),
+            took(t.started_at, t.finished_at),
             t.exit_code,
             t.error or t.reason or "",
         )
@@ -332,9 +330,13 @@ def _done(args: argparse.Namespace, value: dict[str, object], text: str) -> None
 
 def run_recreate(args: argparse.Namespace) -> int:
     async def work(runs: RunsClient) -> int:
-        environment = _pairs(args.env, "--env") if args.env is not None else None
+        environment = pairs(args.env, "--env") if args.env is not None else None
         run = await runs.recreate(args.run_id, from_=args.from_, environment=environment)
-        _done(args, msgspec.to_builtins(run), f"run {run.id} recreated from {args.run_id}")
+        _done(
+            args,
+            msgspec.to_builtins(run),
+            f"run {run.id} recreated from {args.run_id}\n  follow it: runsvc watch {run.id}",
+        )
         return EXIT_OK
 
     return remote(args, work)
@@ -379,7 +381,8 @@ def run_state(args: argparse.Namespace) -> int:
         if args.format == "json":
             emit_json(run)
         else:
-            print(show_run(run))
+            print(f"as of version {run.version} (position {run.position}):")
+            print(show_run(run, live=False))
         return EXIT_OK
 
     return remote(args, work)

@@ -9,9 +9,9 @@ import sys
 from typing import Any
 
 from runsvc.api import EventOut
-from runsvc.cli.connection import EXIT_OK, UsageError, add_connection_options, remote
+from runsvc.cli.connection import EXIT_OK, add_connection_options, reconnecting, remote
 from runsvc.cli.output import emit_json, moment
-from runsvc.client import RunsClient, follow_events
+from runsvc.client import NotFoundError, RunsClient, follow_events
 
 
 def register(commands: Any) -> None:
@@ -19,7 +19,7 @@ def register(commands: Any) -> None:
         "logs",
         help="a task's output (live while it runs, stored once it ended)",
         description="Print a task attempt's output: the latest attempt unless --attempt.",
-        epilog="example:\n  runsvc logs 0190f3c2... test --follow",
+        epilog="example:\n  runsvc logs 01M88X6GBAY22NRY9DMZC54X7B test --follow",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     logs.add_argument("run_id", metavar="ID")
@@ -52,9 +52,8 @@ def run_logs(args: argparse.Namespace) -> int:
         run = await runs.get(args.run_id)
         task = run.tasks.get(args.task)
         if task is None:
-            raise UsageError(
-                f"run {args.run_id} has no task {args.task!r}; it has: " + ", ".join(run.tasks)
-            )
+            message = f"run {run.id} has no task {args.task!r}; it has: {', '.join(run.tasks)}"
+            raise NotFoundError(404, "not_found", message)
         async for chunk in runs.task_logs(task.id, attempt=args.attempt, follow=args.follow):
             sys.stdout.buffer.write(chunk)
             sys.stdout.buffer.flush()
@@ -80,15 +79,26 @@ def run_events(args: argparse.Namespace) -> int:
             print(_line(event), flush=True)
 
     async def work(runs: RunsClient) -> int:
+        # Asked once as a page even when following: a wrong filter, a token or a server
+        # that is not there fails now, where following would wait and retry forever.
+        page = await runs.events(
+            after=args.after,
+            limit=1 if args.follow else args.limit,
+            run=args.run,
+            group=args.group,
+            types=types,
+        )
         if args.follow:
             async for event in follow_events(
-                runs.api, after=args.after, run=args.run, group=args.group, types=types
+                runs.api,
+                after=args.after,
+                run=args.run,
+                group=args.group,
+                types=types,
+                on_retry=reconnecting,
             ):
                 show(event)
             return EXIT_OK
-        page = await runs.events(
-            after=args.after, limit=args.limit, run=args.run, group=args.group, types=types
-        )
         for event in page.events:
             show(event)
         if args.format != "json":

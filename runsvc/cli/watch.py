@@ -1,27 +1,43 @@
 """`runsvc watch ID` (and `submit --wait`): follow a run until it ends.
 
-On a terminal the screen is redrawn as events arrive: the run's phase and progress, then
-its tasks by wave (the DAG's levels) with status, attempt, duration and what each waits
-for. Elsewhere one line is printed per change, and with `--format json` the run's events
-as JSON lines. The state shown is the run folded at the newest event received, so it is
-exact, not the eventually consistent index. The exit code is the run's outcome.
+The run is read once from its history and then kept current by folding each of its events
+as the websocket delivers them, with the same fold the server uses: what is shown is the
+run exactly as of the newest event received, never the eventually consistent index, and
+following costs one request however long the run. On a terminal the view is redrawn (see
+`screen`); elsewhere one line is printed per change; with `--format json` the run's events
+are printed as JSON lines. The exit code is the run's outcome.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import sys
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
-from projections.run_view import RunView, TaskView
-from runsvc.cli.connection import EXIT_OK, EXIT_RUN_FAILED, add_connection_options, remote
-from runsvc.cli.output import duration, emit_json, moment, table
-from runsvc.client import RunsClient, follow_events
+import msgspec
 
-ENDED = frozenset({"finished", "cancelled", "setuperror"})
-FINAL = frozenset({"success", "failed", "skipped", "stopped", "cancelled"})
-CLEAR = "\x1b[H\x1b[2J"
+from eventlog.events import KNOWN_TYPES, Event, RunEvent, UnknownEvent
+from projections.run_model import Run
+from projections.run_state import TERMINAL_PHASES, apply_event
+from projections.run_view import RunView, run_view
+from runsvc.api import EventOut
+from runsvc.cli.connection import (
+    EXIT_OK,
+    EXIT_RUN_FAILED,
+    add_connection_options,
+    reconnecting,
+    remote,
+)
+from runsvc.cli.output import emit_json
+from runsvc.cli.screen import screen_for
+from runsvc.client import ApiError, RunsClient, follow_events
+from runsvc.client.base import RetryHook
+
+# How often a terminal view is redrawn while no event comes, so durations keep counting.
+TICK_S = 1.0
 
 
 def register(commands: Any) -> None:
@@ -29,8 +45,10 @@ def register(commands: Any) -> None:
         "watch",
         help="follow a run live until it ends (exit 0 success, 1 failed or stopped)",
         description="Follow a run live: each task with its status, attempt and duration, "
-        "the DAG's waves and overall progress. Exits with the run's outcome.",
-        epilog="example:\n  runsvc watch 0190f3c2...",
+        "the DAG's waves and overall progress, redrawn as events arrive on a terminal, one "
+        "line per change elsewhere, the run's events as JSON lines with --format json. "
+        "Exits 0 when the run succeeds, 1 when it failed, was stopped or cancelled.",
+        epilog="example:\n  runsvc watch 01M88X6GBAY22NRY9DMZC54X7B",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     watch.add_argument("run_id", metavar="ID")
@@ -40,7 +58,11 @@ def register(commands: Any) -> None:
 
 def run_watch(args: argparse.Namespace) -> int:
     async def work(runs: RunsClient) -> int:
-        return outcome_code(await follow_run(runs, args.run_id, json_lines=args.format == "json"))
+        json_lines = args.format == "json"
+        final = await follow_run(runs, args.run_id, json_lines=json_lines)
+        if not json_lines:
+            print(closing_note(final))
+        return outcome_code(final)
 
     return remote(args, work)
 
@@ -49,105 +71,132 @@ def outcome_code(run: RunView) -> int:
     return EXIT_OK if run.phase == "finished" and run.result == "success" else EXIT_RUN_FAILED
 
 
+def closing_note(run: RunView) -> str:
+    """What a person reads once the run has ended, and where to look next."""
+    lines = [f"run {run.id} {run.phase}: {run.result}"]
+    failed = [t.name for t in run.tasks.values() if t.status == "failed"]
+    for name in failed[:3]:
+        lines.append(f"  output of {name}: runsvc logs {run.id} {name}")
+    lines.append(f"  every task: runsvc runs show {run.id}   events: runsvc history {run.id}")
+    return "\n".join(lines)
+
+
+class LiveRun:
+    """A run folded from its events, one at a time, as the server folds it.
+
+    Should an event not fold here (a server newer than this client, say), the server's
+    own fold is asked instead, at each event's version, from then on."""
+
+    def __init__(self, runs: RunsClient, run_id: str) -> None:
+        self.runs = runs
+        self.run_id = run_id
+        self.run: Run | None = None
+        self.served: RunView | None = None  # set once folding here failed
+
+    async def load(self) -> list[EventOut]:
+        """Fold the run's history; return it."""
+        history = await self.runs.history(self.run_id)
+        for event in history:
+            await self.apply(event)
+        return history
+
+    async def apply(self, event: EventOut) -> None:
+        if self.served is None:
+            try:
+                self._fold(event)
+                return
+            except (msgspec.ValidationError, KeyError, ValueError):
+                pass
+        self.served = await self.runs.state(self.run_id, at_version=event.version)
+
+    def _fold(self, event: EventOut) -> None:
+        decoded: Event | UnknownEvent
+        if event.type in KNOWN_TYPES:
+            decoded = msgspec.convert(event.data, RunEvent)
+        else:  # a newer server's event type: the fold leaves the run as it was
+            decoded = UnknownEvent(type=event.type, raw=b"")
+        self.run = apply_event(self.run, decoded, version=event.version)
+        self.run.position = event.position
+
+    def view(self) -> RunView:
+        if self.served is not None:
+            return self.served
+        assert self.run is not None, "load() first"
+        return run_view(self.run)
+
+
 async def follow_run(runs: RunsClient, run_id: str, *, json_lines: bool = False) -> RunView:
     """Show the run as it advances; return it once it has ended."""
-    run = await runs.get(run_id)
-    screen = _Screen(sys.stdout.isatty() and not json_lines)
-    if not json_lines:
-        screen.show(run)
-    if run.phase in ENDED and not json_lines:
-        return run
-    # The run as read reflects the log up to its `position`: follow from there on.
-    after = 0 if json_lines else run.position
-    async for event in follow_events(runs.api, after=after, run=run_id):
-        if json_lines:
+    live = LiveRun(runs, run_id)
+    history = await live.load()
+    show: Callable[[RunView], None]
+    if json_lines:
+        for event in history:
             emit_json(event)
-        run = await runs.state(run_id, at_version=event.version)
-        if not json_lines:
-            screen.show(run)
-        if run.phase in ENDED:
-            break
-    return run
+        screen = None
+        show = lambda _run: None  # noqa: E731 - the events are the output
+    else:
+        screen = screen_for(sys.stdout)
+        show = screen.show
+    try:
+        view = live.view()
+        show(view)
+        if view.phase in TERMINAL_PHASES:
+            return view
+        events: asyncio.Queue[EventOut | ApiError] = asyncio.Queue()
+        # A terminal view is not interrupted by messages: it is redrawn once events flow.
+        hook = None if screen is not None and screen.redraws else reconnecting
+        reader = asyncio.create_task(_read(runs, run_id, history[-1].position, events, hook))
+        try:
+            return await _advance(live, events, show, json_lines, ticking=screen is not None)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+    finally:
+        if screen is not None:
+            screen.close()
 
 
-class _Screen:
-    """Redraws the whole view on a terminal; prints changes line by line elsewhere."""
-
-    def __init__(self, redraw: bool) -> None:
-        self.redraw = redraw
-        self.seen: dict[str, tuple[str, int]] = {}
-        self.phase = ""
-
-    def show(self, run: RunView) -> None:
-        if self.redraw:
-            sys.stdout.write(CLEAR + render(run) + "\n")
-            sys.stdout.flush()
-            return
-        now = datetime.now(UTC).strftime("%H:%M:%S")
-        if run.phase != self.phase:
-            self.phase = run.phase
-            print(f"{now} run {run.id} {run.phase} ({run.result})", flush=True)
-        for task in run.tasks.values():
-            state = (task.status, task.attempt)
-            if self.seen.get(task.name) != state:
-                self.seen[task.name] = state
-                note = f" - {task.error or task.reason}" if task.error or task.reason else ""
-                print(f"{now} {task.name} {task.status} (attempt {task.attempt}){note}", flush=True)
+async def _read(
+    runs: RunsClient,
+    run_id: str,
+    after: int,
+    into: asyncio.Queue[EventOut | ApiError],
+    hook: RetryHook | None,
+) -> None:
+    try:
+        async for event in follow_events(runs.api, after=after, run=run_id, on_retry=hook):
+            into.put_nowait(event)
+    except ApiError as exc:  # a refusal (the token was revoked, say): the caller raises it
+        into.put_nowait(exc)
 
 
-def waves(run: RunView) -> dict[str, int]:
-    """Each task's level in the DAG: 1 + the deepest parent's; foreach children share
-    their parent's."""
-    level: dict[str, int] = {}
-
-    def of(name: str, trail: frozenset[str] = frozenset()) -> int:
-        if name in level:
-            return level[name]
-        task = run.tasks[name]
-        if task.parent is not None and task.parent in run.tasks:
-            found = of(task.parent, trail | {name})
-        else:
-            parents = [d.task for d in task.depends if d.task in run.tasks and d.task not in trail]
-            found = 1 + max((of(p, trail | {name}) for p in parents), default=0)
-        level[name] = found
-        return found
-
-    for name in run.tasks:
-        of(name)
-    return level
-
-
-def render(run: RunView) -> str:
-    """The live view of a run as text."""
-    leaves = [t for t in run.tasks.values() if not t.children]
-    done = sum(1 for t in leaves if t.status in FINAL)
-    width = 30
-    filled = width * done // len(leaves) if leaves else width
-    header = [
-        f"run {run.id}  {run.group} {run.name} #{run.counter}",
-        f"{run.phase} / {run.result}   [{'#' * filled}{'.' * (width - filled)}] "
-        f"{done}/{len(leaves)} tasks   {duration(run.started_at, run.finished_at)}",
-    ]
-    level = waves(run)
-    ordered: list[TaskView] = sorted(run.tasks.values(), key=lambda t: (level[t.name], t.name))
-    rows = [
-        (
-            level[t.name],
-            t.name,
-            t.status,
-            t.attempt,
-            duration(t.started_at, t.finished_at),
-            t.error or t.reason or "",
-        )
-        for t in ordered
-    ]
-    footer = f"updated {moment(datetime.now(UTC))} UTC"
-    return "\n".join(
-        [
-            *header,
-            "",
-            table(["WAVE", "TASK", "STATUS", "ATTEMPT", "TOOK", "NOTE"], rows),
-            "",
-            footer,
-        ]
-    )
+async def _advance(
+    live: LiveRun,
+    events: asyncio.Queue[EventOut | ApiError],
+    show: Callable[[RunView], None],
+    json_lines: bool,
+    *,
+    ticking: bool,
+) -> RunView:
+    while True:
+        try:
+            first = await asyncio.wait_for(events.get(), TICK_S if ticking else None)
+        except TimeoutError:
+            show(live.view())  # nothing new; the running tasks' durations moved on
+            continue
+        # Everything that arrived together is folded before one redraw.
+        batch = [first]
+        while not events.empty():
+            batch.append(events.get_nowait())
+        for event in batch:
+            if isinstance(event, ApiError):
+                raise event
+            if json_lines:
+                emit_json(event)
+            await live.apply(event)
+        view = live.view()
+        show(view)
+        if view.phase in TERMINAL_PHASES:
+            return view

@@ -1,0 +1,599 @@
+"""`runsvc` client commands as people and scripts run them: separate processes against a
+real `runsvc serve` and executor (one of each for the whole module), with the server and
+token in the environment. Tables are read, `--format json` is parsed back, exit codes
+are checked: 0 success, 1 the run failed or was stopped, 2 usage, 3 server, 4 not found.
+
+Commands run as processes rather than in this one: `main` configures structlog for the
+whole process, which would leak into every later test of the session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import stat
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from eventlog.objectstore import ObjectStore, ObjectStoreConfig
+from eventlog.seaweed import EmbeddedSeaweed
+from runsvc.cli import build_parser, main
+from tests.fixtures.postgres import TEMPLATE, dsn_for
+from tests.fixtures.processes import ROOT, Cluster
+
+WITHIN_S = 60
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+    def json_lines(self) -> list[Any]:
+        return [json.loads(line) for line in self.stdout.splitlines()]
+
+
+class Cli:
+    """`runsvc` as a separate process: server and token from the environment, a config
+    directory of its own, and no admin token to fall back on."""
+
+    def __init__(self, cluster: Cluster, home: Path) -> None:
+        self.cluster = cluster
+        self.home = home
+
+    def environment(self, **extra: str | None) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("RUNSVC_") and k not in ("COLUMNS", "LINES")
+        }
+        env.update(
+            RUNSVC_SERVER=self.cluster.url,
+            RUNSVC_TOKEN=self.cluster.tokens["admin"],
+            XDG_CONFIG_HOME=str(self.home / "config"),
+            RUNSVC_DATA_DIR=str(self.home / "no-data-dir"),
+        )
+        for key, value in extra.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        return env
+
+    async def start(self, *args: str, **env: str | None) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "runsvc",
+            *args,
+            cwd=ROOT,
+            env=self.environment(**env),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+
+    async def __call__(self, *args: str, **env: str | None) -> Outcome:
+        process = await self.start(*args, **env)
+        async with asyncio.timeout(WITHIN_S):
+            out, err = await process.communicate()
+        assert process.returncode is not None
+        return Outcome(process.returncode, out.decode(), err.decode())
+
+
+async def read_until(
+    process: asyncio.subprocess.Process, done: Callable[[str], bool], seen: list[str]
+) -> str:
+    """Lines of the process's stdout, appended to `seen`, up to the first for which
+    `done` holds."""
+    assert process.stdout is not None
+    async with asyncio.timeout(WITHIN_S):
+        while True:
+            line = (await process.stdout.readline()).decode()
+            assert line, f"output ended before the line waited for:\n{''.join(seen)}"
+            seen.append(line)
+            if done(line):
+                return line
+
+
+async def _prepare(server_dsn: str, database: str, objects: ObjectStoreConfig) -> None:
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {database} TEMPLATE {TEMPLATE} STRATEGY FILE_COPY")
+    finally:
+        await admin.close()
+    async with ObjectStore.connect(objects) as store:
+        await store.ensure_bucket()
+
+
+async def _drop(server_dsn: str, database: str, objects: ObjectStoreConfig) -> None:
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    finally:
+        await admin.close()
+    async with ObjectStore.connect(objects) as store:
+        await store.drop_bucket()
+
+
+@pytest.fixture(scope="module")
+def cli_cluster(
+    postgres_server: str, seaweed: EmbeddedSeaweed, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    """One `runsvc serve` and one executor shared by a module's tests (each test makes
+    runs of its own), on a database and bucket of their own."""
+    suffix = uuid.uuid4().hex[:10]
+    database = f"cli_{os.getpid()}_{suffix}"
+    objects = ObjectStoreConfig(endpoint=seaweed.endpoint, bucket=f"cli-{suffix}")
+    asyncio.run(_prepare(postgres_server, database, objects))
+    cluster = Cluster(dsn_for(postgres_server, database), objects, tmp_path_factory.mktemp("cli"))
+    try:
+        asyncio.run(cluster.start_server())
+        cluster.start_executor("cli", concurrency=4)
+        yield cluster
+    finally:
+        cluster.stop_all()
+        asyncio.run(_drop(postgres_server, database, objects))
+
+
+@pytest.fixture(scope="module")
+def cli(cli_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    """The command line pointed at the module's server with an admin token."""
+    return Cli(cli_cluster, tmp_path_factory.mktemp("cli-home"))
+
+
+def gated(group: str) -> str:
+    """A bare config whose second task waits for an approval."""
+    return f"""\
+# {group}
+tasks:
+  - name: first
+    run: echo first
+  - name: gate
+    depends: [first]
+    approval: true
+    run: echo "gate passed"
+  - name: after
+    depends: [gate]
+    run: echo after
+"""
+
+
+async def submitted(cli: Cli, *args: str) -> dict[str, Any]:
+    """The run a `submit ... --format json` created."""
+    outcome = await cli("submit", *args, "--format", "json")
+    assert outcome.code == 0, outcome.stderr
+    run: dict[str, Any] = outcome.json()
+    return run
+
+
+# -- help and usage --------------------------------------------------------------------
+
+
+def _commands(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield (*path, name), child
+                yield from _commands(child, (*path, name))
+
+
+def test_help_lists_exit_codes_and_every_command_has_an_example(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`runsvc --help` documents the exit codes; every command that does something has
+    `--help` with an example, and asking for help exits 0."""
+    assert main(["--help"]) == 0
+    top = capsys.readouterr().out
+    for line in ("0  success", "1  the run failed or was stopped", "2  usage error"):
+        assert line in top
+    assert "3  server or network error" in top
+    assert "4  not found" in top
+    leaves = [
+        path
+        for path, parser in _commands(build_parser())
+        if not any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
+    ]
+    assert {("submit",), ("watch",), ("logs",), ("runs", "list"), ("completion",)} <= set(leaves)
+    for path in leaves:
+        assert main([*path, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert "example" in text, path
+        assert f"runsvc {path[0]}" in text, path
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown command, a missing argument or a bad choice is a usage error (2)."""
+    assert main(["frobnicate"]) == 2
+    assert main(["runs", "show"]) == 2
+    assert main(["runs", "list", "--phase", "sleeping"]) == 2
+    assert main(["state", "some-run"]) == 2  # neither --at-version nor --at-position
+    assert "invalid choice: 'sleeping'" in capsys.readouterr().err
+
+
+async def test_bad_files_and_arguments_name_the_line_and_exit_2(cli: Cli, tmp_path: Path) -> None:
+    """A YAML syntax error and a value of the wrong type are reported with file, line and
+    path; a bare config without --group, a `--env` without `=` and a missing file are
+    usage errors too: nothing reaches the server."""
+    syntax = tmp_path / "syntax.yaml"
+    syntax.write_text(
+        "group: /cli/usage\nname: x\nconfig:\n  tasks:\n    - name: a\n      run: [x\n"
+    )
+    typed = tmp_path / "typed.yaml"
+    typed.write_text(
+        "tasks:\n  - name: a\n    run: echo a\n  - name: b\n    run: echo b\n    timeout: [1]\n"
+    )
+    outcomes = await asyncio.gather(
+        cli("submit", str(syntax)),
+        cli("submit", str(typed), "--group", "/cli/usage", "--name", "x"),
+        cli("submit", str(typed)),
+        cli("submit", "examples/fanout.yaml", "--env", "NOEQUALS"),
+        cli("simulate", str(tmp_path / "missing.yaml")),
+        cli("simulate", "examples/nightly.yaml", "--outcome", "transform=maybe"),
+    )
+    assert [o.code for o in outcomes] == [2] * 6, [o.stderr for o in outcomes]
+    syntax_error, type_error, no_group, no_equals, missing, outcome = (o.stderr for o in outcomes)
+    assert re.search(rf"^error: {re.escape(str(syntax))}:7: ", syntax_error, re.M)
+    assert f"{typed}:6: tasks[1].timeout: Expected" in type_error
+    assert "no group" in no_group
+    assert "--group" in no_group
+    assert "'NOEQUALS' is not KEY=VALUE" in no_equals
+    assert "missing.yaml: No such file or directory" in missing
+    assert "transform=maybe" in outcome
+    for text in outcomes:
+        assert "Traceback" not in text.stderr
+
+
+# -- server and connection errors ------------------------------------------------------
+
+
+async def test_refusals_print_the_server_message_and_exit_3(
+    cli: Cli, cli_cluster: Cluster, tmp_path: Path
+) -> None:
+    """A config with a cycle is refused (400): the server's message is printed with the
+    detail's path and the line of the file it points at. An unknown token, a role that
+    may not submit, a conflicting action and an unreachable server exit 3 as well."""
+    cycle = tmp_path / "cycle.yaml"
+    cycle.write_text(
+        "group: /cli/refused\nname: cycle\nconfig:\n  tasks:\n"
+        "    - name: a\n      run: echo a\n      depends: [b]\n"
+        "    - name: b\n      run: echo b\n      depends: [a]\n"
+    )
+    reader = await cli(
+        "token", "create", "--role", "reader", "--name", "cli-reader",
+        "--database-url", cli_cluster.dsn,
+    )  # fmt: skip
+    assert reader.code == 0, reader.stderr
+    outcomes = await asyncio.gather(
+        cli("submit", str(cycle)),
+        cli("simulate", str(cycle)),
+        cli("runs", "list", RUNSVC_TOKEN="rsv_unknown_token"),
+        cli("submit", "examples/fanout.yaml", RUNSVC_TOKEN=reader.stdout.strip()),
+        cli("runs", "list", "--server", "http://127.0.0.1:9"),
+    )
+    assert [o.code for o in outcomes] == [3] * 5, [o.stderr for o in outcomes]
+    submit, simulate, unknown, forbidden, unreachable = (o.stderr for o in outcomes)
+    for text in (submit, simulate):
+        assert text.startswith("error: invalid run: cycle")
+        # tasks[1] is b, whose `depends` is on line 10 of the file.
+        assert f"{cycle}:10: config.tasks[1].depends: cycle" in text
+    assert "error: " in unknown
+    assert "RUNSVC_TOKEN" in unknown
+    assert forbidden.startswith("error: ")
+    assert "reader" in forbidden
+    assert "http://127.0.0.1:9" in unreachable
+    for text in outcomes:
+        assert "Traceback" not in text.stderr
+
+
+async def test_unknown_runs_and_tasks_exit_4(cli: Cli, tmp_path: Path) -> None:
+    """Asking for a run or a task that does not exist exits 4 with the server's message."""
+    config = tmp_path / "gated.yaml"
+    config.write_text(gated("/cli/missing"))
+    run = await submitted(cli, str(config), "--group", "/cli/missing", "--name", "m")
+    nobody = "01M00000000000000000000000"
+    outcomes = await asyncio.gather(
+        cli("runs", "show", nobody),
+        cli("history", nobody),
+        cli("watch", nobody),
+        cli("approve", nobody, "gate"),
+        cli("logs", run["id"], "no-such-task"),
+    )
+    assert [o.code for o in outcomes] == [4] * 5, [o.stderr for o in outcomes]
+    assert outcomes[0].stderr == f"error: no run {nobody}\n"
+    assert "no task 'no-such-task'" in outcomes[4].stderr
+    assert "gate" in outcomes[4].stderr
+    assert (await cli("stop", run["id"])).code == 0
+
+
+# -- the examples ----------------------------------------------------------------------
+
+
+async def test_ci_example_waits_for_runsvc_approve_then_logs_history_and_audit(
+    cli: Cli,
+) -> None:
+    """examples/ci.yaml with `--wait`: the deploy gate is approved with `runsvc approve`
+    while the run is followed; it exits 0. Then the commands a person uses afterwards:
+    logs of finished tasks, history (table and JSON lines), runs show and list, state at
+    an earlier version, verify and the event log, each read back."""
+    waiting = await cli.start("submit", "examples/ci.yaml", "--wait")
+    seen: list[str] = []
+    line = await read_until(waiting, lambda line: "deploy waiting_approval" in line, seen)
+    assert "waiting for approval" in line
+    run_id = re.search(r"run (\w+) running", "".join(seen))[1]  # type: ignore[index]
+    approved = await cli("approve", run_id, "deploy", "--comment", "ship it")
+    assert approved.code == 0
+    assert approved.stdout == f"approved deploy of {run_id}\n"
+    async with asyncio.timeout(WITHIN_S):
+        rest, err = await waiting.communicate()
+    assert waiting.returncode == 0, err.decode()
+    lines = "".join(seen) + rest.decode()
+    assert f"run {run_id} created: /acme/shop/main ci" in err.decode()
+    for task in ("checkout", "build", "test[3]", "report", "deploy"):
+        assert f" {task} success (attempt 1)" in lines
+    assert f"run {run_id} finished: success" in lines
+
+    (
+        build,
+        shard,
+        history,
+        history_json,
+        show,
+        show_json,
+        listing,
+        state,
+        verify,
+        page,
+    ) = await asyncio.gather(
+        cli("logs", run_id, "build"),
+        cli("logs", run_id, "test[2]", "--attempt", "1"),
+        cli("history", run_id),
+        cli("history", run_id, "--format", "json"),
+        cli("runs", "show", run_id),
+        cli("runs", "show", run_id, "--format", "json"),
+        cli("runs", "list", "--group", "/acme/shop", "--result", "success", "--format", "json"),
+        cli("state", run_id, "--at-version", "3", "--format", "json"),
+        cli("verify", run_id),
+        cli("events", "--run", run_id, "--limit", "4", "--format", "json"),
+    )
+    assert build.code == shard.code == 0
+    assert build.stdout == "building\n"
+    assert shard.stdout == "running test shard 3 of 4\n"
+
+    assert history.code == 0
+    header, *rows = history.stdout.splitlines()
+    assert header.split() == ["VERSION", "POSITION", "RECORDED", "ACTOR", "TYPE", "WHAT"]
+    assert any("task_approved" in r and "task=deploy" in r and "user:" in r for r in rows)
+    events = history_json.json_lines()
+    assert [e["version"] for e in events] == list(range(1, len(rows) + 1))
+    approval = next(e for e in events if e["type"] == "task_approved")
+    assert approval["data"]["comment"] == "ship it"
+
+    assert show.code == 0
+    assert re.search(r"^deploy\s+success\s+1\b", show.stdout, re.M)
+    run = show_json.json()
+    assert (run["phase"], run["result"]) == ("finished", "success")
+    assert run["tasks"]["deploy"]["approval_comment"] == "ship it"
+    assert run_id in [r["id"] for r in listing.json()["runs"]]
+    assert state.json()["version"] == 3
+    assert state.json()["phase"] == "running"
+    assert verify.code == 0
+    assert verify.stdout.startswith(f"ok: {len(events)} events")
+    assert [e["version"] for e in page.json_lines()] == [1, 2, 3, 4]
+
+    # Followed, the event log first replays what is stored; then it waits for more.
+    follower = await cli.start("events", "--run", run_id, "--follow", "--format", "json")
+    replayed: list[str] = []
+    await read_until(follower, lambda _line: len(replayed) == len(events), replayed)
+    assert [json.loads(e)["position"] for e in replayed] == [e["position"] for e in events]
+    follower.terminate()
+    await follower.wait()
+
+
+async def test_nightly_example_retries_until_it_succeeds(cli: Cli) -> None:
+    """examples/nightly.yaml with `--wait --format json`: the run's events as JSON lines,
+    the flaky transform failing twice before it passes (the first attempt's output kept),
+    the cleanup skipped; exit 0."""
+    outcome = await cli("submit", "examples/nightly.yaml", "--wait", "--format", "json")
+    assert outcome.code == 0, outcome.stderr
+    events = outcome.json_lines()
+    assert events[0]["type"] == "run_created"
+    transform = [
+        (e["data"]["status"], e["data"]["attempt"], e["data"]["error"])
+        for e in events
+        if e["type"] == "task_status_changed" and e["data"]["task"] == "transform"
+    ]
+    assert [t for t in transform if t[2] or t[0] == "success"] == [
+        ("scheduled", 2, "attempt 1 failed: exit code 1"),
+        ("scheduled", 3, "attempt 2 failed: exit code 1"),
+        ("success", 3, None),
+    ]
+    assert events[-1]["data"]["phase"] == "finished"
+    run_id = events[0]["data"]["run_id"]
+    first = await cli("logs", run_id, "transform", "--attempt", "1")
+    assert first.stdout.startswith("upstream timed out (attempt 1)\n")
+    run = (await cli("runs", "show", run_id, "--format", "json")).json()
+    assert run["tasks"]["cleanup"]["status"] == "skipped"
+    assert run["result"] == "success"
+
+
+async def test_fanout_example_runs_every_partition(cli: Cli) -> None:
+    """examples/fanout.yaml with `--wait`: every partition is processed, merged and
+    published; the lines show each item as it ends; exit 0."""
+    outcome = await cli("submit", "examples/fanout.yaml", "--wait")
+    assert outcome.code == 0, outcome.stdout + outcome.stderr
+    for item in range(6):
+        assert f" process[{item}] success (attempt 1)" in outcome.stdout
+    assert re.search(r"publish success \(attempt 1\)\n.*finished \(success\)", outcome.stdout)
+    run_id = re.search(r"^run (\w+) created", outcome.stderr)[1]  # type: ignore[index]
+    logs = await cli("logs", run_id, "process[3]")
+    assert logs.stdout == "processing partition us-west\n"
+
+
+# -- simulate, failures, stop and cancel --------------------------------------------------
+
+
+async def test_simulate_shows_what_would_run(cli: Cli) -> None:
+    """`simulate` of the nightly example with a failing transform: the table says load
+    would be skipped and the cleanup would run; the JSON says the run would fail."""
+    table, as_json = await asyncio.gather(
+        cli("simulate", "examples/nightly.yaml", "--outcome", "transform=failure"),
+        cli("simulate", "examples/nightly.yaml", "--outcome", "transform=failure", "--format",
+            "json"),
+    )  # fmt: skip
+    assert table.code == as_json.code == 0
+    assert table.stdout.splitlines()[0].split() == ["WAVE", "TASK", "WOULD", "WHY"]
+    assert re.search(r"^-\s+load\s+skipped\s+transform ended failed", table.stdout, re.M)
+    assert "the run would end: failed" in table.stdout
+    result = as_json.json()
+    assert result["result"] == "failed"
+    assert {t["name"]: t["status"] for t in result["tasks"]}["cleanup"] == "would_run"
+
+
+async def test_a_failed_run_exits_1_and_is_recreated_from_its_failures(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """A bare config whose task fails on its first run: `submit --wait` exits 1 and says
+    where to read the output; `recreate --from failed` makes a new run that `watch`
+    follows to success (exit 0)."""
+    marker = tmp_path / "failed-once"
+    config = tmp_path / "flaky.json"
+    config.write_text(
+        json.dumps(
+            {
+                "tasks": [
+                    {"name": "prepare", "run": "echo prepared"},
+                    {
+                        "name": "flaky",
+                        "depends": ["prepare"],
+                        "run": 'test -f "$MARKER" || { touch "$MARKER"; echo boom; exit 3; }',
+                    },
+                ]
+            }
+        )
+    )
+    failed = await cli(
+        "submit", str(config), "--group", "/cli/failing", "--name", "flaky",
+        "--env", f"MARKER={marker}", "--wait",
+    )  # fmt: skip
+    assert failed.code == 1, failed.stderr
+    run_id = re.search(r"^run (\w+) created", failed.stderr)[1]  # type: ignore[index]
+    assert f"run {run_id} finished: failed" in failed.stdout
+    assert f"runsvc logs {run_id} flaky" in failed.stdout
+    assert (await cli("logs", run_id, "flaky")).stdout.startswith("boom\n")
+
+    recreated = await cli("recreate", run_id, "--from", "failed", "--format", "json")
+    assert recreated.code == 0, recreated.stderr
+    again = recreated.json()
+    assert again["recreated_from"] == run_id
+    assert again["id"] != run_id
+    watched = await cli("watch", again["id"])
+    assert watched.code == 0, watched.stdout
+    assert "flaky success (attempt 1)" in watched.stdout
+
+
+async def test_stop_cancel_and_idempotent_submit(cli: Cli, tmp_path: Path) -> None:
+    """A run waiting for an approval holds its concurrency key, so a second run with the
+    key queues: `cancel` ends the queued one and `stop` the running one, and `watch`
+    exits 1 for both. A repeat submit with the same idempotency key returns the running
+    run; stopping an ended run is refused (exit 3)."""
+    config = tmp_path / "gated.yaml"
+    document = "group: /cli/stop\nname: gated\nconcurrency_key: cli-stop\nconfig:\n" + "".join(
+        f"  {line}\n" for line in gated("/cli/stop").splitlines()
+    )
+    config.write_text(document)
+    first = await submitted(cli, str(config), "--idempotency-key", "nightly-2026-11-25")
+    again = await cli("submit", str(config), "--idempotency-key", "nightly-2026-11-25")
+    assert again.code == 0
+    assert again.stdout.startswith(f"run {first['id']} exists already (same idempotency key)")
+    queued = await submitted(cli, str(config))
+    listing = await cli("runs", "list", "--group", "/cli/stop", "--phase", "queued")
+    assert queued["id"] in listing.stdout
+    assert first["id"] not in listing.stdout
+
+    cancel, stop = await asyncio.gather(
+        cli("cancel", queued["id"], "--format", "json"), cli("stop", first["id"])
+    )
+    assert cancel.code == stop.code == 0
+    assert cancel.json() == {"run": queued["id"], "action": "cancel"}
+    assert stop.stdout == f"stop requested for {first['id']}\n"
+    stopped, cancelled = await asyncio.gather(cli("watch", first["id"]), cli("watch", queued["id"]))
+    assert stopped.code == cancelled.code == 1
+    assert f"run {first['id']} finished: stopped" in stopped.stdout
+    assert f"run {queued['id']} cancelled" in cancelled.stdout
+    refused = await cli("stop", first["id"])
+    assert refused.code == 3
+    assert refused.stderr.startswith("error: run ")
+
+
+# -- login and completion --------------------------------------------------------------
+
+
+async def test_login_saves_a_private_config_that_later_commands_use(
+    cli: Cli, cli_cluster: Cluster
+) -> None:
+    """`runsvc login` writes server and token to $XDG_CONFIG_HOME/runsvc/config.json,
+    readable by its owner only; commands then need neither flags nor environment, and a
+    flag still wins over the file."""
+    saved = await cli("login", "--server", cli_cluster.url, "--token", cli_cluster.tokens["admin"])
+    assert saved.code == 0
+    path = cli.home / "config" / "runsvc" / "config.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert json.loads(path.read_text())["server"] == cli_cluster.url
+    try:
+        listed = await cli(
+            "runs", "list", "--format", "json", RUNSVC_SERVER=None, RUNSVC_TOKEN=None
+        )
+        assert listed.code == 0, listed.stderr
+        assert "runs" in listed.json()
+        elsewhere = await cli(
+            "runs", "list", "--server", "http://127.0.0.1:9", RUNSVC_SERVER=None, RUNSVC_TOKEN=None
+        )
+        assert elsewhere.code == 3
+    finally:
+        path.unlink()
+
+
+async def test_bash_completion_completes_commands_and_options(cli: Cli) -> None:
+    """The bash script from `runsvc completion bash` completes commands, subcommands and
+    a command's options."""
+    script = await cli("completion", "bash")
+    assert script.code == 0
+    probe = (
+        script.stdout
+        + """
+complete_line() {
+    read -ra COMP_WORDS <<< "$1"; [[ "$1" == *" " ]] && COMP_WORDS+=("")
+    COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 )); _runsvc_complete; echo "${COMPREPLY[*]}"
+}
+complete_line "runsvc ru"
+complete_line "runsvc runs "
+complete_line "runsvc runs list --gr"
+complete_line "runsvc submit --group /acme --idem"
+"""
+    )
+    bash = await asyncio.create_subprocess_exec(
+        "bash", "-c", probe, stdout=asyncio.subprocess.PIPE, cwd=ROOT
+    )
+    out, _ = await bash.communicate()
+    assert out.decode().splitlines() == [
+        "runs",
+        "--help list show",
+        "--group",
+        "--idempotency-key",
+    ]
