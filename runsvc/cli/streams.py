@@ -8,9 +8,12 @@ import argparse
 import sys
 from typing import Any
 
+from projections.run_state import TERMINAL_PHASES, UNSTARTED
+from projections.run_view import RunView, TaskView
 from runsvc.api import EventOut
 from runsvc.cli.connection import EXIT_OK, add_connection_options, reconnecting, remote
 from runsvc.cli.output import emit_json, moment
+from runsvc.cli.watch import LiveRun
 from runsvc.client import NotFoundError, RunsClient, follow_events
 
 
@@ -49,17 +52,53 @@ def register(commands: Any) -> None:
 
 def run_logs(args: argparse.Namespace) -> int:
     async def work(runs: RunsClient) -> int:
-        run = await runs.get(args.run_id)
-        task = run.tasks.get(args.task)
-        if task is None:
-            message = f"run {run.id} has no task {args.task!r}; it has: {', '.join(run.tasks)}"
-            raise NotFoundError(404, "not_found", message)
+        if args.follow:
+            task = await _started(runs, args.run_id, args.task)
+        else:
+            task = _task(await runs.get(args.run_id), args.task)
+        if task.attempt == 0:
+            why = task.reason or task.status
+            raise NotFoundError(404, "not_found", f"{task.name} has not run ({why}): no output")
         async for chunk in runs.task_logs(task.id, attempt=args.attempt, follow=args.follow):
             sys.stdout.buffer.write(chunk)
             sys.stdout.buffer.flush()
         return EXIT_OK
 
     return remote(args, work)
+
+
+def _task(run: RunView, name: str) -> TaskView:
+    task = run.tasks.get(name)
+    if task is None:
+        message = f"run {run.id} has no task {name!r}; it has: {', '.join(run.tasks)}"
+        raise NotFoundError(404, "not_found", message)
+    return task
+
+
+async def _started(runs: RunsClient, run_id: str, name: str) -> TaskView:
+    """The task once an executor has claimed it (its log exists), or once waiting is
+    pointless: it ended without running (skipped), or the run ended without it (a foreach
+    item that never came to be). Until then, the run's events are followed."""
+    live = LiveRun(runs, run_id)
+    history = await live.load()
+    events = follow_events(runs.api, after=history[-1].position, run=run_id, on_retry=reconnecting)
+    told = False
+    try:
+        while True:
+            run = live.view()
+            task = run.tasks.get(name)
+            # A log exists from the moment an executor claims the attempt (it runs).
+            if task is not None and task.status not in UNSTARTED:
+                return task
+            if run.phase in TERMINAL_PHASES:
+                return _task(run, name)
+            if not told:
+                why = task.reason or task.status if task is not None else "not expanded yet"
+                print(f"waiting for {name} to start ({why})", file=sys.stderr)
+                told = True
+            await live.apply(await anext(events))
+    finally:
+        await events.aclose()
 
 
 def _line(event: EventOut) -> str:

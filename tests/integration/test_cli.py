@@ -95,14 +95,14 @@ class Cli:
 
 
 async def read_until(
-    process: asyncio.subprocess.Process, done: Callable[[str], bool], seen: list[str]
+    stream: asyncio.StreamReader | None, done: Callable[[str], bool], seen: list[str]
 ) -> str:
-    """Lines of the process's stdout, appended to `seen`, up to the first for which
-    `done` holds."""
-    assert process.stdout is not None
+    """Lines of a process's output, appended to `seen`, up to the first for which `done`
+    holds."""
+    assert stream is not None
     async with asyncio.timeout(WITHIN_S):
         while True:
-            line = (await process.stdout.readline()).decode()
+            line = (await stream.readline()).decode()
             assert line, f"output ended before the line waited for:\n{''.join(seen)}"
             seen.append(line)
             if done(line):
@@ -328,14 +328,21 @@ async def test_ci_example_waits_for_runsvc_approve_then_logs_history_and_audit(
     cli: Cli,
 ) -> None:
     """examples/ci.yaml with `--wait`: the deploy gate is approved with `runsvc approve`
-    while the run is followed; it exits 0. Then the commands a person uses afterwards:
+    while the run is followed (and `logs --follow` waits for deploy to start); it exits 0.
+    Then the commands a person uses afterwards:
     logs of finished tasks, history (table and JSON lines), runs show and list, state at
     an earlier version, verify and the event log, each read back."""
     waiting = await cli.start("submit", "examples/ci.yaml", "--wait")
     seen: list[str] = []
-    line = await read_until(waiting, lambda line: "deploy waiting_approval" in line, seen)
+    line = await read_until(waiting.stdout, lambda line: "deploy waiting_approval" in line, seen)
     assert "waiting for approval" in line
     run_id = re.search(r"run (\w+) running", "".join(seen))[1]  # type: ignore[index]
+    # Its output: none yet; followed, it waits for the task to start.
+    not_yet = await cli("logs", run_id, "deploy")
+    assert not_yet.code == 4
+    assert "deploy has not run (waiting for approval)" in not_yet.stderr
+    deploy_log = await cli.start("logs", run_id, "deploy", "--follow")
+    await read_until(deploy_log.stderr, lambda line: "waiting for deploy to start" in line, [])
     approved = await cli("approve", run_id, "deploy", "--comment", "ship it")
     assert approved.code == 0
     assert approved.stdout == f"approved deploy of {run_id}\n"
@@ -347,6 +354,10 @@ async def test_ci_example_waits_for_runsvc_approve_then_logs_history_and_audit(
     for task in ("checkout", "build", "test[3]", "report", "deploy"):
         assert f" {task} success (attempt 1)" in lines
     assert f"run {run_id} finished: success" in lines
+    async with asyncio.timeout(WITHIN_S):
+        followed, _ = await deploy_log.communicate()
+    assert deploy_log.returncode == 0
+    assert followed.decode() == "deploying main to production\n"
 
     (
         build,
@@ -399,7 +410,7 @@ async def test_ci_example_waits_for_runsvc_approve_then_logs_history_and_audit(
     # Followed, the event log first replays what is stored; then it waits for more.
     follower = await cli.start("events", "--run", run_id, "--follow", "--format", "json")
     replayed: list[str] = []
-    await read_until(follower, lambda _line: len(replayed) == len(events), replayed)
+    await read_until(follower.stdout, lambda _line: len(replayed) == len(events), replayed)
     assert [json.loads(e)["position"] for e in replayed] == [e["position"] for e in events]
     follower.terminate()
     await follower.wait()
