@@ -31,6 +31,10 @@ exit codes:
   2  usage error
   3  server or network error
   4  not found
+
+client commands take the server and token from --server/--token, RUNSVC_SERVER/
+RUNSVC_TOKEN, or the file `runsvc login` writes; they print tables for people and,
+with --format json, one JSON object (or JSON lines for streams) for scripts.
 """
 
 

@@ -55,7 +55,11 @@ def run_logs(args: argparse.Namespace) -> int:
         if args.follow:
             task = await _started(runs, args.run_id, args.task)
         else:
-            task = _task(await runs.get(args.run_id), args.task)
+            # Folded from the run's events, not read from the index that trails them: a
+            # task that just ran has its attempt.
+            live = LiveRun(runs, args.run_id)
+            await live.load()
+            task = _task(live.view(), args.task)
         if task.attempt == 0:
             why = task.reason or task.status
             raise NotFoundError(404, "not_found", f"{task.name} has not run ({why}): no output")

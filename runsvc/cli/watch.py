@@ -144,11 +144,12 @@ async def follow_run(runs: RunsClient, run_id: str, *, json_lines: bool = False)
         if view.phase in TERMINAL_PHASES:
             return view
         events: asyncio.Queue[EventOut | ApiError] = asyncio.Queue()
+        redraws = screen is not None and screen.redraws
         # A terminal view is not interrupted by messages: it is redrawn once events flow.
-        hook = None if screen is not None and screen.redraws else reconnecting
+        hook = None if redraws else reconnecting
         reader = asyncio.create_task(_read(runs, run_id, history[-1].position, events, hook))
         try:
-            return await _advance(live, events, show, json_lines, ticking=screen is not None)
+            return await _advance(live, events, show, json_lines, ticking=redraws)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -109,6 +109,15 @@ async def read_until(
                 return line
 
 
+async def eventually(cli: Cli, holds: Callable[[Outcome], bool], *args: str) -> Outcome:
+    """`runsvc *args` once `holds(outcome)`: `runs show` and `runs list` read projections,
+    which trail the log (and so `watch` and `--wait`) by a moment."""
+    async with asyncio.timeout(WITHIN_S):
+        while not holds(outcome := await cli(*args)):
+            pass
+    return outcome
+
+
 async def _prepare(server_dsn: str, database: str, objects: ObjectStoreConfig) -> None:
     admin = await asyncpg.connect(server_dsn)
     try:
@@ -364,9 +373,6 @@ async def test_ci_example_waits_for_runsvc_approve_then_logs_history_and_audit(
         shard,
         history,
         history_json,
-        show,
-        show_json,
-        listing,
         state,
         verify,
         page,
@@ -375,9 +381,6 @@ async def test_ci_example_waits_for_runsvc_approve_then_logs_history_and_audit(
         cli("logs", run_id, "test[2]", "--attempt", "1"),
         cli("history", run_id),
         cli("history", run_id, "--format", "json"),
-        cli("runs", "show", run_id),
-        cli("runs", "show", run_id, "--format", "json"),
-        cli("runs", "list", "--group", "/acme/shop", "--result", "success", "--format", "json"),
         cli("state", run_id, "--at-version", "3", "--format", "json"),
         cli("verify", run_id),
         cli("events", "--run", run_id, "--limit", "4", "--format", "json"),
@@ -395,12 +398,23 @@ async def test_ci_example_waits_for_runsvc_approve_then_logs_history_and_audit(
     approval = next(e for e in events if e["type"] == "task_approved")
     assert approval["data"]["comment"] == "ship it"
 
-    assert show.code == 0
-    assert re.search(r"^deploy\s+success\s+1\b", show.stdout, re.M)
+    show_json = await eventually(
+        cli, lambda o: o.json()["phase"] == "finished", "runs", "show", run_id, "--format", "json"
+    )
     run = show_json.json()
-    assert (run["phase"], run["result"]) == ("finished", "success")
+    assert run["result"] == "success"
     assert run["tasks"]["deploy"]["approval_comment"] == "ship it"
-    assert run_id in [r["id"] for r in listing.json()["runs"]]
+    show = await cli("runs", "show", run_id)
+    assert show.code == 0
+    assert show.stdout.startswith(f"run {run_id}  /acme/shop/main ci #1\nphase finished")
+    assert re.search(r"^deploy\s+success\s+1\b", show.stdout, re.M)
+    listing = await eventually(
+        cli, lambda o: run_id in o.stdout,
+        "runs", "list", "--group", "/acme/shop", "--result", "success",
+    )  # fmt: skip
+    assert listing.stdout.splitlines()[0].split()[:3] == ["ID", "GROUP", "NAME"]
+    as_json = await cli("runs", "list", "--group", "/acme/shop", "--format", "json")
+    assert [(r["id"], r["phase"]) for r in as_json.json()["runs"]] == [(run_id, "finished")]
     assert state.json()["version"] == 3
     assert state.json()["phase"] == "running"
     assert verify.code == 0
@@ -438,7 +452,10 @@ async def test_nightly_example_retries_until_it_succeeds(cli: Cli) -> None:
     run_id = events[0]["data"]["run_id"]
     first = await cli("logs", run_id, "transform", "--attempt", "1")
     assert first.stdout.startswith("upstream timed out (attempt 1)\n")
-    run = (await cli("runs", "show", run_id, "--format", "json")).json()
+    shown = await eventually(
+        cli, lambda o: o.json()["phase"] == "finished", "runs", "show", run_id, "--format", "json"
+    )
+    run = shown.json()
     assert run["tasks"]["cleanup"]["status"] == "skipped"
     assert run["result"] == "success"
 
@@ -533,14 +550,16 @@ async def test_stop_cancel_and_idempotent_submit(cli: Cli, tmp_path: Path) -> No
     assert again.code == 0
     assert again.stdout.startswith(f"run {first['id']} exists already (same idempotency key)")
     queued = await submitted(cli, str(config))
-    listing = await cli("runs", "list", "--group", "/cli/stop", "--phase", "queued")
-    assert queued["id"] in listing.stdout
+    listing = await eventually(
+        cli, lambda o: queued["id"] in o.stdout, "runs", "list", "--group", "/cli/stop",
+        "--phase", "queued",
+    )  # fmt: skip
     assert first["id"] not in listing.stdout
 
-    cancel, stop = await asyncio.gather(
-        cli("cancel", queued["id"], "--format", "json"), cli("stop", first["id"])
-    )
-    assert cancel.code == stop.code == 0
+    # In this order: once the first run stops, the queued one would start.
+    cancel = await cli("cancel", queued["id"], "--format", "json")
+    stop = await cli("stop", first["id"])
+    assert cancel.code == stop.code == 0, cancel.stderr + stop.stderr
     assert cancel.json() == {"run": queued["id"], "action": "cancel"}
     assert stop.stdout == f"stop requested for {first['id']}\n"
     stopped, cancelled = await asyncio.gather(cli("watch", first["id"]), cli("watch", queued["id"]))
