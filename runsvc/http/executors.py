@@ -4,13 +4,14 @@ output endpoints readers use (logs, live or archived; artifacts)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Annotated
 
 import msgspec
 import structlog
 from aiohttp import web
 
 from eventlog.config import parse_duration
-from eventlog.objectstore import ObjectNotFound, ObjectStoreError
+from eventlog.objectstore import InvalidKey, ObjectNotFound, ObjectStoreError
 from runsvc.api import ArtifactList
 from runsvc.auth import Permission
 from runsvc.errors import BadRequest, NotFound, ServiceError
@@ -115,8 +116,13 @@ async def release(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+# Attempts count from 1 and are PostgreSQL integers: anything else is a 400, not a
+# driver error.
+Attempt = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
+
+
 class LogQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    attempt: int | None = None
+    attempt: Attempt | None = None
     follow: bool = False
 
 
@@ -160,11 +166,15 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
 
 
 async def list_artifacts(request: web.Request) -> web.Response:
-    prefix = artifact_prefix(request.match_info["task_id"])
+    task_id = request.match_info["task_id"]
+    prefix = artifact_prefix(task_id)
     found = []
     try:
         async for item in request.app[OBJECTS].list(prefix):
             found.append(msgspec.structs.replace(item, key=item.key[len(prefix) :]))
+    except InvalidKey:
+        # Not the store failing: no task id has what a key may not (control characters).
+        raise NotFound(f"no task {task_id!r}") from None
     except ObjectStoreError as exc:
         raise StorageUnavailable(str(exc)) from exc
     return json_response(ArtifactList(artifacts=found))
@@ -176,7 +186,8 @@ async def get_artifact(request: web.Request) -> web.StreamResponse:
     objects = request.app[OBJECTS]
     try:
         await objects.head(key)
-    except ObjectNotFound:
+    except (ObjectNotFound, InvalidKey):
+        # An invalid key (the path is checked above, so the task id) names no artifact.
         raise NotFound(f"no artifact {path!r}") from None
     except ObjectStoreError as exc:
         raise StorageUnavailable(str(exc)) from exc

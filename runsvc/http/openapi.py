@@ -98,9 +98,20 @@ def _query_parameters(schema: dict[str, Any], components: dict[str, Any]) -> lis
     component = components[ref.rsplit("/", 1)[-1]] if ref else schema
     required = set(component.get("required", []))
     return [
-        {"name": name, "in": "query", "required": name in required, "schema": prop}
+        {"name": name, "in": "query", "required": name in required, "schema": _absent(prop)}
         for name, prop in component.get("properties", {}).items()
     ]
+
+
+def _absent(schema: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter cannot be null, only absent: `T | None = None` is documented as
+    an optional T (fuzzers otherwise take any text for a valid spelling of null)."""
+    alternatives = schema.get("anyOf", [])
+    present = [a for a in alternatives if a != {"type": "null"}]
+    if len(present) != 1 or len(present) == len(alternatives):
+        return schema
+    rest = {k: v for k, v in schema.items() if k != "anyOf" and not (k == "default" and v is None)}
+    return {**present[0], **rest}
 
 
 OPENAPI = web.AppKey("openapi", dict)

@@ -43,6 +43,7 @@ def register(app: web.Application, endpoints: Sequence[Endpoint]) -> None:
 
 def _guarded(endpoint: Endpoint) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
+        refuse_nul(request)
         if endpoint.permission is not Permission.OPEN:
             principal = await request.app[VERIFIER].verify(bearer_token(request))
             if not principal.may(endpoint.permission):
@@ -55,6 +56,39 @@ def _guarded(endpoint: Endpoint) -> Handler:
 
     handler.__name__ = endpoint.handler.__name__
     return handler
+
+
+_NUL = "\x00"
+_NUL_MESSAGE = "NUL characters are not allowed"
+
+
+def refuse_nul(request: web.Request) -> None:
+    """PostgreSQL text cannot hold NUL, so an id, a token or a filter containing one
+    names nothing: a 400 here, before anything reaches the database (checked ahead of
+    the token, which a websocket may pass as a parameter)."""
+    if _NUL in request.path:
+        raise BadRequest(f"invalid path: {_NUL_MESSAGE}")
+    for name, value in request.query.items():
+        if _NUL in name or _NUL in value:
+            problem = Problem(path=f"query.{name}".replace(_NUL, ""), message=_NUL_MESSAGE)
+            raise BadRequest(f"invalid query parameters: {_NUL_MESSAGE}", [problem])
+
+
+def _nul_at(value: Any, path: str) -> str | None:
+    """The path of the first string (or key) in decoded JSON that holds a NUL."""
+    if isinstance(value, str):
+        return path if _NUL in value else None
+    if isinstance(value, dict):
+        children = [(f"{path}.{key}", key, item) for key, item in value.items()]
+    elif isinstance(value, list):
+        children = [(f"{path}[{i}]", "", item) for i, item in enumerate(value)]
+    else:
+        return None
+    for child, key, item in children:
+        found = path if _NUL in key else _nul_at(item, child)
+        if found is not None:
+            return found
+    return None
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -93,14 +127,27 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
     if not raw:
         raise BadRequest("a JSON body is required")
     try:
-        return msgspec.json.decode(raw, type=type_)
+        decoded = msgspec.json.decode(raw, type=type_)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         problem = problem_from(exc, "")
         raise BadRequest(f"invalid request body: {problem.message}", [problem]) from exc
+    # JSON can carry NUL only as the escape; PostgreSQL text cannot hold it at all.
+    if b"\\u0000" in raw:
+        path = _nul_at(msgspec.json.decode(raw), "")
+        if path is not None:
+            problem = Problem(path=path.lstrip(".") or "body", message=_NUL_MESSAGE)
+            raise BadRequest(f"invalid request body: {_NUL_MESSAGE}", [problem])
+    return decoded
 
 
 def decode_query(request: web.Request, type_: type[T]) -> T:
-    """Query parameters as `type_` (numbers parsed from strings); 400 when they do not fit."""
+    """Query parameters as `type_` (numbers parsed from strings); 400 when they do not fit.
+    Each parameter is given once: a repeat is refused rather than all but one dropped
+    (lists, like `types`, are comma-separated)."""
+    for name in request.query:
+        if len(request.query.getall(name)) > 1:
+            problem = Problem(path=f"query.{name}", message="given more than once")
+            raise BadRequest(f"invalid query parameters: {name} given more than once", [problem])
     try:
         return msgspec.convert(dict(request.query), type_, strict=False)
     except msgspec.ValidationError as exc:
