@@ -24,6 +24,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: int = 4 * 1024 * 1024
     max_page_size: int = 1000
     max_subscribers: int = 2000
+    # Events held for one websocket subscriber before it is served from storage instead.
+    subscriber_buffer: int = 1000
     max_tasks: int = 10_000
     s3_endpoint: str | None = None
     s3_bucket: str = "runsvc"
@@ -60,6 +62,7 @@ _ENV: dict[str, str] = {
     "max_body_bytes": "RUNSVC_MAX_BODY_BYTES",
     "max_page_size": "RUNSVC_MAX_PAGE_SIZE",
     "max_subscribers": "RUNSVC_MAX_SUBSCRIBERS",
+    "subscriber_buffer": "RUNSVC_SUBSCRIBER_BUFFER",
     "max_tasks": "RUNSVC_MAX_TASKS",
     "s3_endpoint": "RUNSVC_S3_ENDPOINT",
     "s3_bucket": "RUNSVC_S3_BUCKET",

@@ -130,12 +130,16 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
-    hub = EventHub(app[STORE])
+    hub = EventHub(app[STORE], buffer=app[SETTINGS].subscriber_buffer)
     await hub.start()
     app[HUB] = hub
     app[METRICS].components.gauges["runsvc_subscribers"] = (
         "Websocket subscribers connected to this process.",
         lambda: float(hub.subscribers),
+    )
+    app[METRICS].components.counters["runsvc_subscriber_overflows"] = (
+        "Times a slow subscriber's buffer overflowed and it was served from storage.",
+        lambda: float(hub.overflows),
     )
     yield
     await hub.close()

@@ -116,7 +116,9 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
             f"this process already serves its limit of {limit} subscribers; "
             "retry later or connect to another instance"
         )
-    ws = web.WebSocketResponse(heartbeat=20.0, autoping=True)
+    # No per-message deflate: every message would be compressed again for every
+    # subscriber (the encoding cache cannot share it), and events are small JSON.
+    ws = web.WebSocketResponse(heartbeat=20.0, autoping=True, compress=False)
     await ws.prepare(request)
     request.app[WEBSOCKETS].add(ws)
 

@@ -9,17 +9,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import msgspec
+import pytest
 from aiohttp import WSMsgType
 
 from eventlog.events import RecordedEvent
 from runsvc.http.keys import HUB, STORE
-from tests.fixtures.service import Service
+from runsvc.settings import Settings
+from tests.fixtures.service import Service, start_service
 
 GROUPS = ("/org/a/x", "/org/a/y", "/org/b/x")
 WRITERS = 8
@@ -160,6 +164,15 @@ class Api:
         await self.act(run_id, "stop")
 
 
+@pytest.fixture
+async def service(service_config: Settings) -> AsyncIterator[Service]:
+    """The service with a tiny per-subscriber buffer, so that a stalled subscriber
+    overflows it."""
+    small = msgspec.structs.replace(service_config, subscriber_buffer=HUB_BUFFER)
+    async for running in start_service(small):
+        yield running
+
+
 async def test_fifty_subscribers_eight_writers(service: Service) -> None:
     """50 websocket subscribers (unfiltered, by run, by group prefix, by event types,
     combinations, some starting at a past position) while 8 writers create and advance
@@ -172,8 +185,6 @@ async def test_fifty_subscribers_eight_writers(service: Service) -> None:
     api = Api(service)
     hub = service.app[HUB]
     store = service.app[STORE]
-    # Read by each subscription as it starts, so set before any connects.
-    hub.buffer = HUB_BUFFER
 
     seeds = [(await api.create(group, f"seed{i}"))["id"] for i, group in enumerate(GROUPS)]
     await api.act(seeds[0], "tasks/gate2/approve")
@@ -321,6 +332,10 @@ async def test_fifty_subscribers_eight_writers(service: Service) -> None:
         assert stalled.received == []
         assert not await stalled_is_live()
         assert hub.overflows >= 1
+        metrics = await (await service.client.get("/metrics")).text()
+        counted = re.search(r"^runsvc_subscriber_overflows(?:_total)? (\S+)$", metrics, re.M)
+        assert counted is not None
+        assert float(counted.group(1)) == hub.overflows
         readers.append(asyncio.create_task(read_into(stalled_ws, stalled)))
         try:
             async with asyncio.timeout(60):
