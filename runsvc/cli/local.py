@@ -49,6 +49,8 @@ def register(commands: Any) -> None:
         "token",
         help="manage API tokens",
         description="Manage API tokens (stored hashed; a new token is printed once).",
+        epilog="example:\n  runsvc token create --role submitter --name ci-bot",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     token_commands = token.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
     create = token_commands.add_parser(
@@ -64,7 +66,13 @@ def register(commands: Any) -> None:
     add_local_options(create)
     create.set_defaults(handler=token_create)
 
-    projections = commands.add_parser("projections", help="manage projections")
+    projections = commands.add_parser(
+        "projections",
+        help="manage projections",
+        description="Manage the read models folded from the log.",
+        epilog="example:\n  runsvc projections rebuild",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     projection_commands = projections.add_subparsers(
         dest="projections_command", metavar="COMMAND", required=True
     )

@@ -29,6 +29,8 @@ def register(commands: Any) -> None:
         help="index dumps in object storage",
         description="Dump the index of all runs to object storage, list the dumps, or "
         "restore one (the service writes one on its own every interval).",
+        epilog="example:\n  runsvc snapshot list",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = snapshot.add_subparsers(dest="snapshot_command", metavar="COMMAND", required=True)
     creating = actions.add_parser(
