@@ -222,18 +222,23 @@ class RunService:
 
     # -- creating
 
-    async def create(self, request: CreateRunRequest, caller: Caller) -> tuple[Run, bool]:
-        """Create a run; returns it and whether it is new. With an idempotency key matching
-        a run that has not ended, that run is returned and nothing is appended."""
-        validate_create(request, max_tasks=self.max_tasks)
-        counter = await self.pool.fetchval(
+    async def _next_counter(self, group: str) -> int:
+        """The group's next run number (runs of a group are numbered 1, 2, 3, ...)."""
+        counter: int = await self.pool.fetchval(
             """
             INSERT INTO group_counters (group_path, counter) VALUES ($1, 1)
             ON CONFLICT (group_path) DO UPDATE SET counter = group_counters.counter + 1
             RETURNING counter
             """,
-            request.group,
+            group,
         )
+        return counter
+
+    async def create(self, request: CreateRunRequest, caller: Caller) -> tuple[Run, bool]:
+        """Create a run; returns it and whether it is new. With an idempotency key matching
+        a run that has not ended, that run is returned and nothing is appended."""
+        validate_create(request, max_tasks=self.max_tasks)
+        counter = await self._next_counter(request.group)
         run_id = new_run_id()
         now = self.clock()
         if request.idempotency_key is None and request.concurrency_key is None:
@@ -418,14 +423,7 @@ class RunService:
             environment=old.environment if request.environment is None else request.environment,
         )
         validate_create(replacement, max_tasks=self.max_tasks)
-        counter = await self.pool.fetchval(
-            """
-            INSERT INTO group_counters (group_path, counter) VALUES ($1, 1)
-            ON CONFLICT (group_path) DO UPDATE SET counter = group_counters.counter + 1
-            RETURNING counter
-            """,
-            old.group,
-        )
+        counter = await self._next_counter(old.group)
         new_id = new_run_id()
         now = self.clock()
         async with self.pool.acquire() as connection, connection.transaction():

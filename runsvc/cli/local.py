@@ -13,12 +13,11 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from runsvc.cli.connection import EXIT_OK, EXIT_USAGE
 from runsvc.resources import Database, open_database, open_event_store
 from runsvc.settings import Settings, load_settings
 
 T = TypeVar("T")
-
-EXIT_OK, EXIT_USAGE, EXIT_SERVER = 0, 2, 3
 
 
 def add_local_options(parser: argparse.ArgumentParser) -> None:

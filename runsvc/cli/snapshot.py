@@ -16,11 +16,10 @@ from typing import Any
 
 import msgspec
 
-from runsvc.cli.local import EXIT_OK, EXIT_SERVER, add_local_options, run_with_database
+from runsvc.cli.connection import EXIT_NOT_FOUND, EXIT_OK, EXIT_SERVER
+from runsvc.cli.local import add_local_options, run_with_database
 from runsvc.resources import Database, open_event_store, open_object_store
 from runsvc.settings import Settings
-
-EXIT_NOT_FOUND = 4
 
 
 def register(commands: Any) -> None:

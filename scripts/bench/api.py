@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +50,7 @@ sys.path.append(str(HERE))
 import aiohttp
 import asyncpg
 import msgspec
+from _processes import free_port, stop_all, wait_ready
 from _report import emit, note
 
 from eventlog.events import SYSTEM, Metadata, TaskStatusChanged
@@ -73,12 +73,6 @@ SMALL_RUN = {
         ]
     },
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def percentile(values: array[float] | list[float], p: float) -> float:
@@ -393,18 +387,6 @@ async def write_events(store: EventStore, rate: float, seconds: float) -> list[t
 # --- orchestration -----------------------------------------------------------------------
 
 
-async def wait_ready(url: str, path: str = "/readyz") -> None:
-    async with aiohttp.ClientSession() as session, asyncio.timeout(120):
-        while True:
-            try:
-                async with session.get(f"{url}{path}") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-
-
 def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as output:
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=output)
@@ -520,13 +502,7 @@ async def bench(args: argparse.Namespace, root: Path) -> None:
         if store is not None:
             await store.close()
             await store.pool.close()
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all(processes)
         await seaweed.astop()
         await asyncio.to_thread(postgres.stop)
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +25,7 @@ sys.path.append(str(Path(__file__).resolve().parent))
 
 import aiohttp
 import asyncpg
+from _processes import free_port, stop_all, wait_ready
 from _report import emit, note
 
 from eventlog.postgres import EmbeddedPostgres
@@ -34,12 +33,6 @@ from eventlog.seaweed import EmbeddedSeaweed
 from runsvc.auth import create_token
 
 EXECUTORS, CONCURRENCY = 4, 8
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def dag(tasks: int, width: int) -> dict[str, object]:
@@ -60,18 +53,6 @@ def command_time() -> float:
     for _ in range(200):
         subprocess.run(["true"], check=True)
     return (time.perf_counter() - started) / 200
-
-
-async def wait_ready(url: str) -> None:
-    async with aiohttp.ClientSession() as session, asyncio.timeout(120):
-        while True:
-            try:
-                async with session.get(f"{url}/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
 
 
 async def bench(args: argparse.Namespace, root: Path) -> None:
@@ -168,17 +149,7 @@ async def bench(args: argparse.Namespace, root: Path) -> None:
             target="value<=10",
         )
     finally:
-        for process in reversed(processes):
-            if process.poll() is None:
-                if process.args[3] == "executor":  # type: ignore[index]
-                    os.killpg(process.pid, signal.SIGTERM)
-                else:
-                    process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all(processes)
         await seaweed.astop()
         await asyncio.to_thread(postgres.stop)
 

@@ -13,7 +13,7 @@ import pytest
 
 from eventlog.postgres import EmbeddedPostgres, MigrationSet, migrate
 from runsvc.database import MIGRATION_SETS
-from tests.fixtures.postgres import dsn_for, server_directory
+from tests.fixtures.postgres import drop_database, dsn_for, server_directory
 
 
 @pytest.fixture
@@ -26,11 +26,7 @@ async def empty_database(postgres_server: str) -> AsyncIterator[str]:
     finally:
         await admin.close()
     yield dsn_for(postgres_server, name)
-    admin = await asyncpg.connect(postgres_server)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    await drop_database(postgres_server, name)
 
 
 async def test_migrations_twice_and_concurrently_are_harmless(empty_database: str) -> None:
