@@ -15,12 +15,13 @@ row lock; the loser only wasted a read.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import asyncpg
 import structlog
 
 from eventlog.appender import CONNECTION_ERRORS
+from eventlog.events import RecordedEvent
 from eventlog.store import EventStore
 from projections.projection import Projection
 
@@ -72,6 +73,7 @@ class ProjectionRunner:
         *,
         batch_size: int = 2000,
         on_batch: Callable[[int], None] | None = None,
+        on_applied: Callable[[Sequence[RecordedEvent] | None], None] | None = None,
     ) -> None:
         self.store = store
         self.projection = projection
@@ -79,6 +81,9 @@ class ProjectionRunner:
         self.position = 0
         self.events_applied = 0
         self._on_batch = on_batch
+        # Told after each commit what changed: the events applied, or None when another
+        # process applied the range (what it touched is unknown here).
+        self._on_applied = on_applied
         self._caught_up = asyncio.Event()
 
     @property
@@ -139,15 +144,24 @@ class ProjectionRunner:
             if current != start:
                 # Another process applied this range (or a rebuild swapped tables in).
                 self.position = int(current)
-                return 0
-            if page.events:
-                await self.projection.apply(connection, page.events)
-            await connection.execute(
-                "UPDATE projection_checkpoints SET position = $2, updated_at = now() "
-                "WHERE name = $1",
-                self.projection.name,
-                page.next_after,
-            )
+                skipped = True
+            else:
+                skipped = False
+            if not skipped:
+                if page.events:
+                    await self.projection.apply(connection, page.events)
+                await connection.execute(
+                    "UPDATE projection_checkpoints SET position = $2, updated_at = now() "
+                    "WHERE name = $1",
+                    self.projection.name,
+                    page.next_after,
+                )
+        if skipped:
+            if self._on_applied is not None:
+                self._on_applied(None)
+            return 0
+        if self._on_applied is not None and page.events:
+            self._on_applied(page.events)
         self.position = page.next_after
         self.events_applied += len(page.events)
         if self._on_batch is not None:

@@ -16,7 +16,7 @@ from eventlog.fanout import EventHub
 from eventlog.listener import ChannelListener
 from eventlog.objectstore import ObjectStoreError
 from projections.registry import all_projections
-from projections.run_state_projection import READY_CHANNEL
+from projections.run_state_projection import READY_CHANNEL, RunStateProjection
 from projections.runner import ProjectionRunner, ensure_tables, run_forever
 from projections.snapshot import restore_newest
 from runsvc.api import Health, Readiness
@@ -34,12 +34,14 @@ from runsvc.http.keys import (
     SNAPSHOTTER,
     STORE,
     VERIFIER,
+    VIEWS,
     Projections,
 )
 from runsvc.http.metrics import METRICS, Metrics, metrics_handler
 from runsvc.http.middleware import body_limit, errors, request_context
 from runsvc.http.openapi import OPENAPI, build_document, openapi_handler
 from runsvc.http.routing import Endpoint, register
+from runsvc.http.view_cache import RunViewCache
 from runsvc.leases import LeaseService
 from runsvc.resources import open_database, open_event_store, open_object_store
 from runsvc.service import RunService
@@ -170,7 +172,15 @@ async def _projections_ctx(app: web.Application) -> AsyncIterator[None]:
         for projection in all_projections():
             await ensure_tables(connection, projection)
     await _restore_empty_index(app)
-    runners = Projections(ProjectionRunner(app[STORE], p) for p in all_projections())
+    views = app[VIEWS] = RunViewCache()
+    runners = Projections(
+        ProjectionRunner(
+            app[STORE],
+            p,
+            on_applied=views.invalidate if p.name == RunStateProjection.name else None,
+        )
+        for p in all_projections()
+    )
     for runner in runners:
         await runner.start()
     tasks = [asyncio.create_task(run_forever(r), name=f"projection-{r.name}") for r in runners]

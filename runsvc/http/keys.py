@@ -10,6 +10,7 @@ from eventlog.objectstore import ObjectStore
 from eventlog.store import EventStore
 from projections.runner import ProjectionRunner
 from runsvc.auth import TokenVerifier
+from runsvc.http.view_cache import RunViewCache
 from runsvc.leases import LeaseService
 from runsvc.resources import Database
 from runsvc.service import RunService
@@ -32,3 +33,4 @@ OBJECTS = web.AppKey("objects", ObjectStore)
 LEASES = web.AppKey("leases", LeaseService)
 LOG_LISTENER = web.AppKey("log_listener", ChannelListener)
 SNAPSHOTTER = web.AppKey("snapshotter", Snapshotter)
+VIEWS = web.AppKey("views", RunViewCache)

@@ -22,7 +22,7 @@ from projections.run_view import RunView, run_view
 from runsvc.api import StreamEvents, Verification, event_out
 from runsvc.auth import Permission
 from runsvc.errors import BadRequest, NotFound, Problem
-from runsvc.http.keys import SERVICE, SETTINGS, STORE
+from runsvc.http.keys import SERVICE, SETTINGS, STORE, VIEWS
 from runsvc.http.middleware import REQUEST_ID
 from runsvc.http.routing import Endpoint, decode_body, decode_query, json_response, principal
 from runsvc.requests import ApproveRequest, CreateRunRequest, RecreateRequest, SimulationRequest
@@ -72,11 +72,19 @@ async def create_run(request: web.Request) -> web.Response:
 
 async def get_run(request: web.Request) -> web.Response:
     run_id = _run_id(request)
+    views = request.app[VIEWS]
+    cached = views.get(run_id)
+    if cached is not None:
+        return web.Response(body=cached, content_type="application/json")
+    generation = views.generation
     row = await request.app[SERVICE].pool.fetchrow(
         "SELECT view, phase, concurrency_key FROM run_state WHERE run_id = $1", run_id
     )
+    # A queued run's place in its queue moves without events of its own: never cached.
     if row is not None and not (row["phase"] == "queued" and row["concurrency_key"]):
-        return web.Response(body=bytes(row["view"]), content_type="application/json")
+        view = bytes(row["view"])
+        views.put(run_id, view, generation)
+        return web.Response(body=view, content_type="application/json")
     run = await request.app[SERVICE].load(run_id)
     return json_response(await _with_queue_position(request, run_view(run)))
 

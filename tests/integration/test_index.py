@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import asyncpg
 
+from eventlog.events import RecordedEvent
 from eventlog.postgres import create_pool
 from eventlog.store import EventStore
 from projections.index import IndexProjection
@@ -24,8 +26,14 @@ async def index_rows(pool: asyncpg.Pool) -> list[tuple[object, ...]]:
     return [tuple(r) for r in await pool.fetch("SELECT * FROM runs_index ORDER BY run_id")]
 
 
-async def started_runner(store: EventStore, batch_size: int = 2000) -> ProjectionRunner:
-    runner = ProjectionRunner(store, IndexProjection(), batch_size=batch_size)
+async def started_runner(
+    store: EventStore,
+    batch_size: int = 2000,
+    on_applied: Callable[[Sequence[RecordedEvent] | None], None] | None = None,
+) -> ProjectionRunner:
+    runner = ProjectionRunner(
+        store, IndexProjection(), batch_size=batch_size, on_applied=on_applied
+    )
     await runner.start()
     return runner
 
@@ -59,16 +67,22 @@ async def test_incremental_index_equals_rebuild(store: EventStore, database_dsn:
 
 async def test_two_runners_apply_each_batch_once(store: EventStore, database_dsn: str) -> None:
     """Two processes' runners on one projection (two stores, two pools): the table ends
-    equal to a rebuild and no event was applied twice."""
+    equal to a rebuild and no event was applied twice; each runner reports exactly the
+    events it applied to whoever listens (the run view cache)."""
     other_pool = await create_pool(database_dsn, max_size=4)
     other_store = EventStore(other_pool, dsn=database_dsn)
     await other_store.start()
     try:
         await generate(store, 200, seed=5)
-        first = await started_runner(store, batch_size=13)
-        second = await started_runner(other_store, batch_size=17)
+        told: list[list[Sequence[RecordedEvent] | None]] = [[], []]
+        first = await started_runner(store, batch_size=13, on_applied=told[0].append)
+        second = await started_runner(other_store, batch_size=17, on_applied=told[1].append)
         await asyncio.gather(first.catch_up(), second.catch_up())
         applied = first.events_applied + second.events_applied
+        for runner, heard in zip((first, second), told, strict=True):
+            assert sum(len(batch) for batch in heard if batch is not None) == (
+                runner.events_applied
+            )
         rows = await index_rows(store.pool)
     finally:
         await other_store.close()
