@@ -21,8 +21,8 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from eventlog.appender import CONNECTION_ERRORS
-from eventlog.events import RecordedEvent
 from eventlog.filter import EventFilter
+from eventlog.records import RecordedEvent
 from eventlog.store import EventStore
 
 

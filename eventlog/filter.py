@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from eventlog.events import RecordedEvent
+from eventlog.records import RecordedEvent
 
 
 class EventFilter(msgspec.Struct, frozen=True):

@@ -45,21 +45,11 @@ from eventlog.errors import (
     StreamNotFound,
     VersionConflict,
 )
-from eventlog.events import (
-    Event,
-    Metadata,
-    RecordedEvent,
-    UnknownEvent,
-    decode_event,
-    decode_metadata,
-    encode_event,
-    encode_metadata,
-    event_type_of,
-    new_event_id,
-)
 from eventlog.filter import EventFilter
 from eventlog.hashchain import GENESIS, ChainReport, StoredRow, check_chain
 from eventlog.notifier import Notifier
+from eventlog.records import Metadata, RecordedEvent, decode_metadata, encode_metadata, new_event_id
+from runsvc.domain.events import Event, UnknownEvent, decode_event, encode_event, event_type_of
 
 NO_STREAM = 0
 """Expected version for creating a stream: it must not exist yet."""

@@ -16,14 +16,9 @@ from typing import Any
 
 import asyncpg
 
-from eventlog.events import (
-    RecordedEvent,
-    RunCreated,
-    RunPhaseChanged,
-    RunResultChanged,
-    type_name,
-)
 from eventlog.filter import EventFilter
+from eventlog.records import RecordedEvent
+from runsvc.domain.events import RunCreated, RunPhaseChanged, RunResultChanged, type_name
 
 RUN_STREAM_PREFIX = "run-"
 _DDL = (Path(__file__).parent / "sql" / "index.sql").read_text()

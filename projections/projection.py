@@ -13,8 +13,8 @@ from typing import Protocol
 
 import asyncpg
 
-from eventlog.events import RecordedEvent
 from eventlog.filter import EventFilter
+from eventlog.records import RecordedEvent
 
 
 class Projection(Protocol):

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, TypeAlias
 import asyncpg
 import msgspec
 
-from eventlog.events import RecordedEvent
 from eventlog.filter import EventFilter
+from eventlog.records import RecordedEvent
 from eventlog.store import EventPage, EventStore
 from projections.projection import Projection
 

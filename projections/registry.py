@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from projections.index import IndexProjection
 from projections.projection import Projection
-from projections.run_state_projection import RunStateProjection
+from projections.run_state import RunStateProjection
 
 
 def all_projections() -> list[Projection]:

@@ -1,373 +1,197 @@
-"""The fold: what each event does to a run. Pure and synchronous.
+"""The run_state projection: one row per run with its full current state, plus the claim
+queue (`ready_tasks`) and the timers (`run_timers`) that follow from those states.
 
-`apply` is the only way a `Run` changes, for the projection, for the command side and (under
-an undo journal) for the scheduler's look-ahead. It mutates and returns the run it is given:
-folding must be cheap, so nothing is copied.
+A batch is folded per run in memory (runs recently touched stay cached, keyed by their
+version, so a busy run is not decoded again for every batch), then written with a few
+set-based statements. The claim queue changes by event (a task scheduled is queued; any
+other status takes it out), so a huge run never rewrites its whole queue.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import datetime
+import json
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+import asyncpg
 import msgspec
+import structlog
 
-from eventlog.config import Dependency, TaskConfig
-from eventlog.events import (
-    Event,
-    RecordedEvent,
-    RunCreated,
-    RunOutputDeleted,
-    RunPhaseChanged,
-    RunResultChanged,
-    RunStopRequested,
-    TaskApproved,
-    TaskExpanded,
-    TaskStatusChanged,
-    UnknownEvent,
-)
-from projections.run_model import (
-    ACTIVE,
-    FINAL,
-    OUTCOME,
-    Run,
-    Task,
-    task_id,
-    topological_order,
-)
+from eventlog.filter import EventFilter
+from eventlog.records import RecordedEvent
+from projections.index import RUN_STREAM_PREFIX, run_id_of
+from runsvc.domain.codec import decode_run, encode_run
+from runsvc.domain.events import RunCreated, TaskStatusChanged
+from runsvc.domain.fold import apply
+from runsvc.domain.model import Run
+from runsvc.domain.timing import next_wakeup
+from runsvc.domain.view import run_view
 
-TERMINAL_PHASES = frozenset({"finished", "cancelled", "setuperror"})
-UNSTARTED = frozenset({"notstarted", "waiting_approval", "scheduled"})
+log = structlog.get_logger("runsvc.projections")
+_DDL = (Path(__file__).parent / "sql" / "run_state.sql").read_text()
+READY_CHANNEL = "runsvc_ready"
+_json = msgspec.json.Encoder()
 
 
-# -- rules the fold and the scheduler share ------------------------------------------------
+class RunStateProjection:
+    name = "run_state"
+    version = 3
+    tables: tuple[str, ...] = ("run_state", "ready_tasks", "run_timers", "carried_tasks")
+    per_stream = True
+    filter: EventFilter | None = EventFilter(stream_prefix=RUN_STREAM_PREFIX)
 
+    def __init__(self, cache_size: int = 2000) -> None:
+        self._cache: OrderedDict[str, Run] = OrderedDict()
+        self._cache_size = cache_size
 
-def unmet_dependency(run: Run, task: Task) -> str | None:
-    """Why `task` must be skipped although all its parents are final, or None."""
-    for dependency in task.depends:
-        parent = run.tasks[dependency.task]
-        outcome = OUTCOME.get(parent.status)
-        if outcome not in dependency.on:
-            return f"{dependency.task} ended {parent.status}; needs {' or '.join(dependency.on)}"
-    return None
+    def ddl(self) -> str:
+        return _DDL
 
+    async def apply(self, connection: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
+        by_run: dict[str, list[RecordedEvent]] = {}
+        for recorded in events:
+            by_run.setdefault(run_id_of(recorded.stream), []).append(recorded)
+        runs = await self._load(connection, by_run)
+        ready: dict[str, tuple[Any, ...]] = {}
+        unready: set[str] = set()
+        # Runs created in this batch have no rows yet: nothing of theirs needs deleting.
+        fresh = {run_id for run_id, run_events in by_run.items() if run_events[0].version == 1}
+        carried: list[tuple[str, str]] = []
+        for run_id, run_events in list(by_run.items()):
+            run = runs.get(run_id)
+            if run is None and not isinstance(run_events[0].event, RunCreated):
+                # Not a stream the run service wrote (its first event is not a creation):
+                # leave it out rather than stop the projection for every other run.
+                log.warning(
+                    "skipping events of a stream without a run", stream=run_events[0].stream
+                )
+                del by_run[run_id]
+                continue
+            for recorded in run_events:
+                run = apply(run, recorded)
+                event = recorded.event
+                if isinstance(event, RunCreated) and event.carried:
+                    carried += [(c.id, run_id) for c in event.carried.values()]
+                if isinstance(event, TaskStatusChanged):
+                    task = run.tasks[event.task]
+                    if event.status == "scheduled" and not task.is_parent:
+                        unready.discard(task.id)
+                        ready[task.id] = (
+                            task.id,
+                            run_id,
+                            task.name,
+                            event.attempt,
+                            event.next_attempt_at,
+                            json.dumps(task.spec.runs_on),
+                            recorded.position,
+                        )
+                    else:
+                        ready.pop(task.id, None)
+                        if run_id not in fresh:
+                            unready.add(task.id)
+            assert run is not None
+            runs[run_id] = run
+        await self._write(connection, [runs[r] for r in by_run], ready, unready, fresh)
+        if carried:
+            await connection.executemany(
+                "INSERT INTO carried_tasks (task_id, run_id) VALUES ($1, $2) "
+                "ON CONFLICT DO NOTHING",
+                carried,
+            )
+        for run_id in by_run:
+            self._remember(runs[run_id])
 
-def when_holds(run: Run, task: Task) -> bool:
-    condition = task.spec.when
-    if condition is None or task.parent is not None:
-        return True
-    value = run.merged_environment.get(condition.env)
-    if condition.equals is not None:
-        return value == condition.equals
-    if condition.not_equals is not None:
-        return value != condition.not_equals
-    if condition.in_ is not None:
-        return value in condition.in_
-    return True
+    async def _load(
+        self, connection: asyncpg.Connection, by_run: dict[str, list[RecordedEvent]]
+    ) -> dict[str, Run]:
+        runs: dict[str, Run] = {}
+        missing = []
+        for run_id, run_events in by_run.items():
+            first = run_events[0]
+            if first.version == 1:
+                continue  # created in this batch
+            cached = self._cache.get(run_id)
+            if cached is not None and cached.version == first.version - 1:
+                runs[run_id] = cached
+            else:
+                missing.append(run_id)
+        if missing:
+            rows = await connection.fetch(
+                "SELECT run_id, state FROM run_state WHERE run_id = ANY($1::text[])", missing
+            )
+            for row in rows:
+                runs[row["run_id"]] = decode_run(bytes(row["state"]))
+        return runs
 
+    def _remember(self, run: Run) -> None:
+        self._cache[run.id] = run
+        self._cache.move_to_end(run.id)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
 
-def describe_when(task: Task) -> str:
-    condition = task.spec.when
-    assert condition is not None
-    if condition.equals is not None:
-        return f"when {condition.env} == {condition.equals!r} does not hold"
-    if condition.not_equals is not None:
-        return f"when {condition.env} != {condition.not_equals!r} does not hold"
-    return f"when {condition.env} in {condition.in_!r} does not hold"
-
-
-def child_spec(parent: TaskConfig) -> TaskConfig:
-    """What a foreach child runs: the parent's definition minus what belongs to the parent
-    (its dependencies, condition, approval gate and fan-out)."""
-    return msgspec.structs.replace(
-        parent, foreach=None, approval=False, when=None, depends=[], max_parallel=None
-    )
-
-
-# -- building -------------------------------------------------------------------------------
-
-
-def _create(event: RunCreated) -> Run:
-    run = Run()
-    run.id = event.run_id
-    run.group = event.group
-    run.name = event.name
-    run.counter = event.counter
-    run.config = event.config
-    run.created_at = event.created_at
-    run.annotations = dict(event.annotations)
-    run.setup_errors = list(event.setup_errors)
-    run.static_environment = dict(event.static_environment)
-    run.environment = dict(event.environment)
-    run.idempotency_key = event.idempotency_key
-    run.concurrency_key = event.concurrency_key
-    run.recreated_from = event.recreated_from
-    for index, spec in enumerate(topological_order(event.config)):
-        task = Task(
-            name=spec.name,
-            id=task_id(event.run_id, spec.name),
-            spec=spec,
-            depends=spec.dependencies(),
-            order=(index, -1),
+    async def _write(
+        self,
+        connection: asyncpg.Connection,
+        runs: list[Run],
+        ready: dict[str, tuple[Any, ...]],
+        unready: set[str],
+        fresh: set[str],
+    ) -> None:
+        await connection.execute(
+            """
+            INSERT INTO run_state (run_id, version, position, phase, concurrency_key, state, view)
+            SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::text[],
+                                 $6::bytea[], $7::bytea[])
+            ON CONFLICT (run_id) DO UPDATE SET
+                version = excluded.version, position = excluded.position,
+                phase = excluded.phase, concurrency_key = excluded.concurrency_key,
+                state = excluded.state, view = excluded.view
+            """,
+            [r.id for r in runs],
+            [r.version for r in runs],
+            [r.position for r in runs],
+            [r.phase for r in runs],
+            [r.concurrency_key for r in runs],
+            [encode_run(r) for r in runs],
+            [_json.encode(run_view(r)) for r in runs],
         )
-        run.tasks[spec.name] = task
-        run.dependents[spec.name] = []
-    for task in run.tasks.values():
-        for dependency in task.depends:
-            if dependency.task in run.dependents:
-                run.dependents[dependency.task].append(task.name)
-    for name, carried in event.carried.items():
-        if name not in run.tasks:
-            continue
-        task = run.tasks[name]
-        task.id = carried.id
-        task.status = "success"
-        task.attempt = carried.attempt
-        task.started_at = carried.started_at
-        task.finished_at = carried.finished_at
-        task.exit_code = carried.exit_code
-        task.executor = carried.executor
-        task.expanded = task.is_parent
-    rebuild_indexes(run)
-    return run
-
-
-def add_children(run: Run, parent: Task, event: TaskExpanded) -> None:
-    spec = child_spec(parent.spec)
-    sequence = parent.spec.foreach_strategy == "sequence"
-    previous: str | None = None
-    names = []
-    for child in event.children:
-        task = Task(
-            name=child.name,
-            id=task_id(run.id, child.name),
-            spec=spec,
-            depends=[Dependency(task=previous)] if sequence and previous else [],
-            order=(parent.order[0], child.index),
-            parent=parent.name,
-            item=child.item,
-            index=child.index,
-        )
-        run.set_item(run.tasks, task.name, task)
-        run.set_item(run.dependents, task.name, [])
-        if sequence and previous is not None:
-            run.dependents[previous].append(task.name)
-        names.append(task.name)
-        previous = task.name
-    run.set(parent, "children", names)
-    run.set(parent, "expanded", True)
-
-
-# -- derived indexes ------------------------------------------------------------------------
-
-
-def _parents_pending(run: Run, task: Task) -> int:
-    return sum(1 for d in task.depends if not run.tasks[d.task].final)
-
-
-def classify(run: Run, task: Task) -> None:
-    """File a task that has all parents final into the bucket of the decision it needs."""
-    if run.pending.get(task.name, 0):
-        return
-    if task.status == "notstarted":
-        if unmet_dependency(run, task) is not None or not when_holds(run, task):
-            run.insort(run.skip, task.order)
-        elif task.spec.approval and task.parent is None and task.approved_by is None:
-            run.insort(run.gate, task.order)
-        elif task.is_parent and not task.expanded:
-            run.insort(run.expand, task.order)
-        else:
-            run.insort(run.slot_queue(task.slot_group), task.order)
-    elif task.status == "waiting_approval" and task.approved_by is not None:
-        if task.is_parent and not task.expanded:
-            run.insort(run.expand, task.order)
-        else:
-            run.insort(run.slot_queue(task.slot_group), task.order)
-
-
-def unclassify(run: Run, task: Task) -> None:
-    for bucket in (run.skip, run.gate, run.expand):
-        run.discard(bucket, task.order)
-    queue = run.slots.get(task.slot_group)
-    if queue is not None:
-        run.discard(queue, task.order)
-
-
-def _track_deadline(run: Run, task: Task) -> None:
-    timeout = task.timeout()
-    if timeout is not None and task.started_at is not None and not task.is_parent:
-        run.push_deadline(task.started_at + timeout, task)
-
-
-def rebuild_indexes(run: Run) -> None:
-    """Every derived index from the task states alone (after decoding a stored run). The
-    fold maintains the same indexes incrementally; tests hold the two equal."""
-    run.reset_indexes()
-    for task in sorted(run.tasks.values(), key=lambda t: t.order):
-        run.by_order[task.order] = task.name
-        run.pending[task.name] = _parents_pending(run, task)
-        if not task.final:
-            run.nonfinal += 1
-        if task.status in ACTIVE and not task.is_parent:
-            run.active += 1
-            run.active_in[task.slot_group] = run.active_in.get(task.slot_group, 0) + 1
-        if task.status == "running":
-            _track_deadline(run, task)
-        if task.status == "waiting_approval" and task.approved_by is None:
-            run.waiting_approval += 1
-        if task.status in UNSTARTED:
-            run.unstarted += 1
-        if task.status == "failed" and not task.spec.continue_on_error:
-            run.blocking_failures += 1
-        if task.is_parent and task.expanded:
-            open_children = sum(1 for c in task.children if not run.tasks[c].final)
-            run.open_children[task.name] = open_children
-            if open_children == 0 and not task.final:
-                run.closing.append(task.order)
-    for task in sorted(run.tasks.values(), key=lambda t: t.order):
-        classify(run, task)
-
-
-# -- the fold -------------------------------------------------------------------------------
-
-
-def _task_status(run: Run, event: TaskStatusChanged) -> None:
-    task = run.tasks[event.task]
-    old, new = task.status, event.status
-    if old in ("notstarted", "waiting_approval"):
-        unclassify(run, task)  # only tasks in these states sit in a bucket
-    if not task.is_parent:
-        if old in ACTIVE and new not in ACTIVE:
-            run.add("active", -1)
-            run.add_in(run.active_in, task.slot_group, -1)
-        elif new in ACTIVE and old not in ACTIVE:
-            run.add("active", 1)
-            run.add_in(run.active_in, task.slot_group, 1)
-    unapproved = task.approved_by is None
-    if unapproved and (old == "waiting_approval") != (new == "waiting_approval"):
-        run.add("waiting_approval", 1 if new == "waiting_approval" else -1)
-    if (old in UNSTARTED) != (new in UNSTARTED):
-        run.add("unstarted", 1 if new in UNSTARTED else -1)
-    run.set(task, "status", new)
-    # Only what changes is written: the fold runs for every event of every rebuild.
-    for field, value in (
-        ("attempt", event.attempt),
-        ("error", event.error),
-        ("exit_code", event.exit_code),
-        ("next_attempt_at", event.next_attempt_at),
-    ):
-        if getattr(task, field) != value:
-            run.set(task, field, value)
-    if (event.executor is not None or new in ("scheduled", "notstarted")) and (
-        task.executor != event.executor
-    ):
-        run.set(task, "executor", event.executor)
-    if new == "running" and old != "running":
-        run.set(task, "started_at", event.at)
-        if task.finished_at is not None:
-            run.set(task, "finished_at", None)
-        _track_deadline(run, task)
-    elif new == "scheduled" and task.finished_at is not None:
-        run.set(task, "finished_at", None)
-    if new in FINAL and old not in FINAL:
-        run.set(task, "finished_at", event.at)
-        _became_final(run, task)
-    elif new in ("notstarted", "waiting_approval"):
-        classify(run, task)
-    update_pause(run, event.at)
-
-
-def _became_final(run: Run, task: Task) -> None:
-    run.add("nonfinal", -1)
-    if task.status == "failed" and not task.spec.continue_on_error:
-        run.add("blocking_failures", 1)
-    if task.is_parent:
-        run.discard(run.closing, task.order)
-    for name in run.dependents.get(task.name, ()):
-        remaining = run.pending[name] - 1
-        run.set_item(run.pending, name, remaining)
-        if remaining == 0:
-            classify(run, run.tasks[name])
-    if task.parent is not None:
-        parent = run.tasks[task.parent]
-        run.add_in(run.open_children, parent.name, -1)
-        if run.open_children[parent.name] == 0 and not parent.final:
-            run.insort(run.closing, parent.order)
-
-
-def update_pause(run: Run, at: datetime) -> None:
-    """Start or end a pause of the run's timeout: it is paused while a task waits for an
-    approval not yet given and nothing is scheduled or running."""
-    paused = run.waiting_approval > 0 and run.active == 0
-    if paused and run.paused_since is None:
-        run.set(run, "paused_since", at)
-    elif not paused and run.paused_since is not None:
-        run.set(run, "paused_s", run.paused_s + (at - run.paused_since).total_seconds())
-        run.set(run, "paused_since", None)
-
-
-def _expanded(run: Run, event: TaskExpanded) -> None:
-    parent = run.tasks[event.task]
-    unclassify(run, parent)
-    add_children(run, parent, event)
-    run.add("nonfinal", len(event.children))
-    run.add("unstarted", len(event.children))
-    run.set_item(run.open_children, parent.name, len(event.children))
-    for name in parent.children:
-        child = run.tasks[name]
-        run.set_item(run.by_order, child.order, name)
-        run.set_item(run.pending, name, _parents_pending(run, child))
-        classify(run, child)
-    if not event.children and not parent.final:
-        run.insort(run.closing, parent.order)
-
-
-def apply_event(run: Run | None, event: Event | UnknownEvent, *, version: int) -> Run:
-    """Fold one event into `run` (None before the first event); returns the run."""
-    if isinstance(event, RunCreated):
-        run = _create(event)
-    elif run is None:
-        raise ValueError(f"a run's first event must be run_created, not {type(event).__name__}")
-    elif isinstance(event, TaskStatusChanged):
-        _task_status(run, event)
-    elif isinstance(event, RunPhaseChanged):
-        run.set(run, "phase", event.phase)
-        if event.phase == "running" and run.started_at is None:
-            run.set(run, "started_at", event.at)
-        if event.phase in TERMINAL_PHASES and run.finished_at is None:
-            run.set(run, "finished_at", event.at)
-    elif isinstance(event, RunResultChanged):
-        run.set(run, "result", event.result)
-    elif isinstance(event, RunStopRequested):
-        run.set(run, "stop_requested", True)
-        run.set(run, "stop_reason", event.reason)
-    elif isinstance(event, TaskExpanded):
-        _expanded(run, event)
-    elif isinstance(event, RunOutputDeleted):
-        run.set(run, "output_deleted_at", event.at)
-    elif isinstance(event, TaskApproved):
-        task = run.tasks[event.task]
-        if task.status == "waiting_approval" and task.approved_by is None:
-            run.add("waiting_approval", -1)
-        run.set(task, "approved_by", event.approver)
-        run.set(task, "approval_comment", event.comment)
-        classify(run, task)
-        update_pause(run, event.at)
-    # Unknown (newer) event types change nothing this version understands.
-    run.set(run, "version", version)
-    return run
-
-
-def apply(run: Run | None, recorded: RecordedEvent) -> Run:
-    """Fold one stored event, recording the stream version and log position it brings."""
-    run = apply_event(run, recorded.event, version=recorded.version)
-    run.position = recorded.position
-    return run
-
-
-def fold(events: Iterable[RecordedEvent]) -> Run | None:
-    run: Run | None = None
-    for recorded in events:
-        run = apply(run, recorded)
-    return run
+        if unready:
+            await connection.execute(
+                "DELETE FROM ready_tasks WHERE task_id = ANY($1::text[])", list(unready)
+            )
+        if ready:
+            rows = list(ready.values())
+            await connection.execute(
+                """
+                INSERT INTO ready_tasks (task_id, run_id, task, attempt, not_before, runs_on,
+                                         position)
+                SELECT t.id, t.run, t.task, t.attempt, t.nb, t.labels::jsonb, t.pos
+                FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::timestamptz[],
+                            $6::text[], $7::bigint[]) AS t(id, run, task, attempt, nb, labels, pos)
+                ON CONFLICT (task_id) DO UPDATE SET
+                    attempt = excluded.attempt, not_before = excluded.not_before,
+                    runs_on = excluded.runs_on, position = excluded.position,
+                    reserved_until = NULL
+                """,
+                *[list(column) for column in zip(*rows, strict=True)],
+            )
+            await connection.execute("SELECT pg_notify($1, '')", READY_CHANNEL)
+        due = [(r.id, next_wakeup(r)) for r in runs]
+        untimed = [run_id for run_id, at in due if at is None and run_id not in fresh]
+        if untimed:
+            await connection.execute(
+                "DELETE FROM run_timers WHERE run_id = ANY($1::text[])", untimed
+            )
+        timed = [(run_id, at) for run_id, at in due if at is not None]
+        if timed:
+            await connection.execute(
+                """
+                INSERT INTO run_timers (run_id, due_at)
+                SELECT * FROM unnest($1::text[], $2::timestamptz[])
+                ON CONFLICT (run_id) DO UPDATE SET due_at = excluded.due_at, claimed_until = NULL
+                """,
+                [run_id for run_id, _ in timed],
+                [at for _, at in timed],
+            )

@@ -21,7 +21,7 @@ import asyncpg
 import structlog
 
 from eventlog.appender import CONNECTION_ERRORS
-from eventlog.events import RecordedEvent
+from eventlog.records import RecordedEvent
 from eventlog.store import EventStore
 from projections.projection import Projection
 

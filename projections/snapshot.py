@@ -26,8 +26,8 @@ import msgspec
 import structlog
 import zstandard
 
-from eventlog.objectstore import ObjectNotFound, ObjectStore
 from projections.index import IndexProjection
+from runsvc.infra.objectstore import ObjectNotFound, ObjectStore
 
 log = structlog.get_logger("runsvc.snapshot")
 

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 
-from eventlog.objectstore import ObjectStore, ObjectStoreConfig, ObjectStoreError
-from eventlog.postgres import EmbeddedPostgres, create_pool, migrate
-from eventlog.seaweed import EmbeddedSeaweed
+from eventlog.postgres import create_pool, migrate
 from eventlog.store import EventStore
-from runsvc.database import MIGRATION_SETS
-from runsvc.settings import Settings
+from runsvc.infra.objectstore import ObjectStore, ObjectStoreConfig, ObjectStoreError
+from runsvc.infra.postgres import EmbeddedPostgres
+from runsvc.infra.seaweed import EmbeddedSeaweed
+from runsvc.infra.settings import Settings
+from runsvc.service.schema import MIGRATION_SETS
 
 log = structlog.get_logger("runsvc")
 

@@ -6,17 +6,17 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from eventlog.config import RunConfig, TaskConfig
-from eventlog.events import (
+from eventlog.records import Metadata
+from eventlog.store import NO_STREAM, EventStore
+from runsvc.domain.config import RunConfig, TaskConfig
+from runsvc.domain.events import (
     SYSTEM,
     Event,
-    Metadata,
     RunCreated,
     RunPhaseChanged,
     RunResultChanged,
     TaskStatusChanged,
 )
-from eventlog.store import NO_STREAM, EventStore
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 META = Metadata(actor=SYSTEM, recorded_at=T0)

@@ -22,7 +22,7 @@ from runsvc.cli import (
     watch,
 )
 from runsvc.cli.connection import EXIT_USAGE
-from runsvc.logs import configure_logging
+from runsvc.infra.logs import configure_logging
 
 EXIT_CODES = """\
 exit codes:

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from runsvc.cli.documents import DocumentError
 from runsvc.client import (
     ApiClient,
     ApiError,
@@ -27,7 +28,6 @@ from runsvc.client import (
     RunsClient,
     UnauthorizedError,
 )
-from runsvc.documents import DocumentError
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_SERVER, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
 DEFAULT_SERVER = "http://127.0.0.1:8080"

@@ -15,7 +15,7 @@ import structlog
 
 from runsvc.client import ApiClient, ExecutorClient
 from runsvc.executor import Agent, AgentConfig, AgentError
-from runsvc.logs import configure_logging
+from runsvc.infra.logs import configure_logging
 
 EXIT_OK, EXIT_USAGE, EXIT_SERVER = 0, 2, 3
 

@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 import msgspec
 
 from runsvc.cli.connection import EXIT_OK, EXIT_USAGE
+from runsvc.infra.settings import Settings, load_settings
 from runsvc.resources import Database, open_database, open_event_store
-from runsvc.settings import Settings, load_settings
 
 T = TypeVar("T")
 
@@ -107,10 +107,10 @@ def register_gc(commands: Any) -> None:
 def run_gc(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from eventlog.config import parse_duration
+    from runsvc.domain.config import parse_duration
     from runsvc.resources import open_object_store
-    from runsvc.retention import collect
-    from runsvc.service import RunService
+    from runsvc.service.retention import collect
+    from runsvc.service.runs import RunService
 
     try:
         cutoff = datetime.now(UTC) - parse_duration(args.older_than)
@@ -140,7 +140,7 @@ def run_gc(args: argparse.Namespace) -> int:
 
 
 def token_create(args: argparse.Namespace) -> int:
-    from runsvc.auth import create_token
+    from runsvc.service.auth import create_token
 
     async def work(_settings: Settings, database: Database) -> str:
         issued = await create_token(database.pool, role=args.role, name=args.name)

@@ -13,12 +13,12 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from eventlog.config import RunConfig
-from runsvc.api import ErrorDetail
 from runsvc.cli.connection import UsageError
+from runsvc.cli.documents import Document, DocumentError
 from runsvc.client import ApiError, BadRequestError
-from runsvc.documents import Document, DocumentError
-from runsvc.requests import CreateRunRequest, Outcome, SimulationRequest
+from runsvc.domain.config import RunConfig
+from runsvc.domain.requests import CreateRunRequest, Outcome, SimulationRequest
+from runsvc.wire.api import ErrorDetail
 
 OUTCOMES: tuple[str, ...] = typing.get_args(Outcome)
 

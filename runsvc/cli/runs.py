@@ -11,12 +11,12 @@ from typing import Any
 
 import msgspec
 
-from projections.run_view import RunView
 from runsvc.cli.connection import EXIT_OK, EXIT_RUN_FAILED, add_connection_options, remote
 from runsvc.cli.output import duration, emit_json, moment, table
 from runsvc.cli.run_files import RunFile, pairs
 from runsvc.cli.watch import closing_note, follow_run, outcome_code
 from runsvc.client import ApiError, RunsClient
+from runsvc.domain.view import RunView
 
 RAW = argparse.RawDescriptionHelpFormatter
 

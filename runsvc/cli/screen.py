@@ -15,10 +15,10 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import TextIO
 
-from projections.run_model import FINAL
-from projections.run_state import TERMINAL_PHASES
-from projections.run_view import RunView, TaskView
 from runsvc.cli.output import duration, table
+from runsvc.domain.fold import TERMINAL_PHASES
+from runsvc.domain.model import FINAL
+from runsvc.domain.view import RunView, TaskView
 
 HIDE_CURSOR, SHOW_CURSOR = "\x1b[?25l", "\x1b[?25h"
 CLEAR_LINE, CLEAR_BELOW = "\x1b[K", "\x1b[J"

@@ -9,9 +9,9 @@ from typing import Any
 
 from aiohttp import web
 
-from runsvc.http.app import create_app
-from runsvc.logs import configure_logging
-from runsvc.settings import environment_variables, load_settings
+from runsvc.app import create_app
+from runsvc.infra.logs import configure_logging
+from runsvc.infra.settings import environment_variables, load_settings
 
 EXAMPLE = """\
 example:

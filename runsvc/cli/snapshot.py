@@ -18,8 +18,8 @@ import msgspec
 
 from runsvc.cli.connection import EXIT_NOT_FOUND, EXIT_OK, EXIT_SERVER
 from runsvc.cli.local import add_local_options, run_with_database
+from runsvc.infra.settings import Settings
 from runsvc.resources import Database, open_event_store, open_object_store
-from runsvc.settings import Settings
 
 
 def register(commands: Any) -> None:
@@ -173,8 +173,8 @@ def list_dumps(args: argparse.Namespace) -> int:
 
 
 def restore(args: argparse.Namespace) -> int:
-    from eventlog.objectstore import ObjectNotFound
     from projections import snapshot
+    from runsvc.infra.objectstore import ObjectNotFound
 
     progress = _Progress("restoring")
 
@@ -216,7 +216,7 @@ def restore(args: argparse.Namespace) -> int:
 
 def _guarded(call: Any, missing: tuple[type[BaseException], ...] = ()) -> Any:
     """Run `call`; an unreachable object store is reported in one line, not a traceback."""
-    from eventlog.objectstore import ObjectStoreError
+    from runsvc.infra.objectstore import ObjectStoreError
 
     try:
         return call()

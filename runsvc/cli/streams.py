@@ -8,13 +8,13 @@ import argparse
 import sys
 from typing import Any
 
-from projections.run_state import TERMINAL_PHASES, UNSTARTED
-from projections.run_view import RunView, TaskView
-from runsvc.api import EventOut
 from runsvc.cli.connection import EXIT_OK, add_connection_options, reconnecting, remote
 from runsvc.cli.output import emit_json, moment
 from runsvc.cli.watch import LiveRun
 from runsvc.client import NotFoundError, RunsClient, follow_events
+from runsvc.domain.fold import TERMINAL_PHASES, UNSTARTED
+from runsvc.domain.view import RunView, TaskView
+from runsvc.wire.api import EventOut
 
 
 def register(commands: Any) -> None:

@@ -19,11 +19,6 @@ from typing import Any
 
 import msgspec
 
-from eventlog.events import KNOWN_TYPES, Event, RunEvent, UnknownEvent
-from projections.run_model import Run
-from projections.run_state import TERMINAL_PHASES, apply_event
-from projections.run_view import RunView, run_view
-from runsvc.api import EventOut
 from runsvc.cli.connection import (
     EXIT_OK,
     EXIT_RUN_FAILED,
@@ -35,6 +30,11 @@ from runsvc.cli.output import emit_json
 from runsvc.cli.screen import screen_for
 from runsvc.client import ApiError, RunsClient, follow_events
 from runsvc.client.base import RetryHook
+from runsvc.domain.events import KNOWN_TYPES, Event, RunEvent, UnknownEvent
+from runsvc.domain.fold import TERMINAL_PHASES, apply_event
+from runsvc.domain.model import Run
+from runsvc.domain.view import RunView, run_view
+from runsvc.wire.api import EventOut
 
 # How often a terminal view is redrawn while no event comes, so durations keep counting.
 TICK_S = 1.0

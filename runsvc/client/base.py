@@ -26,7 +26,7 @@ import msgspec
 import structlog
 from yarl import URL
 
-from runsvc.api import ErrorBody, ErrorDetail
+from runsvc.wire.api import ErrorBody, ErrorDetail
 
 T = TypeVar("T")
 

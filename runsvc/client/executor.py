@@ -1,4 +1,4 @@
-"""The executor calls of the API as typed methods (see `runsvc.executor_api`).
+"""The executor calls of the API as typed methods (see `runsvc.wire.executor`).
 
 Every report on a lease (heartbeat, log chunk, artifact, completion, release) is safe to
 repeat, so each is retried on connection failures and 5xx until the caller's `deadline`:
@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runsvc.client.base import ApiClient, ApiError, ConflictError, NotFoundError, Response
-from runsvc.executor_api import (
+from runsvc.wire.executor import (
     ARTIFACT_PATH,
     CLAIM_PATH,
     COMPLETE_PATH,

@@ -19,7 +19,6 @@ import aiohttp
 import msgspec
 import structlog
 
-from runsvc.api import EventOut
 from runsvc.client.base import (
     ApiClient,
     ApiError,
@@ -29,6 +28,7 @@ from runsvc.client.base import (
     RetryPolicy,
     error_from_response,
 )
+from runsvc.wire.api import EventOut
 
 log = structlog.get_logger("runsvc.client")
 

@@ -20,16 +20,6 @@ import aiohttp
 from yarl import URL
 
 from projections.index_queries import IndexEntry, IndexPage
-from projections.run_view import RunView
-from runsvc.api import (
-    ArtifactList,
-    EventOut,
-    EventPage,
-    Health,
-    Readiness,
-    StreamEvents,
-    Verification,
-)
 from runsvc.client.base import (
     ApiClient,
     ApiError,
@@ -39,8 +29,23 @@ from runsvc.client.base import (
     ServerError,
     error_from_response,
 )
-from runsvc.requests import ApproveRequest, CreateRunRequest, RecreateRequest, SimulationRequest
-from runsvc.simulate import SimulationResult
+from runsvc.domain.requests import (
+    ApproveRequest,
+    CreateRunRequest,
+    RecreateRequest,
+    SimulationRequest,
+)
+from runsvc.domain.simulate import SimulationResult
+from runsvc.domain.view import RunView
+from runsvc.wire.api import (
+    ArtifactList,
+    EventOut,
+    EventPage,
+    Health,
+    Readiness,
+    StreamEvents,
+    Verification,
+)
 
 RUNS = "/api/v1/runs"
 EVENTS = "/api/v1/events"

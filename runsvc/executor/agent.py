@@ -54,7 +54,7 @@ from runsvc.executor.process import (
     attempt_environment,
 )
 from runsvc.executor.shipping import LOG_INTERVAL_S, LogShipper, LogSpool, upload_artifacts
-from runsvc.executor_api import Claim, Completion
+from runsvc.wire.executor import Claim, Completion
 
 T = TypeVar("T")
 

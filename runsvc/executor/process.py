@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Self
 
-from runsvc.executor_api import WorkItem, compose_environment
+from runsvc.wire.executor import WorkItem, compose_environment
 
 # Variables of the executor's own environment that a task gets underneath its composed
 # environment. Deliberately a short list: the executor's environment holds its API token

@@ -12,13 +12,13 @@ import msgspec
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from eventlog.events import RecordedEvent
 from eventlog.filter import EventFilter
-from runsvc.api import EventPage, event_out
-from runsvc.auth import Permission
-from runsvc.errors import BadRequest, ServiceError
+from eventlog.records import RecordedEvent
+from runsvc.domain.errors import BadRequest, ServiceError
 from runsvc.http.keys import HUB, SETTINGS, STORE
 from runsvc.http.routing import Endpoint, decode_query, json_response
+from runsvc.service.auth import Permission
+from runsvc.wire.api import EventPage, event_out
 
 log = structlog.get_logger("runsvc.http")
 

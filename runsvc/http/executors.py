@@ -10,12 +10,22 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from eventlog.config import parse_duration
-from eventlog.objectstore import InvalidKey, ObjectNotFound, ObjectStoreError
-from runsvc.api import ArtifactList
-from runsvc.auth import Permission
-from runsvc.errors import BadRequest, NotFound, ServiceError
-from runsvc.executor_api import (
+from runsvc.domain.config import parse_duration
+from runsvc.domain.errors import BadRequest, NotFound, ServiceError
+from runsvc.http.keys import LEASES, LOG_LISTENER, OBJECTS, SETTINGS
+from runsvc.http.routing import Endpoint, decode_body, decode_query, json_response
+from runsvc.infra.objectstore import InvalidKey, ObjectNotFound, ObjectStoreError
+from runsvc.service.auth import Permission
+from runsvc.service.task_logs import (
+    archive,
+    artifact_prefix,
+    attempt_of,
+    check_artifact_path,
+    has_chunks,
+    read_log,
+)
+from runsvc.wire.api import ArtifactList
+from runsvc.wire.executor import (
     ARTIFACT_PATH,
     CLAIM_PATH,
     COMPLETE_PATH,
@@ -27,16 +37,6 @@ from runsvc.executor_api import (
     ClaimRequest,
     Completion,
     HeartbeatAnswer,
-)
-from runsvc.http.keys import LEASES, LOG_LISTENER, OBJECTS, SETTINGS
-from runsvc.http.routing import Endpoint, decode_body, decode_query, json_response
-from runsvc.task_logs import (
-    archive,
-    artifact_prefix,
-    attempt_of,
-    check_artifact_path,
-    has_chunks,
-    read_log,
 )
 
 log = structlog.get_logger("runsvc.http")

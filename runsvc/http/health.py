@@ -6,9 +6,9 @@ import asyncio
 
 from aiohttp import web
 
-from runsvc.api import Check, Health, Readiness
 from runsvc.http.keys import DATABASE, OBJECTS, PROJECTIONS, SETTINGS, SNAPSHOTTER, STORE
 from runsvc.http.routing import json_response
+from runsvc.wire.api import Check, Health, Readiness
 
 
 async def healthz(_request: web.Request) -> web.Response:

@@ -6,16 +6,16 @@ from aiohttp import web
 
 from eventlog.fanout import EventHub
 from eventlog.listener import ChannelListener
-from eventlog.objectstore import ObjectStore
 from eventlog.store import EventStore
 from projections.runner import ProjectionRunner
-from runsvc.auth import TokenVerifier
 from runsvc.http.view_cache import RunViewCache
-from runsvc.leases import LeaseService
+from runsvc.infra.objectstore import ObjectStore
+from runsvc.infra.settings import Settings
 from runsvc.resources import Database
-from runsvc.service import RunService
-from runsvc.settings import Settings
-from runsvc.snapshotter import Snapshotter
+from runsvc.service.auth import TokenVerifier
+from runsvc.service.leases import LeaseService
+from runsvc.service.runs import RunService
+from runsvc.service.snapshotter import Snapshotter
 
 
 class Projections(list[ProjectionRunner]):

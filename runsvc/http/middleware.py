@@ -11,11 +11,11 @@ import uuid
 import structlog
 from aiohttp import web
 
-from runsvc.api import ErrorBody, ErrorDetail
-from runsvc.errors import ServiceError
+from runsvc.domain.errors import ServiceError
 from runsvc.http.keys import SETTINGS
 from runsvc.http.metrics import METRICS
 from runsvc.http.routing import Handler, json_response
+from runsvc.wire.api import ErrorBody, ErrorDetail
 
 log = structlog.get_logger("runsvc.http")
 

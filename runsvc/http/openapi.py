@@ -10,9 +10,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from runsvc.api import ErrorBody
-from runsvc.auth import Permission
 from runsvc.http.routing import Endpoint, json_response
+from runsvc.service.auth import Permission
+from runsvc.wire.api import ErrorBody
 
 _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 _REF = "#/components/schemas/{name}"

@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
-from runsvc.auth import Permission, Principal
-from runsvc.errors import BadRequest, Forbidden, Problem
+from runsvc.domain.errors import BadRequest, Forbidden, Problem
 from runsvc.http.keys import VERIFIER
+from runsvc.service.auth import Permission, Principal
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 T = TypeVar("T")

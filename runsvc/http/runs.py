@@ -14,21 +14,26 @@ import msgspec
 from aiohttp import web
 
 from eventlog.errors import CorruptEvent, StreamNotFound
-from eventlog.events import Actor
 from projections.index_queries import IndexPage, InvalidCursor, list_runs
-from projections.run_codec import encode_run
-from projections.run_state import fold
-from projections.run_view import RunView, run_view
-from runsvc.api import StreamEvents, Verification, event_out
-from runsvc.auth import Permission
-from runsvc.errors import BadRequest, NotFound, Problem
+from runsvc.domain.codec import encode_run
+from runsvc.domain.errors import BadRequest, NotFound, Problem
+from runsvc.domain.events import Actor
+from runsvc.domain.fold import fold
+from runsvc.domain.requests import (
+    ApproveRequest,
+    CreateRunRequest,
+    RecreateRequest,
+    SimulationRequest,
+)
+from runsvc.domain.simulate import SimulationResult, simulate
+from runsvc.domain.validation import raise_problems, validate_config
+from runsvc.domain.view import RunView, run_view
 from runsvc.http.keys import SERVICE, SETTINGS, STORE, VIEWS
 from runsvc.http.middleware import REQUEST_ID
 from runsvc.http.routing import Endpoint, decode_body, decode_query, json_response, principal
-from runsvc.requests import ApproveRequest, CreateRunRequest, RecreateRequest, SimulationRequest
-from runsvc.service import Caller, stream_of
-from runsvc.simulate import SimulationResult, simulate
-from runsvc.validation import raise_problems, validate_config
+from runsvc.service.auth import Permission
+from runsvc.service.runs import Caller, stream_of
+from runsvc.wire.api import StreamEvents, Verification, event_out
 
 
 class ListQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from eventlog.events import RecordedEvent
+from eventlog.records import RecordedEvent
 from projections.index import run_id_of
 
 

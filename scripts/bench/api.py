@@ -53,12 +53,14 @@ import msgspec
 from _processes import free_port, stop_all, wait_ready
 from _report import emit, note
 
-from eventlog.events import SYSTEM, Metadata, TaskStatusChanged
 from eventlog.filter import scope_matches
-from eventlog.postgres import EmbeddedPostgres, create_pool
-from eventlog.seaweed import EmbeddedSeaweed
+from eventlog.postgres import create_pool
+from eventlog.records import Metadata
 from eventlog.store import NO_STREAM, EventStore
-from runsvc.auth import create_token
+from runsvc.domain.events import SYSTEM, TaskStatusChanged
+from runsvc.infra.postgres import EmbeddedPostgres
+from runsvc.infra.seaweed import EmbeddedSeaweed
+from runsvc.service.auth import create_token
 
 GROUPS, RUNS = 10, 100
 WARMUP_S = 1.0

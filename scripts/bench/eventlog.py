@@ -30,17 +30,12 @@ sys.path.append(str(Path(__file__).resolve().parent))
 import asyncpg
 from _report import emit, note
 
-from eventlog.events import (
-    SYSTEM,
-    Metadata,
-    TaskStatusChanged,
-    encode_event,
-    encode_metadata,
-    new_event_id,
-)
 from eventlog.hashchain import GENESIS, chain_hash
-from eventlog.postgres import EVENTLOG_MIGRATIONS, EmbeddedPostgres, create_pool, migrate
+from eventlog.postgres import EVENTLOG_MIGRATIONS, create_pool, migrate
+from eventlog.records import Metadata, encode_metadata, new_event_id
 from eventlog.store import NO_STREAM, EventStore
+from runsvc.domain.events import SYSTEM, TaskStatusChanged, encode_event
+from runsvc.infra.postgres import EmbeddedPostgres
 
 META = Metadata(actor=SYSTEM, recorded_at=datetime(2026, 1, 1, tzinfo=UTC))
 

@@ -28,9 +28,9 @@ import asyncpg
 from _processes import free_port, stop_all, wait_ready
 from _report import emit, note
 
-from eventlog.postgres import EmbeddedPostgres
-from eventlog.seaweed import EmbeddedSeaweed
-from runsvc.auth import create_token
+from runsvc.infra.postgres import EmbeddedPostgres
+from runsvc.infra.seaweed import EmbeddedSeaweed
+from runsvc.service.auth import create_token
 
 EXECUTORS, CONCURRENCY = 4, 8
 

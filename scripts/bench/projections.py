@@ -29,22 +29,23 @@ sys.path.append(str(Path(__file__).resolve().parent))
 import asyncpg
 from _report import emit, note
 
-from eventlog.config import RunConfig, TaskConfig
-from eventlog.events import (
+from eventlog.postgres import create_pool, migrate
+from eventlog.records import Metadata
+from eventlog.store import NO_STREAM, EventStore
+from projections.rebuild import rebuild_all
+from projections.registry import all_projections
+from projections.runner import ensure_tables
+from runsvc.domain.config import RunConfig, TaskConfig
+from runsvc.domain.events import (
     SYSTEM,
     Event,
-    Metadata,
     RunCreated,
     RunPhaseChanged,
     RunResultChanged,
     TaskStatusChanged,
 )
-from eventlog.postgres import EmbeddedPostgres, create_pool, migrate
-from eventlog.store import NO_STREAM, EventStore
-from projections.rebuild import rebuild_all
-from projections.registry import all_projections
-from projections.runner import ensure_tables
-from runsvc.database import MIGRATION_SETS
+from runsvc.infra.postgres import EmbeddedPostgres
+from runsvc.service.schema import MIGRATION_SETS
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 META = Metadata(actor=SYSTEM, recorded_at=T0)
@@ -151,7 +152,7 @@ async def bench(args: argparse.Namespace, root: Path) -> None:
 
 
 async def bench_dump(dsn: str, root: Path, runs: int) -> None:
-    from eventlog.seaweed import EmbeddedSeaweed
+    from runsvc.infra.seaweed import EmbeddedSeaweed
 
     seaweed = EmbeddedSeaweed(root / "s3")
     await asyncio.to_thread(seaweed.start)
@@ -197,8 +198,8 @@ def child(kind: str, dsn: str, endpoint: str) -> dict[str, float]:
 
 
 async def child_main(kind: str, dsn: str, endpoint: str) -> None:
-    from eventlog.objectstore import ObjectStore, ObjectStoreConfig
     from projections import snapshot
+    from runsvc.infra.objectstore import ObjectStore, ObjectStoreConfig
 
     # The interpreter with everything imported: what any process doing this would need.
     idle = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

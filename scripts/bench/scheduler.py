@@ -22,12 +22,12 @@ sys.path.append(str(Path(__file__).resolve().parent))
 import msgspec
 from _report import emit, note
 
-from eventlog.config import RunConfig
-from eventlog.events import Event, TaskStatusChanged
-from projections.run_model import Run
-from projections.run_state import apply_event
-from runsvc import commands
-from runsvc.requests import CreateRunRequest
+from runsvc.domain import commands
+from runsvc.domain.config import RunConfig
+from runsvc.domain.events import Event, TaskStatusChanged
+from runsvc.domain.fold import apply_event
+from runsvc.domain.model import Run
+from runsvc.domain.requests import CreateRunRequest
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from eventlog.objectstore import ObjectStore
+from runsvc.infra.objectstore import ObjectStore
 from tests.fixtures.processes import Cluster, api
 
 TERMINAL = ("finished", "cancelled", "setuperror")

@@ -1,5 +1,5 @@
 """The executor agent against an in-memory double of the executor protocol (the server's
-side of `runsvc.executor_api`, kept in this test so that the agent can be tested before and
+side of `runsvc.wire.executor`, kept in this test so that the agent can be tested before and
 apart from the real service): claiming, log streaming, artifacts, completion, stops, lost
 leases, a server outage and shutdown by signal."""
 
@@ -22,10 +22,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from runsvc.api import ErrorBody
 from runsvc.client import ApiClient, ExecutorClient, RetryPolicy
 from runsvc.executor import Agent, AgentConfig, AgentError, AttemptEnd
-from runsvc.executor_api import (
+from runsvc.wire.api import ErrorBody
+from runsvc.wire.executor import (
     LOG_OFFSET_HEADER,
     Claim,
     ClaimRequest,

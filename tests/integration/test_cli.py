@@ -25,9 +25,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from eventlog.objectstore import ObjectStore, ObjectStoreConfig
-from eventlog.seaweed import EmbeddedSeaweed
 from runsvc.cli import build_parser, main
+from runsvc.infra.objectstore import ObjectStore, ObjectStoreConfig
+from runsvc.infra.seaweed import EmbeddedSeaweed
 from tests.fixtures.postgres import TEMPLATE, dsn_for
 from tests.fixtures.processes import ROOT, Cluster
 

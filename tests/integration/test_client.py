@@ -16,9 +16,7 @@ import msgspec
 import pytest
 from aiohttp.test_utils import TestServer
 
-from eventlog.config import RunConfig, TaskConfig
-from eventlog.objectstore import ObjectStoreConfig
-from runsvc.api import ErrorBody, EventOut
+from runsvc.app import create_app
 from runsvc.client import (
     ApiClient,
     ApiError,
@@ -33,11 +31,13 @@ from runsvc.client import (
     UnauthorizedError,
     follow_events,
 )
-from runsvc.executor_api import Completion
-from runsvc.http.app import create_app
+from runsvc.domain.config import RunConfig, TaskConfig
+from runsvc.domain.requests import CreateRunRequest, SimulationRequest
 from runsvc.http.keys import HUB, PROJECTIONS
-from runsvc.requests import CreateRunRequest, SimulationRequest
-from runsvc.settings import Settings
+from runsvc.infra.objectstore import ObjectStoreConfig
+from runsvc.infra.settings import Settings
+from runsvc.wire.api import ErrorBody, EventOut
+from runsvc.wire.executor import Completion
 from tests.fixtures.service import Service, service_settings
 
 FAST = RetryPolicy(attempts=3, first_backoff_s=0.01, max_backoff_s=0.05)

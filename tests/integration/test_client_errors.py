@@ -14,7 +14,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from runsvc.api import ErrorBody, ErrorDetail
 from runsvc.client import (
     ApiClient,
     ApiError,
@@ -31,7 +30,8 @@ from runsvc.client import (
     TooLargeError,
     UnauthorizedError,
 )
-from runsvc.executor_api import Completion
+from runsvc.wire.api import ErrorBody, ErrorDetail
+from runsvc.wire.executor import Completion
 
 TOKEN = "rsv_test_token"
 FAST = RetryPolicy(attempts=3, first_backoff_s=0.01, max_backoff_s=0.02)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator
 
-from eventlog.events import RecordedEvent
 from eventlog.fanout import EventHub, _scope_prefixes
 from eventlog.filter import EventFilter
+from eventlog.records import RecordedEvent
 from eventlog.store import NO_STREAM, EventStore
 from tests.integration.test_store import META, status
 

@@ -20,7 +20,7 @@ from schemathesis import GenerationMode
 from schemathesis.errors import FailureGroup
 from schemathesis.specs.openapi import checks
 
-from eventlog.objectstore import ObjectStoreConfig
+from runsvc.infra.objectstore import ObjectStoreConfig
 from tests.fixtures.processes import Cluster
 from tests.fixtures.service import Service
 

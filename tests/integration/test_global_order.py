@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
-from eventlog.events import RecordedEvent
 from eventlog.filter import EventFilter
 from eventlog.postgres import create_pool
+from eventlog.records import RecordedEvent
 from eventlog.store import NO_STREAM, EventStore
 from tests.integration.test_store import META, status
 

@@ -12,10 +12,10 @@ from aiohttp import WSMsgType, web
 from structlog.testing import capture_logs
 
 from eventlog.store import NO_STREAM
-from runsvc.auth import Permission
 from runsvc.http.keys import HUB, STORE
 from runsvc.http.routing import Endpoint
-from runsvc.settings import Settings
+from runsvc.infra.settings import Settings
+from runsvc.service.auth import Permission
 from tests.fixtures.service import Service, start_service
 from tests.integration.test_store import META, status
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import asyncpg
 
-from eventlog.events import RecordedEvent
 from eventlog.postgres import create_pool
+from eventlog.records import RecordedEvent
 from eventlog.store import EventStore
 from projections.index import IndexProjection
 from projections.index_queries import count_runs, list_runs

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from eventlog.objectstore import (
+from runsvc.infra.objectstore import (
     InvalidKey,
     MiB,
     ObjectNotFound,

@@ -11,8 +11,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from eventlog.postgres import EmbeddedPostgres, MigrationSet, migrate
-from runsvc.database import MIGRATION_SETS
+from eventlog.postgres import MigrationSet, migrate
+from runsvc.infra.postgres import EmbeddedPostgres
+from runsvc.service.schema import MIGRATION_SETS
 from tests.fixtures.postgres import drop_database, dsn_for, server_directory
 
 

@@ -13,7 +13,7 @@ import pytest
 from projections.rebuild import RebuildProgress, rebuild_all
 from projections.registry import all_projections
 from runsvc.http.keys import PROJECTIONS, STORE
-from runsvc.settings import Settings
+from runsvc.infra.settings import Settings
 from tests.fixtures.service import Service
 from tests.integration.test_runs_api import run_tasks
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from eventlog.events import SYSTEM
-from runsvc import commands
+from runsvc.domain import commands
+from runsvc.domain.events import SYSTEM
+from runsvc.domain.requests import CreateRunRequest, RecreateRequest
 from runsvc.http.keys import OBJECTS, PROJECTIONS, SERVICE, STORE
-from runsvc.requests import CreateRunRequest, RecreateRequest
-from runsvc.retention import collect
-from runsvc.service import Caller, stream_of
+from runsvc.service.retention import collect
+from runsvc.service.runs import Caller, stream_of
 from tests.fixtures.service import Service
 from tests.unit.histories import config, task
 

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from aiohttp import WSServerHandshakeError
 
-from runsvc.auth import ROLES, Permission
-from runsvc.executor_api import CLAIM_PATH
-from runsvc.http.app import all_endpoints
+from runsvc.app import all_endpoints
 from runsvc.http.routing import Endpoint
+from runsvc.service.auth import ROLES, Permission
+from runsvc.wire.executor import CLAIM_PATH
 from tests.fixtures.service import Service
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})

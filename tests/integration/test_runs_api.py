@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from eventlog.events import SYSTEM, Actor
-from projections.run_state import fold
-from projections.run_view import run_view
-from runsvc import commands
+from runsvc.domain import commands
+from runsvc.domain.events import SYSTEM, Actor
+from runsvc.domain.fold import fold
+from runsvc.domain.view import run_view
 from runsvc.http.keys import PROJECTIONS, SERVICE, STORE
-from runsvc.service import Caller, stream_of
-from runsvc.timers import tick_due
+from runsvc.service.runs import Caller, stream_of
+from runsvc.service.timers import tick_due
 from tests.fixtures.service import Service
 
 PIPELINE: dict[str, Any] = {

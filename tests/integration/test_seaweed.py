@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from eventlog.objectstore import ObjectStore, ObjectStoreConfig, ObjectStoreUnavailable
-from eventlog.seaweed import EmbeddedSeaweed, SeaweedError, weed_binary
+from runsvc.infra.objectstore import ObjectStore, ObjectStoreConfig, ObjectStoreUnavailable
+from runsvc.infra.seaweed import EmbeddedSeaweed, SeaweedError, weed_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,7 +56,7 @@ async def test_outage_fails_fast_and_the_same_store_recovers(
 _OWNER = """
 import signal, sys, time
 from pathlib import Path
-from eventlog.seaweed import EmbeddedSeaweed
+from runsvc.infra.seaweed import EmbeddedSeaweed
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 with EmbeddedSeaweed(Path(sys.argv[1])) as server:
     print(server.endpoint, flush=True)

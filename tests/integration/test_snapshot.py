@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from eventlog.objectstore import ObjectStore, ObjectStoreUnavailable
-from eventlog.seaweed import EmbeddedSeaweed
 from eventlog.store import EventStore
 from projections import snapshot
 from projections.index import IndexProjection
 from projections.runner import ProjectionRunner
-from runsvc.snapshotter import Snapshotter
+from runsvc.infra.objectstore import ObjectStore, ObjectStoreUnavailable
+from runsvc.infra.seaweed import EmbeddedSeaweed
+from runsvc.service.snapshotter import Snapshotter
 from tests.workload import generate
 
 

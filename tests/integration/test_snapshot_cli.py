@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from eventlog.objectstore import ObjectStore, ObjectStoreConfig
 from eventlog.store import EventStore
 from projections import snapshot
+from runsvc.infra.objectstore import ObjectStore, ObjectStoreConfig
 from tests.workload import generate
 
 

@@ -16,15 +16,10 @@ from eventlog.errors import (
     StreamNotFound,
     VersionConflict,
 )
-from eventlog.events import (
-    SYSTEM,
-    Metadata,
-    TaskStatusChanged,
-    UnknownEvent,
-    new_event_id,
-)
 from eventlog.filter import EventFilter
+from eventlog.records import Metadata, new_event_id
 from eventlog.store import NO_STREAM, EventStore
+from runsvc.domain.events import SYSTEM, TaskStatusChanged, UnknownEvent
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 META = Metadata(actor=SYSTEM, recorded_at=T0, request_id="req-1")

@@ -20,9 +20,9 @@ import msgspec
 import pytest
 from aiohttp import WSMsgType
 
-from eventlog.events import RecordedEvent
+from eventlog.records import RecordedEvent
 from runsvc.http.keys import HUB, STORE
-from runsvc.settings import Settings
+from runsvc.infra.settings import Settings
 from tests.fixtures.service import Service, start_service
 
 GROUPS = ("/org/a/x", "/org/a/y", "/org/b/x")

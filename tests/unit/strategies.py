@@ -6,7 +6,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from eventlog.config import RunConfig
+from runsvc.domain.config import RunConfig
 from tests.unit.histories import config
 
 CONDITIONS = ["success", "failure", "skipped"]

@@ -7,8 +7,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from eventlog.config import RunConfig
-from runsvc.documents import Document, DocumentError
+from runsvc.cli.documents import Document, DocumentError
+from runsvc.domain.config import RunConfig
 
 CONFIG = """\
 tasks:

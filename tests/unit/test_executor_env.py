@@ -7,7 +7,7 @@ import msgspec
 import pytest
 
 from runsvc.executor.process import attempt_argv, attempt_environment
-from runsvc.executor_api import (
+from runsvc.wire.executor import (
     ARTIFACT_PATH,
     Claim,
     ClaimRequest,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from eventlog.events import RunCreated
-from runsvc import commands
-from runsvc.errors import Conflict
+from runsvc.domain import commands
+from runsvc.domain.errors import Conflict
+from runsvc.domain.events import RunCreated
 from tests.unit.histories import T0, History, config, task
 
 CONFIG = config(task("a"), task("b", "a"), task("c", "b"), task("d"))

@@ -10,12 +10,12 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventlog.config import RunConfig
-from projections.run_codec import decode_run, encode_run
-from projections.run_model import FINAL, Run
-from projections.run_state import apply_event, rebuild_indexes
-from runsvc import commands
-from runsvc.scheduler import decide
+from runsvc.domain import commands
+from runsvc.domain.codec import decode_run, encode_run
+from runsvc.domain.config import RunConfig
+from runsvc.domain.fold import apply_event, rebuild_indexes
+from runsvc.domain.model import FINAL, Run
+from runsvc.domain.scheduler import decide
 from tests.unit.histories import History
 from tests.unit.strategies import run_configs
 

@@ -6,7 +6,10 @@ from datetime import timedelta
 
 import pytest
 
-from eventlog.events import (
+from runsvc.domain import commands
+from runsvc.domain.codec import encode_run
+from runsvc.domain.errors import Conflict, NotFound
+from runsvc.domain.events import (
     RunPhaseChanged,
     RunResultChanged,
     RunStopRequested,
@@ -14,11 +17,8 @@ from eventlog.events import (
     TaskExpanded,
     TaskStatusChanged,
 )
-from projections.run_codec import encode_run
-from projections.run_view import run_view
-from runsvc import commands
-from runsvc.errors import Conflict, NotFound
-from runsvc.scheduler import decide, next_wakeup
+from runsvc.domain.scheduler import decide, next_wakeup
+from runsvc.domain.view import run_view
 from tests.unit.histories import T0, History, config, task
 
 
@@ -431,8 +431,8 @@ def test_cancel_ends_tasks_before_the_phase() -> None:
 
 def test_huge_backoff_factors_cap_instead_of_overflowing() -> None:
     """Backoff growth that would overflow a float stops at max_backoff."""
-    from eventlog.config import Retry
-    from runsvc.scheduler import backoff
+    from runsvc.domain.config import Retry
+    from runsvc.domain.scheduler import backoff
 
     policy = Retry(max_attempts=100, backoff="1s", factor=100, max_backoff="1h")
     assert backoff(policy, 99) == timedelta(hours=1)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from runsvc.requests import SimulationRequest
-from runsvc.simulate import SimulationResult, simulate
+from runsvc.domain.requests import SimulationRequest
+from runsvc.domain.simulate import SimulationResult, simulate
 from tests.unit.histories import config, task
 
 PIPELINE = config(

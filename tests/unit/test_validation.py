@@ -7,10 +7,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from eventlog.config import RunConfig
-from runsvc.errors import BadRequest
-from runsvc.requests import CreateRunRequest
-from runsvc.validation import find_cycle, validate_config, validate_create
+from runsvc.domain.config import RunConfig
+from runsvc.domain.errors import BadRequest
+from runsvc.domain.requests import CreateRunRequest
+from runsvc.domain.validation import find_cycle, validate_config, validate_create
 from tests.unit.histories import config, task
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from eventlog.events import SYSTEM, Metadata, RecordedEvent, RunPhaseChanged
+from eventlog.records import Metadata, RecordedEvent
+from runsvc.domain.events import SYSTEM, RunPhaseChanged
 from runsvc.http.view_cache import RunViewCache
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from eventlog.config import Retry, RunConfig, TaskConfig, parse_duration
-from runsvc.errors import BadRequest, Problem
-from runsvc.requests import CreateRunRequest
+from runsvc.domain.config import Retry, RunConfig, TaskConfig, parse_duration
+from runsvc.domain.errors import BadRequest, Problem
+from runsvc.domain.requests import CreateRunRequest
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 GROUP_SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")

@@ -2,7 +2,7 @@
 
 Pure: no I/O, no clock (`now` is a parameter), no randomness. It never changes the run it
 is given: it applies its own decisions under the run's undo journal (see
-projections.run_model) so that one call reaches a fixed point (a skip propagates through
+runsvc.domain.model) so that one call reaches a fixed point (a skip propagates through
 the whole DAG at once), then everything is rolled back and only the events are returned.
 Tasks are visited in a fixed order (topological, then by name; foreach children by index)
 and the derived indexes make each call cost what changed, not the size of the run.
@@ -37,8 +37,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from eventlog.config import Retry, parse_duration
-from eventlog.events import (
+from runsvc.domain.config import Retry, parse_duration
+from runsvc.domain.events import (
     Event,
     ForeachChild,
     Result,
@@ -49,9 +49,9 @@ from eventlog.events import (
     TaskStatus,
     TaskStatusChanged,
 )
-from projections.run_model import FINAL, TOP, Run, Task
-from projections.run_state import apply_event, describe_when, unmet_dependency
-from projections.run_timing import next_wakeup, run_deadline
+from runsvc.domain.fold import apply_event, describe_when, unmet_dependency
+from runsvc.domain.model import FINAL, TOP, Run, Task
+from runsvc.domain.timing import next_wakeup, run_deadline
 
 _NO_LIMIT = 1 << 62
 

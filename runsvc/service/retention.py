@@ -13,11 +13,11 @@ from datetime import datetime
 import msgspec
 import structlog
 
-from eventlog.events import SYSTEM, Event, RunOutputDeleted
-from eventlog.objectstore import ObjectStore
-from projections.run_model import Run
-from runsvc.service import Caller, RunService
-from runsvc.task_logs import artifact_prefix
+from runsvc.domain.events import SYSTEM, Event, RunOutputDeleted
+from runsvc.domain.model import Run
+from runsvc.infra.objectstore import ObjectStore
+from runsvc.service.runs import Caller, RunService
+from runsvc.service.task_logs import artifact_prefix
 
 log = structlog.get_logger("runsvc.retention")
 _TERMINAL = ["finished", "cancelled", "setuperror"]

@@ -18,7 +18,7 @@ from typing import Literal
 import asyncpg
 import msgspec
 
-from runsvc.errors import BadRequest, Unauthorized
+from runsvc.domain.errors import BadRequest, Unauthorized
 
 Role = Literal["admin", "submitter", "reader", "executor"]
 ROLES: tuple[Role, ...] = ("admin", "submitter", "reader", "executor")

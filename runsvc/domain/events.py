@@ -15,15 +15,12 @@ caller's `now`, never from a clock read while folding, so replaying a history is
 
 from __future__ import annotations
 
-import random
-import time
-import uuid
 from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
 
-from eventlog.config import RunConfig
+from runsvc.domain.config import RunConfig
 
 Phase = Literal["setuperror", "queued", "running", "finished", "cancelled"]
 Result = Literal["unknown", "success", "failed", "stopped"]
@@ -50,16 +47,6 @@ class Actor(msgspec.Struct, frozen=True):
 
 
 SYSTEM = Actor(kind="system", id="runsvc")
-
-
-class Metadata(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Facts about an append rather than about the domain; stored beside the payload."""
-
-    actor: Actor
-    recorded_at: datetime
-    correlation_id: str | None = None
-    causation_id: str | None = None
-    request_id: str | None = None
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -201,11 +188,9 @@ def type_name(event_type: type[Event]) -> str:
 
 KNOWN_TYPES: frozenset[str] = frozenset(type_name(t) for t in EVENT_TYPES)
 _TYPE_NAMES: dict[type[Event], str] = {t: type_name(t) for t in EVENT_TYPES}
-_random_bits = random.getrandbits
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(RunEvent)
-_metadata_decoder = msgspec.msgpack.Decoder(Metadata)
 
 
 def event_type_of(event: Event | UnknownEvent) -> str:
@@ -228,40 +213,3 @@ def decode_event(type_: str, data: bytes) -> Event | UnknownEvent:
         return UnknownEvent(type=type_, raw=bytes(data))
     event: Event = _decoder.decode(data)
     return event
-
-
-def encode_metadata(meta: Metadata) -> bytes:
-    return _encoder.encode(meta)
-
-
-def decode_metadata(data: bytes) -> Metadata:
-    return _metadata_decoder.decode(data)
-
-
-def new_event_id() -> uuid.UUID:
-    """A UUIDv7: time-ordered, so the unique index on event ids grows at its right edge
-    instead of taking random inserts all over the tree. The random part comes from the
-    `random` module (reseeded in every forked child), which is ample for uniqueness and
-    an order of magnitude cheaper than os.urandom on the append hot path."""
-    ms = time.time_ns() // 1_000_000
-    rand = _random_bits(74)
-    value = (ms & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76
-    value |= ((rand >> 62) & 0xFFF) << 64
-    value |= 0b10 << 62
-    value |= rand & ((1 << 62) - 1)
-    return uuid.UUID(int=value)
-
-
-class RecordedEvent(msgspec.Struct, frozen=True):
-    """An event as the log holds it: payload plus the facts the store assigned."""
-
-    position: int
-    stream: str
-    version: int
-    event_id: uuid.UUID
-    type: str
-    event: Event | UnknownEvent
-    meta: Metadata
-    hash: bytes
-    scope: str | None = None

@@ -1,6 +1,6 @@
 """The in-memory run: tasks, their states, and the indexes that make deciding cheap.
 
-`Run` is mutated only by the fold (`projections.run_state.apply`). Besides what the API
+`Run` is mutated only by the fold (`runsvc.domain.fold.apply`). Besides what the API
 shows it keeps derived indexes, each a pure function of the task states, maintained
 incrementally so that a decision costs what changed rather than the size of the run:
 
@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from eventlog.config import Dependency, RunConfig, TaskConfig, parse_duration
+from runsvc.domain.config import Dependency, RunConfig, TaskConfig, parse_duration
 
 FINAL = frozenset({"success", "failed", "skipped", "stopped", "cancelled"})
 ACTIVE = frozenset({"scheduled", "running"})

@@ -7,9 +7,9 @@ from datetime import datetime
 
 import msgspec
 
-from eventlog.config import Dependency, RunConfig
-from projections.run_model import Run, Task, task_id, topological_order
-from projections.run_state import child_spec, rebuild_indexes
+from runsvc.domain.config import Dependency, RunConfig
+from runsvc.domain.fold import child_spec, rebuild_indexes
+from runsvc.domain.model import Run, Task, task_id, topological_order
 
 
 class TaskState(msgspec.Struct, array_like=True):

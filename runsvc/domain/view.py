@@ -7,8 +7,8 @@ from datetime import datetime
 
 import msgspec
 
-from projections.run_model import FINAL, Run, Task
-from projections.run_state import unmet_dependency, when_holds
+from runsvc.domain.fold import unmet_dependency, when_holds
+from runsvc.domain.model import FINAL, Run, Task
 
 
 class DependencyView(msgspec.Struct, frozen=True):

@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
-from eventlog.events import SYSTEM
-from projections.run_timing import next_wakeup
-from runsvc.errors import ServiceError
-from runsvc.service import Caller, RunService
+from runsvc.domain.errors import ServiceError
+from runsvc.domain.events import SYSTEM
+from runsvc.domain.timing import next_wakeup
+from runsvc.service.runs import Caller, RunService
 
 log = structlog.get_logger("runsvc.timers")
 _CLAIM_FOR = "30 seconds"

@@ -22,15 +22,16 @@ import asyncpg
 import structlog
 
 from eventlog.errors import StreamNotFound, VersionConflict
-from eventlog.events import Actor, Event, Metadata
+from eventlog.records import Metadata
 from eventlog.store import NO_STREAM, EventStore
-from projections.run_codec import decode_run
-from projections.run_model import Run
-from projections.run_state import TERMINAL_PHASES, apply, apply_event
-from runsvc import commands
-from runsvc.errors import Conflict, NotFound, ServiceError
-from runsvc.requests import CreateRunRequest, RecreateRequest
-from runsvc.validation import validate_create
+from runsvc.domain import commands
+from runsvc.domain.codec import decode_run
+from runsvc.domain.errors import Conflict, NotFound, ServiceError
+from runsvc.domain.events import Actor, Event
+from runsvc.domain.fold import TERMINAL_PHASES, apply, apply_event
+from runsvc.domain.model import Run
+from runsvc.domain.requests import CreateRunRequest, RecreateRequest
+from runsvc.domain.validation import validate_create
 
 log = structlog.get_logger("runsvc.service")
 

@@ -1,5 +1,5 @@
 """Request bodies of the run commands, exactly the fields API.md names (unknown fields are
-refused). Their rules beyond shape are in `runsvc.validation`."""
+refused). Their rules beyond shape are in `runsvc.domain.validation`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Literal
 
 import msgspec
 
-from eventlog.config import RunConfig
+from runsvc.domain.config import RunConfig
 
 
 class CreateRunRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

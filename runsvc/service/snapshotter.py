@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 import asyncpg
 import structlog
 
-from eventlog.objectstore import ObjectStore, ObjectStoreError
 from projections import snapshot
 from projections.snapshot import DumpInfo
+from runsvc.infra.objectstore import ObjectStore, ObjectStoreError
 
 log = structlog.get_logger("runsvc.snapshotter")
 

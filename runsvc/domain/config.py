@@ -2,7 +2,7 @@
 
 These Structs only describe *shape*; msgspec checks types while decoding and reports the
 first type error with its JSON path. The rules that need the whole config (unknown
-dependencies, cycles, durations, name syntax, limits) live in `runsvc.validation`, which
+dependencies, cycles, durations, name syntax, limits) live in `runsvc.domain.validation`, which
 reports every problem at once. The types live here, at the bottom of the import chain,
 because `RunCreated` carries the config and every layer reads it.
 

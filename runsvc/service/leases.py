@@ -32,14 +32,14 @@ from datetime import datetime, timedelta
 import asyncpg
 import structlog
 
-from eventlog.config import parse_duration
-from eventlog.events import SYSTEM, Actor, Event
 from eventlog.listener import ChannelListener
-from projections.run_model import Run, Task
-from runsvc import commands
-from runsvc.errors import BadRequest, Conflict, NotFound
-from runsvc.executor_api import Claim, Completion, HeartbeatAnswer, WorkItem
-from runsvc.service import Caller, RunService
+from runsvc.domain import commands
+from runsvc.domain.config import parse_duration
+from runsvc.domain.errors import BadRequest, Conflict, NotFound
+from runsvc.domain.events import SYSTEM, Actor, Event
+from runsvc.domain.model import Run, Task
+from runsvc.service.runs import Caller, RunService
+from runsvc.wire.executor import Claim, Completion, HeartbeatAnswer, WorkItem
 
 log = structlog.get_logger("runsvc.leases")
 

@@ -14,13 +14,10 @@ from aiohttp import web
 
 from eventlog.fanout import EventHub
 from eventlog.listener import ChannelListener
-from eventlog.objectstore import ObjectStoreError
 from projections.registry import all_projections
-from projections.run_state_projection import READY_CHANNEL, RunStateProjection
+from projections.run_state import READY_CHANNEL, RunStateProjection
 from projections.runner import ProjectionRunner, ensure_tables, run_forever
 from projections.snapshot import restore_newest
-from runsvc.api import Health, Readiness
-from runsvc.auth import Permission, TokenVerifier, count_tokens, create_token
 from runsvc.http import events, executors, health, runs
 from runsvc.http.keys import (
     DATABASE,
@@ -42,13 +39,16 @@ from runsvc.http.middleware import body_limit, errors, request_context
 from runsvc.http.openapi import OPENAPI, build_document, openapi_handler
 from runsvc.http.routing import Endpoint, register
 from runsvc.http.view_cache import RunViewCache
-from runsvc.leases import LeaseService
+from runsvc.infra.objectstore import ObjectStoreError
+from runsvc.infra.settings import Settings
 from runsvc.resources import open_database, open_event_store, open_object_store
-from runsvc.service import RunService
-from runsvc.settings import Settings
-from runsvc.snapshotter import Snapshotter
-from runsvc.task_logs import archive_pending
-from runsvc.timers import timer_loop
+from runsvc.service.auth import Permission, TokenVerifier, count_tokens, create_token
+from runsvc.service.leases import LeaseService
+from runsvc.service.runs import RunService
+from runsvc.service.snapshotter import Snapshotter
+from runsvc.service.task_logs import archive_pending
+from runsvc.service.timers import timer_loop
+from runsvc.wire.api import Health, Readiness
 
 log = structlog.get_logger("runsvc")
 

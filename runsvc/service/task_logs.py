@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import structlog
 
-from eventlog.objectstore import ObjectNotFound, ObjectStore, ObjectStoreError
-from runsvc.errors import BadRequest, NotFound
+from runsvc.domain.errors import BadRequest, NotFound
+from runsvc.infra.objectstore import ObjectNotFound, ObjectStore, ObjectStoreError
 
 log = structlog.get_logger("runsvc.logs")
 

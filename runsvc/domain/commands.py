@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from eventlog.config import RunConfig
-from eventlog.events import (
+from runsvc.domain.config import RunConfig
+from runsvc.domain.errors import Conflict, NotFound
+from runsvc.domain.events import (
     CarriedTask,
     Event,
     RunCreated,
@@ -20,11 +21,10 @@ from eventlog.events import (
     TaskApproved,
     TaskStatusChanged,
 )
-from projections.run_model import FINAL, Run, Task
-from projections.run_state import apply_event
-from runsvc.errors import Conflict, NotFound
-from runsvc.requests import CreateRunRequest
-from runsvc.scheduler import attempt_outcome, emit, plan
+from runsvc.domain.fold import apply_event
+from runsvc.domain.model import FINAL, Run, Task
+from runsvc.domain.requests import CreateRunRequest
+from runsvc.domain.scheduler import attempt_outcome, emit, plan
 
 
 def _then_plan(run: Run, now: datetime, first: Iterable[Event]) -> list[Event]:

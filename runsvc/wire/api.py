@@ -1,4 +1,4 @@
-"""Types of the HTTP API that are not the run itself (which is `projections.run_state`'s
+"""Types of the HTTP API that are not the run itself (which is `runsvc.domain.fold`'s
 view): errors, events, pages. The server encodes these and the client decodes them, so both
 sides share one definition."""
 
@@ -9,8 +9,9 @@ from typing import Any
 
 import msgspec
 
-from eventlog.events import RecordedEvent, UnknownEvent
-from eventlog.objectstore import ObjectInfo
+from eventlog.records import RecordedEvent
+from runsvc.domain.events import UnknownEvent
+from runsvc.infra.objectstore import ObjectInfo
 
 
 class ErrorDetail(msgspec.Struct, frozen=True):

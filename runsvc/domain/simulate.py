@@ -15,11 +15,11 @@ from typing import Literal
 
 import msgspec
 
-from eventlog.events import Event, TaskStatusChanged
-from projections.run_model import Run, Task
-from projections.run_state import apply_event
-from runsvc import commands
-from runsvc.requests import CreateRunRequest, SimulationRequest
+from runsvc.domain import commands
+from runsvc.domain.events import Event, TaskStatusChanged
+from runsvc.domain.fold import apply_event
+from runsvc.domain.model import Run, Task
+from runsvc.domain.requests import CreateRunRequest, SimulationRequest
 
 SimulatedStatus = Literal["would_run", "skipped", "requires_approval", "blocked"]
 

@@ -12,7 +12,7 @@ The data directory holds the server's data, its output (`weed.log`, the previous
 and its S3 port. By it a later start stops a server that a crashed owner left running, or,
 when the owner still runs (`runsvc serve`), attaches to that server instead of starting a
 second one on the same data (operator commands such as `runsvc snapshot create`). This
-module only manages the process; `eventlog.objectstore` is the S3 client.
+module only manages the process; `runsvc.infra.objectstore` is the S3 client.
 """
 
 from __future__ import annotations

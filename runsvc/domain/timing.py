@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from eventlog.config import parse_duration
-from projections.run_model import Run
+from runsvc.domain.config import parse_duration
+from runsvc.domain.model import Run
 
 
 def run_deadline(run: Run) -> datetime | None:

