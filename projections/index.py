@@ -18,14 +18,16 @@ import asyncpg
 
 from eventlog.filter import EventFilter
 from eventlog.records import RecordedEvent
-from runsvc.domain.events import RunCreated, RunPhaseChanged, RunResultChanged, type_name
+from runsvc.domain.events import (
+    RUN_STREAM_PREFIX,
+    RunCreated,
+    RunPhaseChanged,
+    RunResultChanged,
+    run_id_of,
+    type_name,
+)
 
-RUN_STREAM_PREFIX = "run-"
 _DDL = (Path(__file__).parent / "sql" / "index.sql").read_text()
-
-
-def run_id_of(stream: str) -> str:
-    return stream[len(RUN_STREAM_PREFIX) :]
 
 
 @dataclass

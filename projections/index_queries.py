@@ -136,4 +136,37 @@ async def count_runs(
     return [GroupCount(phase=r[0], result=r[1], runs=r[2]) for r in rows]
 
 
+_ENDED = ["finished", "cancelled", "setuperror"]
+
+
+async def ended_before(pool: asyncpg.Pool, cutoff: datetime) -> list[str]:
+    """Runs that ended before `cutoff`, oldest end first."""
+    rows = await pool.fetch(
+        "SELECT run_id FROM runs_index WHERE phase = ANY($1::text[]) AND finished_at < $2 "
+        "ORDER BY finished_at",
+        _ENDED,
+        cutoff,
+    )
+    return [row["run_id"] for row in rows]
+
+
+async def carried_into_younger_runs(
+    pool: asyncpg.Pool, task_ids: list[str], run_id: str, cutoff: datetime
+) -> set[str]:
+    """Which of `run_id`'s tasks a recreation carried into another run that has not ended
+    before `cutoff` (their output is that run's too)."""
+    rows = await pool.fetch(
+        """
+        SELECT c.task_id FROM carried_tasks c JOIN runs_index r ON r.run_id = c.run_id
+        WHERE c.task_id = ANY($1::text[]) AND c.run_id <> $2
+          AND NOT (r.phase = ANY($3::text[]) AND r.finished_at < $4)
+        """,
+        task_ids,
+        run_id,
+        _ENDED,
+        cutoff,
+    )
+    return {row["task_id"] for row in rows}
+
+
 __all__ = ["IndexEntry", "IndexPage", "IndexRow", "count_runs", "list_runs"]

@@ -21,10 +21,9 @@ import structlog
 
 from eventlog.filter import EventFilter
 from eventlog.records import RecordedEvent
-from projections.index import RUN_STREAM_PREFIX, run_id_of
 from runsvc.domain.codec import decode_run, encode_run
-from runsvc.domain.events import RunCreated, TaskStatusChanged
-from runsvc.domain.fold import apply
+from runsvc.domain.events import RUN_STREAM_PREFIX, RunCreated, TaskStatusChanged, run_id_of
+from runsvc.domain.fold import TERMINAL_PHASES, apply
 from runsvc.domain.model import Run
 from runsvc.domain.timing import next_wakeup
 from runsvc.domain.view import run_view
@@ -37,7 +36,7 @@ _json = msgspec.json.Encoder()
 
 class RunStateProjection:
     name = "run_state"
-    version = 3
+    version = 4
     tables: tuple[str, ...] = ("run_state", "ready_tasks", "run_timers", "carried_tasks")
     per_stream = True
     filter: EventFilter | None = EventFilter(stream_prefix=RUN_STREAM_PREFIX)
@@ -172,8 +171,7 @@ class RunStateProjection:
                             $6::text[], $7::bigint[]) AS t(id, run, task, attempt, nb, labels, pos)
                 ON CONFLICT (task_id) DO UPDATE SET
                     attempt = excluded.attempt, not_before = excluded.not_before,
-                    runs_on = excluded.runs_on, position = excluded.position,
-                    reserved_until = NULL
+                    runs_on = excluded.runs_on, position = excluded.position
                 """,
                 *[list(column) for column in zip(*rows, strict=True)],
             )
@@ -190,8 +188,50 @@ class RunStateProjection:
                 """
                 INSERT INTO run_timers (run_id, due_at)
                 SELECT * FROM unnest($1::text[], $2::timestamptz[])
-                ON CONFLICT (run_id) DO UPDATE SET due_at = excluded.due_at, claimed_until = NULL
+                ON CONFLICT (run_id) DO UPDATE SET due_at = excluded.due_at
                 """,
                 [run_id for run_id, _ in timed],
                 [at for _, at in timed],
             )
+
+
+# --- reads of the run_state table, for the command side and the API -----------------------
+
+
+class StoredView(msgspec.Struct, frozen=True):
+    """A run's view as the projection last wrote it (JSON, as the API answers it)."""
+
+    view: bytes
+    phase: str
+    concurrency_key: str | None
+
+
+async def stored_view(pool: asyncpg.Pool, run_id: str) -> StoredView | None:
+    row = await pool.fetchrow(
+        "SELECT view, phase, concurrency_key FROM run_state WHERE run_id = $1", run_id
+    )
+    if row is None:
+        return None
+    return StoredView(bytes(row["view"]), row["phase"], row["concurrency_key"])
+
+
+async def stored_state(pool: asyncpg.Pool, run_id: str) -> tuple[int, bytes] | None:
+    """The stream version the stored state was folded to, and that state (encoded)."""
+    row = await pool.fetchrow("SELECT version, state FROM run_state WHERE run_id = $1", run_id)
+    return None if row is None else (row["version"], bytes(row["state"]))
+
+
+async def stored_run(pool: asyncpg.Pool, run_id: str) -> Run | None:
+    """The run as the projection last folded it; the caller reads the events after it."""
+    state = await pool.fetchval("SELECT state FROM run_state WHERE run_id = $1", run_id)
+    return decode_run(bytes(state)) if state is not None else None
+
+
+async def ended_runs(pool: asyncpg.Pool, run_ids: Sequence[str]) -> set[str]:
+    """Which of `run_ids` have ended, as far as the projection has folded."""
+    rows = await pool.fetch(
+        "SELECT run_id FROM run_state WHERE run_id = ANY($1::text[]) AND phase = ANY($2::text[])",
+        list(run_ids),
+        sorted(TERMINAL_PHASES),
+    )
+    return {row["run_id"] for row in rows}

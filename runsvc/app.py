@@ -46,7 +46,7 @@ from runsvc.service.auth import Permission, TokenVerifier, count_tokens, create_
 from runsvc.service.leases import LeaseService
 from runsvc.service.runs import RunService
 from runsvc.service.snapshotter import Snapshotter
-from runsvc.service.task_logs import archive_pending
+from runsvc.service.task_logs import LOG_CHANNEL, archive_pending
 from runsvc.service.timers import timer_loop
 from runsvc.wire.api import Health, Readiness
 
@@ -106,7 +106,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     database = app[DATABASE]
     service = RunService(app[STORE], max_tasks=settings.max_tasks)
     ready = ChannelListener(database.dsn, READY_CHANNEL)
-    logs = ChannelListener(database.dsn, "runsvc_logs")
+    logs = ChannelListener(database.dsn, LOG_CHANNEL)
     await ready.start()
     await logs.start()
     leases = LeaseService(
@@ -121,9 +121,12 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     objects = app[OBJECTS]
     jobs = [
         (1, leases.expire),
+        (10, leases.forget_settled),
         (5, lambda: archive_pending(database.pool, objects)),
     ]
-    timers = asyncio.create_task(timer_loop(service, jobs=jobs), name="timers")
+    timers = asyncio.create_task(
+        timer_loop(service, jobs=jobs, interval=settings.timer_interval_s), name="timers"
+    )
     yield
     timers.cancel()
     await asyncio.gather(timers, return_exceptions=True)

@@ -12,6 +12,8 @@ CREATE TABLE run_state (
 
 -- The claim queue: attempts that are scheduled, with the labels an executor needs and the
 -- time before which they may not start. Derived from the log; a claim re-checks the run.
+-- Claims in progress are the command side's (`claim_reservations`), not columns here: a
+-- rebuild replaces this table.
 CREATE TABLE ready_tasks (
     task_id    text        PRIMARY KEY,
     run_id     text        NOT NULL,
@@ -19,19 +21,15 @@ CREATE TABLE ready_tasks (
     attempt    integer     NOT NULL,
     not_before timestamptz,
     runs_on    jsonb       NOT NULL,
-    position   bigint      NOT NULL,
-    -- Set by a claim while it starts the attempt, so other claims pass over it.
-    reserved_until timestamptz
+    position   bigint      NOT NULL
 );
 CREATE INDEX ready_tasks_order ON ready_tasks (position);
 
--- When a run next needs the scheduler without any new event (task and run timeouts). Any
--- service process claims due rows with FOR UPDATE SKIP LOCKED; `claimed_until` keeps two
--- processes from ticking one run at once.
+-- When a run next needs the scheduler without any new event (task and run timeouts).
+-- Which process ticks a due run is the command side's (`timer_claims`).
 CREATE TABLE run_timers (
-    run_id        text        PRIMARY KEY,
-    due_at        timestamptz NOT NULL,
-    claimed_until timestamptz
+    run_id text        PRIMARY KEY,
+    due_at timestamptz NOT NULL
 );
 CREATE INDEX run_timers_due ON run_timers (due_at);
 

@@ -221,6 +221,27 @@ def rerun_closure(run: Run, chosen: Iterable[str]) -> set[str]:
     return {name for name in found if run.tasks[name].parent is None}
 
 
+def recreation(old: Run, environment: dict[str, str] | None) -> CreateRunRequest:
+    """What recreating `old` asks for: its config, keys, annotations and static environment,
+    with its environment or a replacement. Only a run that has ended can be recreated."""
+    if old.phase not in ("finished", "cancelled", "setuperror"):
+        raise Conflict(f"run {old.id} is {old.phase}; recreate a run once it has ended")
+    return CreateRunRequest(
+        group=old.group,
+        name=old.name,
+        config=RunConfig(
+            tasks=old.config.tasks,
+            max_parallel=old.config.max_parallel,
+            timeout=old.config.timeout,
+            retry=old.config.retry,
+        ),
+        concurrency_key=old.concurrency_key,
+        annotations=old.annotations,
+        static_environment=old.static_environment,
+        environment=old.environment if environment is None else environment,
+    )
+
+
 def recreate(
     old: Run,
     *,
@@ -236,8 +257,7 @@ def recreate(
     tasks, each with what depends on them. Succeeded tasks not re-run are carried over
     with their ids and results (so their logs and artifacts are reused). The static
     environment is kept; the environment may be replaced."""
-    if old.phase not in ("finished", "cancelled", "setuperror"):
-        raise Conflict(f"run {old.id} is {old.phase}; recreate a run once it has ended")
+    request = recreation(old, environment)
     top = [t for t in old.tasks.values() if t.parent is None]
     if tasks:
         unknown = [name for name in tasks if name not in old.tasks or old.tasks[name].parent]
@@ -260,20 +280,6 @@ def recreate(
         for t in top
         if t.status == "success" and t.name not in rerun
     }
-    request = CreateRunRequest(
-        group=old.group,
-        name=old.name,
-        config=RunConfig(
-            tasks=old.config.tasks,
-            max_parallel=old.config.max_parallel,
-            timeout=old.config.timeout,
-            retry=old.config.retry,
-        ),
-        concurrency_key=old.concurrency_key,
-        annotations=old.annotations,
-        static_environment=old.static_environment,
-        environment=old.environment if environment is None else environment,
-    )
     return create_run(
         request,
         run_id=run_id,

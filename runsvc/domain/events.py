@@ -71,6 +71,19 @@ class UnknownEvent(msgspec.Struct, frozen=True):
 # --- run events -------------------------------------------------------------------------
 
 
+RUN_STREAM_PREFIX = "run-"
+"""Every event of a run goes to one stream, `run-<run id>`; the run's version is that
+stream's version."""
+
+
+def stream_of(run_id: str) -> str:
+    return f"{RUN_STREAM_PREFIX}{run_id}"
+
+
+def run_id_of(stream: str) -> str:
+    return stream[len(RUN_STREAM_PREFIX) :]
+
+
 class CarriedTask(msgspec.Struct, frozen=True, omit_defaults=True):
     """A task that succeeded in the run a recreation came from, kept with its id and result
     so its logs and artifacts are reused instead of running it again."""

@@ -15,6 +15,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from eventlog.filter import EventFilter
 from eventlog.records import RecordedEvent
 from runsvc.domain.errors import BadRequest, ServiceError
+from runsvc.domain.events import stream_of
 from runsvc.http.keys import HUB, SETTINGS, STORE
 from runsvc.http.routing import Endpoint, decode_query, json_response
 from runsvc.service.auth import Permission
@@ -62,7 +63,7 @@ def event_filter(run: str | None, group: str | None, types: str | None) -> Event
         raise BadRequest("group must be an absolute path such as /org/project")
     type_set = frozenset(t for t in (types or "").split(",") if t) or None
     return EventFilter(
-        streams=frozenset({f"run-{run}"}) if run else None,
+        streams=frozenset({stream_of(run)}) if run else None,
         scope=group,
         types=type_set,
     )

@@ -15,9 +15,10 @@ from aiohttp import web
 
 from eventlog.errors import CorruptEvent, StreamNotFound
 from projections.index_queries import IndexPage, InvalidCursor, list_runs
+from projections.run_state import stored_state, stored_view
 from runsvc.domain.codec import encode_run
 from runsvc.domain.errors import BadRequest, NotFound, Problem
-from runsvc.domain.events import Actor
+from runsvc.domain.events import Actor, stream_of
 from runsvc.domain.fold import fold
 from runsvc.domain.requests import (
     ApproveRequest,
@@ -32,7 +33,7 @@ from runsvc.http.keys import SERVICE, SETTINGS, STORE, VIEWS
 from runsvc.http.middleware import REQUEST_ID
 from runsvc.http.routing import Endpoint, decode_body, decode_query, json_response, principal
 from runsvc.service.auth import Permission
-from runsvc.service.runs import Caller, stream_of
+from runsvc.service.writer import Caller
 from runsvc.wire.api import StreamEvents, Verification, event_out
 
 
@@ -82,14 +83,11 @@ async def get_run(request: web.Request) -> web.Response:
     if cached is not None:
         return web.Response(body=cached, content_type="application/json")
     generation = views.generation
-    row = await request.app[SERVICE].pool.fetchrow(
-        "SELECT view, phase, concurrency_key FROM run_state WHERE run_id = $1", run_id
-    )
+    stored = await stored_view(request.app[SERVICE].pool, run_id)
     # A queued run's place in its queue moves without events of its own: never cached.
-    if row is not None and not (row["phase"] == "queued" and row["concurrency_key"]):
-        view = bytes(row["view"])
-        views.put(run_id, view, generation)
-        return web.Response(body=view, content_type="application/json")
+    if stored is not None and not (stored.phase == "queued" and stored.concurrency_key):
+        views.put(run_id, stored.view, generation)
+        return web.Response(body=stored.view, content_type="application/json")
     run = await request.app[SERVICE].load(run_id)
     return json_response(await _with_queue_position(request, run_view(run)))
 
@@ -189,19 +187,18 @@ async def verify_run(request: web.Request) -> web.Response:
     except CorruptEvent as exc:
         problems.append(str(exc))
         return json_response(Verification(ok=False, events=report.events, problems=problems))
-    row = await request.app[SERVICE].pool.fetchrow(
-        "SELECT version, state FROM run_state WHERE run_id = $1", run_id
-    )
-    if row is not None:
-        if row["version"] > len(events):
+    stored = await stored_state(request.app[SERVICE].pool, run_id)
+    if stored is not None:
+        version, state = stored
+        if version > len(events):
             problems.append(
-                f"the stored state is at version {row['version']} but the stream has only "
+                f"the stored state is at version {version} but the stream has only "
                 f"{len(events)} events: events were removed"
             )
         else:
-            folded = fold(events[: row["version"]])
+            folded = fold(events[:version])
             assert folded is not None
-            if encode_run(folded) != bytes(row["state"]):
+            if encode_run(folded) != state:
                 problems.append("folding the events does not reproduce the stored state")
     return json_response(Verification(ok=not problems, events=report.events, problems=problems))
 

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from eventlog.records import RecordedEvent
-from projections.index import run_id_of
+from runsvc.domain.events import run_id_of
 
 
 class RunViewCache:

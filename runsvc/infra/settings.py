@@ -39,6 +39,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     lease_ttl_s: float = 30.0
     heartbeat_interval_s: float = 10.0
     max_claim_wait_s: float = 60.0
+    # How often a process looks for due timers (timeouts) and runs its housekeeping.
+    timer_interval_s: float = 1.0
     shutdown_grace_s: float = 10.0
 
     @property
@@ -77,6 +79,7 @@ _ENV: dict[str, str] = {
     "lease_ttl_s": "RUNSVC_LEASE_TTL_S",
     "heartbeat_interval_s": "RUNSVC_HEARTBEAT_INTERVAL_S",
     "max_claim_wait_s": "RUNSVC_MAX_CLAIM_WAIT_S",
+    "timer_interval_s": "RUNSVC_TIMER_INTERVAL_S",
 }
 
 

@@ -38,7 +38,9 @@ from runsvc.domain.config import parse_duration
 from runsvc.domain.errors import BadRequest, Conflict, NotFound
 from runsvc.domain.events import SYSTEM, Actor, Event
 from runsvc.domain.model import Run, Task
-from runsvc.service.runs import Caller, RunService
+from runsvc.service.runs import RunService
+from runsvc.service.task_logs import append_chunk
+from runsvc.service.writer import Caller
 from runsvc.wire.executor import Claim, Completion, HeartbeatAnswer, WorkItem
 
 log = structlog.get_logger("runsvc.leases")
@@ -129,29 +131,65 @@ class LeaseService:
     async def _until_next_start(self, labels: dict[str, str]) -> float:
         seconds = await self.pool.fetchval(
             """
-            SELECT extract(epoch FROM min(greatest(not_before, reserved_until)) - now())
-            FROM ready_tasks
-            WHERE greatest(not_before, reserved_until) > now() AND runs_on <@ $1::jsonb
+            SELECT extract(epoch FROM min(greatest(r.not_before, v.reserved_until)) - now())
+            FROM ready_tasks r
+            LEFT JOIN claim_reservations v ON v.task_id = r.task_id AND v.attempt = r.attempt
+            WHERE greatest(r.not_before, v.reserved_until) > now()
+              AND (v.reserved_until IS NULL OR isfinite(v.reserved_until))
+              AND r.runs_on <@ $1::jsonb
             """,
             json.dumps(labels),
         )
         return max(0.05, float(seconds)) if seconds is not None else 60.0
 
     async def _reserve(self, labels: dict[str, str]) -> asyncpg.Record | None:
+        """The first claimable queue entry for these labels, reserved for 30 s; `won` is
+        false when a concurrent claim reserved it first (then try again)."""
         return await self.pool.fetchrow(
             """
-            UPDATE ready_tasks SET reserved_until = now() + interval '30 seconds'
-            WHERE task_id = (
-                SELECT task_id FROM ready_tasks
-                WHERE (not_before IS NULL OR not_before <= now())
-                  AND (reserved_until IS NULL OR reserved_until <= now())
-                  AND runs_on <@ $1::jsonb
-                ORDER BY position LIMIT 1
-                FOR UPDATE SKIP LOCKED
+            WITH candidate AS (
+                SELECT r.task_id, r.run_id, r.task, r.attempt FROM ready_tasks r
+                WHERE (r.not_before IS NULL OR r.not_before <= now())
+                  AND r.runs_on <@ $1::jsonb
+                  AND NOT EXISTS (
+                      SELECT 1 FROM claim_reservations v
+                      WHERE v.task_id = r.task_id AND v.attempt = r.attempt
+                        AND v.reserved_until > now()
+                  )
+                ORDER BY r.position LIMIT 1
+                FOR UPDATE OF r SKIP LOCKED
+            ), reserved AS (
+                INSERT INTO claim_reservations AS v (task_id, attempt, reserved_until)
+                SELECT task_id, attempt, now() + interval '30 seconds' FROM candidate
+                ON CONFLICT (task_id, attempt) DO UPDATE
+                    SET reserved_until = excluded.reserved_until
+                    WHERE v.reserved_until <= now()
+                RETURNING task_id
             )
-            RETURNING task_id, run_id, task, attempt
+            SELECT c.task_id, c.run_id, c.task, c.attempt, r.task_id IS NOT NULL AS won
+            FROM candidate c LEFT JOIN reserved r ON r.task_id = c.task_id
             """,
             json.dumps(labels),
+        )
+
+    async def _settle(self, task_id: str, attempt: int) -> None:
+        """The attempt started (or its entry is stale): never hand it out again. The
+        projection drops the queue entry once it folds the start."""
+        await self.pool.execute(
+            "UPDATE claim_reservations SET reserved_until = 'infinity' "
+            "WHERE task_id = $1 AND attempt = $2",
+            task_id,
+            attempt,
+        )
+
+    async def forget_settled(self) -> None:
+        """Drop reservations whose queue entry is gone (the timer loop calls this)."""
+        await self.pool.execute(
+            """
+            DELETE FROM claim_reservations v WHERE NOT EXISTS (
+                SELECT 1 FROM ready_tasks r WHERE r.task_id = v.task_id AND r.attempt = v.attempt
+            )
+            """
         )
 
     async def _try_claim(self, executor: str, labels: dict[str, str]) -> Claim | None:
@@ -159,6 +197,8 @@ class LeaseService:
             entry = await self._reserve(labels)
             if entry is None:
                 return None
+            if not entry["won"]:
+                continue
             lease = secrets.token_urlsafe(18)
             now = self.runs.clock()
             expires = now + self.lease_ttl
@@ -188,17 +228,9 @@ class LeaseService:
             except (Conflict, NotFound):
                 # Stale: the run moved on since the queue was written. Drop both.
                 await self.pool.execute("DELETE FROM leases WHERE lease_id = $1", lease)
-                await self.pool.execute(
-                    "DELETE FROM ready_tasks WHERE task_id = $1 AND attempt = $2",
-                    entry["task_id"],
-                    entry["attempt"],
-                )
+                await self._settle(entry["task_id"], entry["attempt"])
                 continue
-            await self.pool.execute(
-                "DELETE FROM ready_tasks WHERE task_id = $1 AND attempt = $2",
-                entry["task_id"],
-                entry["attempt"],
-            )
+            await self._settle(entry["task_id"], entry["attempt"])
             return Claim(
                 lease=lease,
                 lease_expires_at=expires,
@@ -269,13 +301,7 @@ class LeaseService:
             fresh = data[row.log_bytes - offset :]
             if not fresh:
                 return
-            await connection.execute(
-                'INSERT INTO log_chunks (task_id, attempt, "offset", data) VALUES ($1, $2, $3, $4)',
-                row.task_id,
-                row.attempt,
-                row.log_bytes,
-                fresh,
-            )
+            await append_chunk(connection, row.task_id, row.attempt, row.log_bytes, fresh)
             await connection.execute(
                 "UPDATE leases SET log_bytes = log_bytes + $2, last_output_at = $3 "
                 "WHERE lease_id = $1",
@@ -283,7 +309,6 @@ class LeaseService:
                 len(fresh),
                 self.runs.clock(),
             )
-            await connection.execute("SELECT pg_notify('runsvc_logs', $1)", row.task_id)
 
     async def lease_for_upload(self, lease: str) -> LeaseRow:
         return await self._current(lease)

@@ -1,6 +1,8 @@
 """Retention: delete the logs and artifacts of runs that ended before a cutoff, and record
 that in each run's history. Runs and their events stay.
 
+This module holds the SQL of `output_deleted`.
+
 A task carried into a newer run by a recreation shares its id, and so its output, with
 that run; such a task's output is kept while any run using it is younger than the cutoff.
 """
@@ -13,14 +15,15 @@ from datetime import datetime
 import msgspec
 import structlog
 
+from projections.index_queries import carried_into_younger_runs, ended_before
 from runsvc.domain.events import SYSTEM, Event, RunOutputDeleted
 from runsvc.domain.model import Run
 from runsvc.infra.objectstore import ObjectStore
-from runsvc.service.runs import Caller, RunService
-from runsvc.service.task_logs import artifact_prefix
+from runsvc.service.runs import RunService
+from runsvc.service.task_logs import artifact_prefix, drop_chunks
+from runsvc.service.writer import Caller
 
 log = structlog.get_logger("runsvc.retention")
-_TERMINAL = ["finished", "cancelled", "setuperror"]
 
 
 class Collected(msgspec.Struct, frozen=True):
@@ -37,19 +40,14 @@ async def collect(
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Collected]:
     """Delete the output of every run that ended before `older_than` and still has it."""
-    candidates = [
+    ended = await ended_before(runs.pool, older_than)
+    deleted = {
         row["run_id"]
         for row in await runs.pool.fetch(
-            """
-            SELECT r.run_id FROM runs_index r
-            WHERE r.phase = ANY($1::text[]) AND r.finished_at < $2
-              AND NOT EXISTS (SELECT 1 FROM output_deleted d WHERE d.run_id = r.run_id)
-            ORDER BY r.finished_at
-            """,
-            _TERMINAL,
-            older_than,
+            "SELECT run_id FROM output_deleted WHERE run_id = ANY($1::text[])", ended
         )
-    ]
+    }
+    candidates = [run_id for run_id in ended if run_id not in deleted]
     done: list[Collected] = []
     for index, run_id in enumerate(candidates, start=1):
         done.append(await _collect_run(runs, objects, run_id, older_than))
@@ -63,30 +61,14 @@ async def _collect_run(
 ) -> Collected:
     run = await runs.load(run_id)
     task_ids = sorted({task.id for task in run.tasks.values()})
-    protected = {
-        row["task_id"]
-        for row in await runs.pool.fetch(
-            """
-            SELECT c.task_id FROM carried_tasks c JOIN runs_index r ON r.run_id = c.run_id
-            WHERE c.task_id = ANY($1::text[]) AND c.run_id <> $2
-              AND NOT (r.phase = ANY($3::text[]) AND r.finished_at < $4)
-            """,
-            task_ids,
-            run_id,
-            _TERMINAL,
-            older_than,
-        )
-    }
+    protected = await carried_into_younger_runs(runs.pool, task_ids, run_id, older_than)
     logs = artifacts = 0
     for task_id in task_ids:
         if task_id in protected:
             continue
         logs += await objects.delete_prefix(f"logs/{task_id}/")
         artifacts += await objects.delete_prefix(artifact_prefix(task_id))
-    await runs.pool.execute(
-        "DELETE FROM log_chunks WHERE task_id = ANY($1::text[])",
-        [t for t in task_ids if t not in protected],
-    )
+    await drop_chunks(runs.pool, [t for t in task_ids if t not in protected])
 
     def record(current: Run, now: datetime) -> list[Event]:
         if current.output_deleted_at is not None:

@@ -15,6 +15,29 @@ from runsvc.infra.objectstore import ObjectNotFound, ObjectStore, ObjectStoreErr
 
 log = structlog.get_logger("runsvc.logs")
 
+LOG_CHANNEL = "runsvc_logs"
+"""Notified with the task id whenever output of a running attempt is stored, so readers
+following the log wake at once."""
+
+
+async def drop_chunks(pool: asyncpg.Pool, task_ids: list[str]) -> None:
+    """Forget the stored output of these tasks' attempts (retention deleted their logs)."""
+    await pool.execute("DELETE FROM log_chunks WHERE task_id = ANY($1::text[])", task_ids)
+
+
+async def append_chunk(
+    connection: asyncpg.Connection, task_id: str, attempt: int, offset: int, data: bytes
+) -> None:
+    """Store output of a running attempt at byte `offset`; readers are woken on commit."""
+    await connection.execute(
+        'INSERT INTO log_chunks (task_id, attempt, "offset", data) VALUES ($1, $2, $3, $4)',
+        task_id,
+        attempt,
+        offset,
+        data,
+    )
+    await connection.execute("SELECT pg_notify($1, $2)", LOG_CHANNEL, task_id)
+
 
 def log_key(task_id: str, attempt: int) -> str:
     return f"logs/{task_id}/{attempt}.log"

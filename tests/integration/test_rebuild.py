@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -12,14 +14,16 @@ import pytest
 
 from projections.rebuild import RebuildProgress, rebuild_all
 from projections.registry import all_projections
-from runsvc.http.keys import PROJECTIONS, STORE
+from runsvc.domain import commands
+from runsvc.domain.events import SYSTEM
+from runsvc.http.keys import LEASES, PROJECTIONS, SERVICE, STORE
+from runsvc.infra.objectstore import ObjectStoreConfig
 from runsvc.infra.settings import Settings
-from tests.fixtures.service import Service
-from tests.integration.test_runs_api import run_tasks
-
-# Columns a live process may change without an event (a claim's reservation, a timer
-# loop's claim); a rebuild starts them empty.
-VOLATILE = {"ready_tasks": "reserved_until", "run_timers": "claimed_until"}
+from runsvc.service.timers import claim_due
+from runsvc.service.writer import Caller
+from runsvc.wire.executor import Completion
+from tests.fixtures.service import Service, service_settings, start_service
+from tests.integration.test_runs_api import caught_up, create, run_tasks
 
 CONFIG: dict[str, Any] = {
     "timeout": "1h",
@@ -38,10 +42,7 @@ async def table_rows(pool: asyncpg.Pool) -> dict[str, list[tuple[object, ...]]]:
     for projection in all_projections():
         for table in projection.tables:
             records = await pool.fetch(f"SELECT * FROM {table} ORDER BY 1")
-            volatile = VOLATILE.get(table)
-            rows[table] = [
-                tuple(v for k, v in record.items() if k != volatile) for record in records
-            ]
+            rows[table] = [tuple(record.values()) for record in records]
     return rows
 
 
@@ -113,3 +114,59 @@ async def test_rebuild_while_serving_equals_the_live_projections(
     await workload(service, 4, seed=9)
     after = await caught_up_rows(service)
     assert len(after["runs_index"]) == len(live["runs_index"]) + 4
+
+
+async def test_a_rebuild_keeps_claims_in_flight(
+    database_dsn: str, tmp_path: Path, object_store_config: ObjectStoreConfig
+) -> None:
+    """A rebuild replaces the claim queue and the timers, but never what live commands rely
+    on: an executor's active lease still heartbeats and completes, a claim between its
+    reservation and its start is not handed to a second executor, and a run a timer loop
+    is ticking is not claimed by another."""
+    # The service's own timer loop looks once, at start: this test plays the timer loop.
+    settings = service_settings(
+        database_dsn, tmp_path, object_store_config, timer_interval_s=3600.0
+    )
+    async for service in start_service(settings):
+        await _claims_survive_a_rebuild(service, settings)
+
+
+async def _claims_survive_a_rebuild(service: Service, settings: Settings) -> None:
+    runs, leases = service.app[SERVICE], service.app[LEASES]
+    claimed = await create(
+        service,
+        config={"tasks": [{"name": "leased", "run": "true"}, {"name": "reserved", "run": "true"}]},
+    )
+    # A run of its own (any command on a run also applies its timeouts): started two hours
+    # ago with a one-hour timeout, its timer is due now.
+    timed = await create(
+        service, config={"tasks": [{"name": "overdue", "run": "sleep 100", "timeout": "1h"}]}
+    )
+    await runs.execute(
+        timed["id"],
+        lambda r, now: commands.start_attempt(
+            r, "overdue", attempt=1, executor="e", now=now - timedelta(hours=2)
+        ),
+        Caller(SYSTEM),
+    )
+    await caught_up(service)
+    claim = await leases.claim("executor-1", {}, wait_s=0)
+    assert claim is not None
+    in_flight = await leases._reserve({})
+    assert in_flight is not None
+    assert in_flight["won"]
+    await caught_up(service)
+    ticking = await claim_due(runs)
+    assert [run_id for run_id, _ in ticking] == [timed["id"]]
+
+    assert settings.database_url is not None
+    await rebuild_all(service.app[STORE], settings.database_url, all_projections())
+    await caught_up(service)
+
+    assert await claim_due(runs) == []
+    assert await leases.claim("executor-2", {}, wait_s=0) is None
+    assert await leases.heartbeat(claim.lease) is None  # None: keep going
+    await leases.complete(claim.lease, Completion(status="success", exit_code=0))
+    after = await runs.load(claimed["id"])
+    assert after.tasks[claim.task.task].status == "success"
+    assert {claim.task.task, in_flight["task"]} == {"leased", "reserved"}

@@ -6,11 +6,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from runsvc.domain import commands
-from runsvc.domain.events import SYSTEM
+from runsvc.domain.events import SYSTEM, stream_of
 from runsvc.domain.requests import CreateRunRequest, RecreateRequest
 from runsvc.http.keys import OBJECTS, PROJECTIONS, SERVICE, STORE
 from runsvc.service.retention import collect
-from runsvc.service.runs import Caller, stream_of
+from runsvc.service.writer import Caller
 from tests.fixtures.service import Service
 from tests.unit.histories import config, task
 

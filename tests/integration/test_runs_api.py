@@ -7,12 +7,12 @@ import asyncio
 from typing import Any
 
 from runsvc.domain import commands
-from runsvc.domain.events import SYSTEM, Actor
+from runsvc.domain.events import SYSTEM, Actor, stream_of
 from runsvc.domain.fold import fold
 from runsvc.domain.view import run_view
 from runsvc.http.keys import PROJECTIONS, SERVICE, STORE
-from runsvc.service.runs import Caller, stream_of
 from runsvc.service.timers import tick_due
+from runsvc.service.writer import Caller
 from tests.fixtures.service import Service
 
 PIPELINE: dict[str, Any] = {

@@ -1,0 +1,199 @@
+"""The command loop: load a run, let a pure command decide, append with the expected version,
+and on a version conflict load and decide again.
+
+Runs are loaded from an in-process cache, else from the run_state projection's stored
+state, else from the stream; in each case only the events after what was loaded are read.
+Commands on one run are serialised within the process (a lock per run), so the cache is
+never applied twice; across processes the version check decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+from eventlog.errors import StreamNotFound, VersionConflict
+from eventlog.records import Metadata
+from eventlog.store import EventStore
+from projections.run_state import stored_run
+from runsvc.domain.errors import Conflict, NotFound, ServiceError
+from runsvc.domain.events import Actor, Event, stream_of
+from runsvc.domain.fold import apply, apply_event
+from runsvc.domain.model import Run
+
+Decision = Callable[[Run, datetime], list[Event]]
+_ATTEMPTS = 8
+
+
+class Caller:
+    """Who issues a command and under which request: becomes the events' metadata."""
+
+    def __init__(self, actor: Actor, request_id: str | None = None) -> None:
+        self.actor = actor
+        self.request_id = request_id
+
+    def metadata(self, now: datetime) -> Metadata:
+        return Metadata(actor=self.actor, recorded_at=now, request_id=self.request_id)
+
+
+class _Pending:
+    __slots__ = ("caller", "decision", "future")
+
+    def __init__(self, decision: Decision, caller: Caller, future: asyncio.Future[Run]) -> None:
+        self.decision = decision
+        self.caller = caller
+        self.future = future
+
+
+class RunWriter:
+    """Loads runs and writes the events commands decide, one run at a time."""
+
+    def __init__(
+        self, store: EventStore, *, clock: Callable[[], datetime], cache_size: int = 5000
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self._cache: OrderedDict[str, Run] = OrderedDict()
+        self._cache_size = cache_size
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._pending: dict[str, list[_Pending]] = {}
+        self._writing: set[str] = set()
+
+    # -- reading
+
+    async def load(self, run_id: str) -> Run:
+        """The run as of the newest committed event. Raises NotFound."""
+        async with self._serialised(run_id):
+            return await self._load(run_id)
+
+    async def _load(self, run_id: str) -> Run:
+        run = self._cache.get(run_id)
+        if run is None:
+            run = await stored_run(self.store.pool, run_id)
+        try:
+            tail = await self.store.read_stream(
+                stream_of(run_id), from_version=(run.version if run else 0) + 1
+            )
+        except StreamNotFound:
+            raise NotFound(f"no run {run_id}") from None
+        for recorded in tail:
+            run = apply(run, recorded)
+        assert run is not None
+        self.remember(run)
+        return run
+
+    def remember(self, run: Run) -> None:
+        self._cache[run.id] = run
+        self._cache.move_to_end(run.id)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def forget(self, run_id: str) -> None:
+        """Another writer changed the run: the next load reads it again."""
+        self._cache.pop(run_id, None)
+
+    @asynccontextmanager
+    async def _serialised(self, run_id: str) -> AsyncIterator[None]:
+        """One command (or load) at a time per run in this process, so the cached run is
+        never folded twice. The lock is dropped when nobody holds or waits for it."""
+        lock, users = self._locks.get(run_id, (asyncio.Lock(), 0))
+        self._locks[run_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[run_id]
+            if users == 1:
+                del self._locks[run_id]
+            else:
+                self._locks[run_id] = (lock, users - 1)
+
+    # -- writing
+
+    async def execute(self, run_id: str, decision: Decision, caller: Caller) -> Run:
+        """Load, decide, append with the expected version; on a conflict, again.
+
+        Commands that arrive for a run while another is being written are coalesced: the
+        next writer decides them one after the other on the same loaded run (each sees the
+        ones before it) and appends them together, so a busy run (dozens of executors
+        claiming and reporting its tasks) costs one load and one transaction per batch,
+        not per command. Each command still succeeds or fails on its own."""
+        future: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(run_id, []).append(_Pending(decision, caller, future))
+        if run_id not in self._writing:
+            self._writing.add(run_id)
+            try:
+                await self._write_pending(run_id)
+            finally:
+                self._writing.discard(run_id)
+        return await future
+
+    async def _write_pending(self, run_id: str) -> None:
+        async with self._serialised(run_id):
+            while batch := self._pending.pop(run_id, []):
+                try:
+                    await self._write_batch(run_id, batch)
+                except BaseException as exc:
+                    for pending in batch:
+                        if not pending.future.done():
+                            pending.future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+
+    async def _write_batch(self, run_id: str, batch: list[_Pending]) -> None:
+        for _ in range(_ATTEMPTS):
+            run = await self._load(run_id)
+            now = self.clock()
+            decided: list[tuple[_Pending, list[Event]]] = []
+            with run.journal():  # each decision sees the ones before it; then undone
+                for pending in batch:
+                    try:
+                        events = pending.decision(run, now)
+                    except ServiceError as exc:
+                        pending.future.set_exception(exc)
+                        continue
+                    for event in events:
+                        apply_event(run, event, version=run.version + 1)
+                    decided.append((pending, events))
+            events = [event for _, decided_events in decided for event in decided_events]
+            if events:
+                # One append for the whole batch: it commits or conflicts as a whole, and
+                # every event keeps its own caller's metadata.
+                metas = [
+                    pending.caller.metadata(now)
+                    for pending, decided_events in decided
+                    for _ in decided_events
+                ]
+                try:
+                    positions = await self.store.append(
+                        stream_of(run_id), events, run.version, meta=metas, scope=run.group
+                    )
+                except VersionConflict:
+                    self.forget(run_id)
+                    batch = [pending for pending, _ in decided]
+                    continue
+                self._applied(run, events, positions)
+            for pending, _ in decided:
+                pending.future.set_result(run)
+            return
+        for pending in batch:
+            pending.future.set_exception(Conflict(f"run {run_id} is changing too fast; try again"))
+
+    def _applied(self, run: Run, events: list[Event], positions: list[int]) -> None:
+        for event in events:
+            apply_event(run, event, version=run.version + 1)
+        run.position = positions[-1]
+        self.remember(run)
+
+    def created(self, events: list[Event], positions: list[int]) -> Run:
+        """The run a create appended (`events` at `positions`), folded and cached."""
+        run: Run | None = None
+        for event in events:
+            run = apply_event(run, event, version=(run.version if run else 0) + 1)
+        assert run is not None
+        run.position = positions[-1]
+        self.remember(run)
+        return run
