@@ -62,7 +62,7 @@ T = TypeVar("T")
 _COLUMNS = "position, stream, version, event_id, type, data, meta, hash, scope"
 
 
-class EventPage(msgspec.Struct, frozen=True):
+class ReadPage(msgspec.Struct, frozen=True):
     """A page of the global log. `next_after` is where the next page starts: past every
     event this page scanned, matching or not, so a sparse filter still makes progress."""
 
@@ -275,7 +275,7 @@ class EventStore:
 
     async def read_all(
         self, *, after: int = 0, limit: int = 1000, filter: EventFilter | None = None
-    ) -> EventPage:
+    ) -> ReadPage:
         """Up to `limit` events after position `after` that match `filter`, in position
         order, read in one snapshot."""
         if limit < 1:
@@ -289,10 +289,10 @@ class EventStore:
                 )
             )
             events = [_recorded(row) for row in rows]
-            return EventPage(events, events[-1].position if events else after)
+            return ReadPage(events, events[-1].position if events else after)
         return await self._read_filtered(after, limit, filter)
 
-    async def _read_filtered(self, after: int, limit: int, filter: EventFilter) -> EventPage:
+    async def _read_filtered(self, after: int, limit: int, filter: EventFilter) -> ReadPage:
         # One statement, so one snapshot: the scan window and the matches come from the
         # same prefix of the log. The last scanned row always comes back (flagged) so the
         # page knows how far it scanned even when nothing matched.
@@ -337,9 +337,9 @@ class EventStore:
             if row[9]:
                 events.append(_recorded(row))
                 if len(events) == limit:
-                    return EventPage(events, row[0])
+                    return ReadPage(events, row[0])
             next_after = row[0]
-        return EventPage(events, next_after)
+        return ReadPage(events, next_after)
 
     def subscribe(
         self, *, after: int = 0, filter: EventFilter | None = None, page_size: int = 1000

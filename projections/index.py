@@ -20,6 +20,8 @@ from eventlog.filter import EventFilter
 from eventlog.records import RecordedEvent
 from runsvc.domain.events import (
     RUN_STREAM_PREFIX,
+    Phase,
+    Result,
     RunCreated,
     RunPhaseChanged,
     RunResultChanged,
@@ -38,8 +40,8 @@ class IndexRow:
     group_path: str
     name: str
     counter: int
-    phase: str
-    result: str
+    phase: Phase
+    result: Result
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -64,8 +66,8 @@ class IndexRow:
 
 @dataclass
 class _Patch:
-    phase: str | None = None
-    result: str | None = None
+    phase: Phase | None = None
+    result: Result | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
     position: int = 0
@@ -75,7 +77,7 @@ _TERMINAL_PHASES = frozenset({"finished", "cancelled", "setuperror"})
 
 
 def apply_phase(
-    phase: str, at: datetime, started_at: datetime | None, finished_at: datetime | None
+    phase: Phase, at: datetime, started_at: datetime | None, finished_at: datetime | None
 ) -> tuple[datetime | None, datetime | None]:
     """The run's (started_at, finished_at) after entering `phase` at `at`."""
     if phase == "running" and started_at is None:

@@ -6,28 +6,10 @@ import base64
 from datetime import datetime
 
 import asyncpg
-import msgspec
 
 from projections.index import IndexRow
-
-
-class IndexEntry(msgspec.Struct, frozen=True):
-    """A run as the list endpoint shows it."""
-
-    id: str
-    group: str
-    name: str
-    counter: int
-    phase: str
-    result: str
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-
-class IndexPage(msgspec.Struct, frozen=True):
-    runs: list[IndexEntry]
-    next_cursor: str | None
+from runsvc.domain.events import Phase, Result
+from runsvc.wire.api import GroupCount, IndexEntry, IndexPage
 
 
 class InvalidCursor(ValueError):
@@ -58,8 +40,8 @@ async def list_runs(
     connection: asyncpg.Connection | asyncpg.Pool,
     *,
     group: str | None = None,
-    phase: str | None = None,
-    result: str | None = None,
+    phase: Phase | None = None,
+    result: Result | None = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     limit: int = 50,
@@ -110,12 +92,6 @@ async def list_runs(
     ]
     next_cursor = encode_cursor(rows[limit - 1][9]) if len(rows) > limit else None
     return IndexPage(runs=entries, next_cursor=next_cursor)
-
-
-class GroupCount(msgspec.Struct, frozen=True):
-    phase: str
-    result: str
-    runs: int
 
 
 async def count_runs(

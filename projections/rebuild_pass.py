@@ -21,7 +21,7 @@ import msgspec
 
 from eventlog.filter import EventFilter
 from eventlog.records import RecordedEvent
-from eventlog.store import EventPage, EventStore
+from eventlog.store import EventStore, ReadPage
 from projections.projection import Projection
 
 PageCallback = Callable[[int, list[int]], None]
@@ -99,7 +99,7 @@ async def fold_pass(
                 await projections[index].apply(connections[index], chosen)
         applied[index] += len(chosen)
 
-    def read(after: int) -> asyncio.Future[EventPage]:
+    def read(after: int) -> asyncio.Future[ReadPage]:
         return asyncio.ensure_future(store.read_all(after=after, limit=page_size, filter=read_with))
 
     position = 0

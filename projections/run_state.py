@@ -22,7 +22,13 @@ import structlog
 from eventlog.filter import EventFilter
 from eventlog.records import RecordedEvent
 from runsvc.domain.codec import decode_run, encode_run
-from runsvc.domain.events import RUN_STREAM_PREFIX, RunCreated, TaskStatusChanged, run_id_of
+from runsvc.domain.events import (
+    RUN_STREAM_PREFIX,
+    Phase,
+    RunCreated,
+    TaskStatusChanged,
+    run_id_of,
+)
 from runsvc.domain.fold import TERMINAL_PHASES, apply
 from runsvc.domain.model import Run
 from runsvc.domain.timing import next_wakeup
@@ -202,7 +208,7 @@ class StoredView(msgspec.Struct, frozen=True):
     """A run's view as the projection last wrote it (JSON, as the API answers it)."""
 
     view: bytes
-    phase: str
+    phase: Phase
     concurrency_key: str | None
 
 

@@ -18,7 +18,7 @@ from runsvc.cli.documents import Document, DocumentError
 from runsvc.client import ApiError, BadRequestError
 from runsvc.domain.config import RunConfig
 from runsvc.domain.requests import CreateRunRequest, Outcome, SimulationRequest
-from runsvc.wire.api import ErrorDetail
+from runsvc.wire.api import Problem
 
 OUTCOMES: tuple[str, ...] = typing.get_args(Outcome)
 
@@ -104,5 +104,5 @@ class RunFile:
             if self.bare and (path == "config" or path.startswith("config.")):
                 path = path.removeprefix("config").removeprefix(".")
             where = self.document.where(path)
-            details.append(ErrorDetail(path=f"{where}: {detail.path}", message=detail.message))
+            details.append(Problem(path=f"{where}: {detail.path}", message=detail.message))
         return BadRequestError(error.status, error.code, error.message, details)

@@ -7,7 +7,7 @@ import argparse
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 
@@ -16,6 +16,7 @@ from runsvc.cli.output import duration, emit_json, moment, table
 from runsvc.cli.run_files import RunFile, pairs
 from runsvc.cli.watch import closing_note, follow_run, outcome_code
 from runsvc.client import ApiError, RunsClient
+from runsvc.domain.events import Phase, Result
 from runsvc.domain.view import RunView
 
 RAW = argparse.RawDescriptionHelpFormatter
@@ -90,10 +91,8 @@ def register(commands: Any) -> None:
         actions, "list", "runs, newest first", "runsvc runs list --group /acme --phase running"
     )
     listing.add_argument("--group", help="this group and everything below it")
-    listing.add_argument(
-        "--phase", choices=["setuperror", "queued", "running", "finished", "cancelled"]
-    )
-    listing.add_argument("--result", choices=["unknown", "success", "failed", "stopped"])
+    listing.add_argument("--phase", choices=get_args(Phase))
+    listing.add_argument("--result", choices=get_args(Result))
     listing.add_argument("--limit", type=int, default=50)
     listing.set_defaults(handler=run_list)
     show = _command(

@@ -26,7 +26,7 @@ import msgspec
 import structlog
 from yarl import URL
 
-from runsvc.wire.api import ErrorBody, ErrorDetail
+from runsvc.wire.api import ErrorBody, Problem
 
 T = TypeVar("T")
 
@@ -43,7 +43,7 @@ class ApiError(Exception):
     """
 
     def __init__(
-        self, status: int, code: str, message: str, details: Sequence[ErrorDetail] = ()
+        self, status: int, code: str, message: str, details: Sequence[Problem] = ()
     ) -> None:
         super().__init__(f"{status} {code}: {message}" if status else message)
         self.status = status

@@ -19,7 +19,6 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from projections.index_queries import IndexEntry, IndexPage
 from runsvc.client.base import (
     ApiClient,
     ApiError,
@@ -29,20 +28,21 @@ from runsvc.client.base import (
     ServerError,
     error_from_response,
 )
-from runsvc.domain.requests import (
-    ApproveRequest,
-    CreateRunRequest,
-    RecreateRequest,
-    SimulationRequest,
-)
-from runsvc.domain.simulate import SimulationResult
-from runsvc.domain.view import RunView
+from runsvc.domain.events import Phase, Result
 from runsvc.wire.api import (
+    ApproveRequest,
     ArtifactList,
+    CreateRunRequest,
     EventOut,
     EventPage,
     Health,
+    IndexEntry,
+    IndexPage,
     Readiness,
+    RecreateRequest,
+    RunView,
+    SimulationRequest,
+    SimulationResult,
     StreamEvents,
     Verification,
 )
@@ -88,8 +88,8 @@ class RunsClient:
         self,
         *,
         group: str | None = None,
-        phase: str | None = None,
-        result: str | None = None,
+        phase: Phase | None = None,
+        result: Result | None = None,
         limit: int | None = None,
         cursor: str | None = None,
     ) -> IndexPage:
@@ -102,8 +102,8 @@ class RunsClient:
         self,
         *,
         group: str | None = None,
-        phase: str | None = None,
-        result: str | None = None,
+        phase: Phase | None = None,
+        result: Result | None = None,
         page_size: int = 100,
     ) -> AsyncGenerator[IndexEntry, None]:
         """Every matching run, newest first, page after page. Runs created meanwhile do

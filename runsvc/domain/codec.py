@@ -8,6 +8,7 @@ from datetime import datetime
 import msgspec
 
 from runsvc.domain.config import Dependency, RunConfig
+from runsvc.domain.events import Phase, Result, TaskStatus
 from runsvc.domain.fold import child_spec, rebuild_indexes
 from runsvc.domain.model import Run, Task, task_id, topological_order
 
@@ -15,7 +16,7 @@ from runsvc.domain.model import Run, Task, task_id, topological_order
 class TaskState(msgspec.Struct, array_like=True):
     name: str
     id: str
-    status: str
+    status: TaskStatus
     attempt: int
     executor: str | None
     started_at: datetime | None
@@ -37,8 +38,8 @@ class RunState(msgspec.Struct, array_like=True):
     group: str
     name: str
     counter: int
-    phase: str
-    result: str
+    phase: Phase
+    result: Result
     stop_requested: bool
     stop_reason: str | None
     created_at: datetime | None

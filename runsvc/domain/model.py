@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from runsvc.domain.config import Dependency, RunConfig, TaskConfig, parse_duration
+from runsvc.domain.events import Phase, Result, TaskStatus
 
 FINAL = frozenset({"success", "failed", "skipped", "stopped", "cancelled"})
 ACTIVE = frozenset({"scheduled", "running"})
@@ -98,7 +99,7 @@ class Task:
         self.parent = parent
         self.item = item
         self.index = index
-        self.status = "notstarted"
+        self.status: TaskStatus = "notstarted"
         self.attempt = 0
         self.executor: str | None = None
         self.started_at: datetime | None = None
@@ -136,8 +137,8 @@ class Run:
         self.group = ""
         self.name = ""
         self.counter = 0
-        self.phase = "queued"
-        self.result = "unknown"
+        self.phase: Phase = "queued"
+        self.result: Result = "unknown"
         self.stop_requested = False
         self.stop_reason: str | None = None
         self.created_at: datetime | None = None

@@ -7,6 +7,7 @@ from datetime import datetime
 
 import msgspec
 
+from runsvc.domain.events import Phase, Result, TaskStatus
 from runsvc.domain.fold import unmet_dependency, when_holds
 from runsvc.domain.model import FINAL, Run, Task
 
@@ -19,7 +20,7 @@ class DependencyView(msgspec.Struct, frozen=True):
 class TaskView(msgspec.Struct, frozen=True):
     name: str
     id: str
-    status: str
+    status: TaskStatus
     attempt: int
     depends: list[DependencyView]
     executor: str | None
@@ -42,8 +43,8 @@ class RunView(msgspec.Struct, frozen=True):
     group: str
     name: str
     counter: int
-    phase: str
-    result: str
+    phase: Phase
+    result: Result
     stop_requested: bool
     created_at: datetime | None
     started_at: datetime | None

@@ -24,7 +24,7 @@ from runsvc.service.task_logs import (
     has_chunks,
     read_log,
 )
-from runsvc.wire.api import ArtifactList
+from runsvc.wire.api import Artifact, ArtifactList
 from runsvc.wire.executor import (
     ARTIFACT_PATH,
     CLAIM_PATH,
@@ -171,7 +171,14 @@ async def list_artifacts(request: web.Request) -> web.Response:
     found = []
     try:
         async for item in request.app[OBJECTS].list(prefix):
-            found.append(msgspec.structs.replace(item, key=item.key[len(prefix) :]))
+            found.append(
+                Artifact(
+                    key=item.key[len(prefix) :],
+                    size=item.size,
+                    last_modified=item.last_modified,
+                    etag=item.etag,
+                )
+            )
     except InvalidKey:
         # Not the store failing: no task id has what a key may not (control characters).
         raise NotFound(f"no task {task_id!r}") from None

@@ -15,7 +15,7 @@ from runsvc.domain.errors import ServiceError
 from runsvc.http.keys import SETTINGS
 from runsvc.http.metrics import METRICS
 from runsvc.http.routing import Handler, json_response
-from runsvc.wire.api import ErrorBody, ErrorDetail
+from runsvc.wire.api import ErrorBody, Problem
 
 log = structlog.get_logger("runsvc.http")
 
@@ -24,7 +24,7 @@ _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
 
 def error_response(
-    status: int, code: str, message: str, details: list[ErrorDetail] | None = None
+    status: int, code: str, message: str, details: list[Problem] | None = None
 ) -> web.Response:
     return json_response(
         ErrorBody(code=code, message=message, details=details or []), status=status
@@ -80,7 +80,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ServiceError as exc:
-        details = [ErrorDetail(path=p.path, message=p.message) for p in getattr(exc, "details", [])]
+        details = [Problem(path=p.path, message=p.message) for p in getattr(exc, "details", [])]
         return error_response(exc.status, exc.code, exc.message, details)
     except web.HTTPException as exc:
         if exc.status < 400:

@@ -14,11 +14,11 @@ import msgspec
 from aiohttp import web
 
 from eventlog.errors import CorruptEvent, StreamNotFound
-from projections.index_queries import IndexPage, InvalidCursor, list_runs
+from projections.index_queries import InvalidCursor, list_runs
 from projections.run_state import stored_state, stored_view
 from runsvc.domain.codec import encode_run
 from runsvc.domain.errors import BadRequest, NotFound, Problem
-from runsvc.domain.events import Actor, stream_of
+from runsvc.domain.events import Actor, Phase, Result, stream_of
 from runsvc.domain.fold import fold
 from runsvc.domain.requests import (
     ApproveRequest,
@@ -29,18 +29,19 @@ from runsvc.domain.requests import (
 from runsvc.domain.simulate import SimulationResult, simulate
 from runsvc.domain.validation import raise_problems, validate_config
 from runsvc.domain.view import RunView, run_view
+from runsvc.http.events import event_out
 from runsvc.http.keys import SERVICE, SETTINGS, STORE, VIEWS
 from runsvc.http.middleware import REQUEST_ID
 from runsvc.http.routing import Endpoint, decode_body, decode_query, json_response, principal
 from runsvc.service.auth import Permission
 from runsvc.service.writer import Caller
-from runsvc.wire.api import StreamEvents, Verification, event_out
+from runsvc.wire.api import IndexPage, StreamEvents, Verification
 
 
 class ListQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     group: str | None = None
-    phase: str | None = None
-    result: str | None = None
+    phase: Phase | None = None
+    result: Result | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
     limit: int = 50

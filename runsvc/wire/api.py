@@ -1,6 +1,12 @@
-"""Types of the HTTP API that are not the run itself (which is `runsvc.domain.fold`'s
-view): errors, events, pages. The server encodes these and the client decodes them, so both
-sides share one definition."""
+"""The HTTP API's types: every request and response body, as the server encodes them and
+the client decodes them, so both sides share one definition. Importable with msgspec alone
+(a test checks that `runsvc.client` loads no database or object store driver).
+
+Types that are also the run domain's vocabulary are defined there and only named here:
+the run file (`RunConfig`), the request bodies of the run commands, the run view, a
+simulation's result, a validation `Problem` and an event's `Actor`. The executor protocol
+is `runsvc.wire.executor`.
+"""
 
 from __future__ import annotations
 
@@ -9,27 +15,55 @@ from typing import Any
 
 import msgspec
 
-from eventlog.records import RecordedEvent
-from runsvc.domain.events import UnknownEvent
-from runsvc.infra.objectstore import ObjectInfo
+from runsvc.domain.config import RunConfig
+from runsvc.domain.errors import Problem
+from runsvc.domain.events import Actor, Phase, Result
+from runsvc.domain.requests import (
+    ApproveRequest,
+    CreateRunRequest,
+    Outcome,
+    RecreateRequest,
+    SimulationRequest,
+)
+from runsvc.domain.simulate import SimulatedTask, SimulationResult
+from runsvc.domain.view import DependencyView, RunView, TaskView
 
-
-class ErrorDetail(msgspec.Struct, frozen=True):
-    path: str
-    message: str
+__all__ = [
+    "Actor",
+    "ApproveRequest",
+    "Artifact",
+    "ArtifactList",
+    "Check",
+    "CreateRunRequest",
+    "DependencyView",
+    "ErrorBody",
+    "EventOut",
+    "EventPage",
+    "GroupCount",
+    "Health",
+    "IndexEntry",
+    "IndexPage",
+    "Outcome",
+    "Problem",
+    "Readiness",
+    "RecreateRequest",
+    "RunConfig",
+    "RunView",
+    "SimulatedTask",
+    "SimulationRequest",
+    "SimulationResult",
+    "StreamEvents",
+    "TaskView",
+    "Verification",
+]
 
 
 class ErrorBody(msgspec.Struct, frozen=True, omit_defaults=True):
-    """The body of every error response."""
+    """The body of every error response; `details` locate each problem of a bad request."""
 
     code: str
     message: str
-    details: list[ErrorDetail] = msgspec.field(default_factory=list)
-
-
-class ActorOut(msgspec.Struct, frozen=True):
-    kind: str
-    id: str
+    details: list[Problem] = msgspec.field(default_factory=list)
 
 
 class EventOut(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -40,7 +74,7 @@ class EventOut(msgspec.Struct, frozen=True, omit_defaults=True):
     version: int
     type: str
     recorded_at: datetime
-    actor: ActorOut
+    actor: Actor
     data: Any
     hash: str
     id: str
@@ -58,25 +92,6 @@ class StreamEvents(msgspec.Struct, frozen=True):
     events: list[EventOut]
 
 
-def event_out(recorded: RecordedEvent) -> EventOut:
-    event = recorded.event
-    meta = recorded.meta
-    return EventOut(
-        position=recorded.position,
-        stream=recorded.stream,
-        version=recorded.version,
-        type=recorded.type,
-        recorded_at=meta.recorded_at,
-        actor=ActorOut(kind=meta.actor.kind, id=meta.actor.id),
-        data=event.data() if isinstance(event, UnknownEvent) else event,
-        hash=recorded.hash.hex(),
-        id=str(recorded.event_id),
-        correlation_id=meta.correlation_id,
-        causation_id=meta.causation_id,
-        request_id=meta.request_id,
-    )
-
-
 class Verification(msgspec.Struct, frozen=True):
     """`GET /runs/{id}/verify`: the hash chain holds and the fold reproduces the state."""
 
@@ -85,10 +100,19 @@ class Verification(msgspec.Struct, frozen=True):
     problems: list[str]
 
 
-class ArtifactList(msgspec.Struct, frozen=True):
-    """`GET /tasks/{id}/artifacts`: keys relative to the task's artifact folder."""
+class Artifact(msgspec.Struct, frozen=True):
+    """One file a task uploaded; `key` is relative to the task's artifact folder."""
 
-    artifacts: list[ObjectInfo]
+    key: str
+    size: int
+    last_modified: datetime
+    etag: str = ""
+
+
+class ArtifactList(msgspec.Struct, frozen=True):
+    """`GET /tasks/{id}/artifacts`."""
+
+    artifacts: list[Artifact]
 
 
 class Health(msgspec.Struct, frozen=True):
@@ -110,3 +134,31 @@ class Readiness(msgspec.Struct, frozen=True):
 
     ready: bool
     checks: list[Check]
+
+
+# --- the run index ---------------------------------------------------------------------
+
+
+class IndexEntry(msgspec.Struct, frozen=True):
+    """A run as the list endpoint shows it."""
+
+    id: str
+    group: str
+    name: str
+    counter: int
+    phase: Phase
+    result: Result
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class IndexPage(msgspec.Struct, frozen=True):
+    runs: list[IndexEntry]
+    next_cursor: str | None
+
+
+class GroupCount(msgspec.Struct, frozen=True):
+    phase: Phase
+    result: Result
+    runs: int

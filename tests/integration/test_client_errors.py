@@ -30,7 +30,7 @@ from runsvc.client import (
     TooLargeError,
     UnauthorizedError,
 )
-from runsvc.wire.api import ErrorBody, ErrorDetail
+from runsvc.wire.api import ErrorBody, Problem
 from runsvc.wire.executor import Completion
 
 TOKEN = "rsv_test_token"
@@ -54,7 +54,7 @@ class Answers:
     async def error(self, request: web.Request) -> web.Response:
         status = int(request.match_info["status"])
         self.hits[request.path] += 1
-        details = [ErrorDetail(path="config.tasks[0].name", message="required")]
+        details = [Problem(path="config.tasks[0].name", message="required")]
         body = ErrorBody(code=f"code_{status}", message=f"message {status}", details=details)
         return web.Response(
             status=status, body=msgspec.json.encode(body), content_type="application/json"
@@ -136,7 +136,7 @@ async def test_errors_are_typed_from_the_body(
         f"code_{status}",
         f"message {status}",
     )
-    assert error.details == [ErrorDetail(path="config.tasks[0].name", message="required")]
+    assert error.details == [Problem(path="config.tasks[0].name", message="required")]
 
 
 @pytest.mark.parametrize(

@@ -219,6 +219,9 @@ FOUND: list[tuple[str, str, Any, str, int, str | None]] = [
     ("POST", "/api/v1/runs/%00/stop", None, "submitter", 400, None),
     ("POST", "/api/v1/executor/leases/%00/heartbeat", None, "executor", 400, None),
     ("GET", "/api/v1/runs?phase=%00", None, "reader", 400, "query.phase"),
+    # A misspelt phase or result is refused, not answered with an empty page.
+    ("GET", "/api/v1/runs?phase=runing", None, "reader", 400, "query.phase"),
+    ("GET", "/api/v1/runs?result=sucess", None, "reader", 400, "query.result"),
     ("GET", "/api/v1/events?run=r%00", None, "reader", 400, "query.run"),
     # The token as a websocket may pass it: refused before it reaches the tokens table.
     ("GET", "/api/v1/events/ws?token=rsv_%00_x", None, "", 400, "query.token"),
