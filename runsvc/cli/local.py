@@ -9,13 +9,16 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
 from runsvc.cli.connection import EXIT_OK, EXIT_USAGE
 from runsvc.infra.settings import Settings, load_settings
-from runsvc.resources import Database, open_database, open_event_store
+
+if TYPE_CHECKING:
+    # The database drivers load only when a local command runs, never for client commands.
+    from runsvc.resources import Database
 
 T = TypeVar("T")
 
@@ -37,6 +40,8 @@ def run_with_database(
     settings = local_settings(args)
 
     async def main() -> T:
+        from runsvc.resources import open_database
+
         async with open_database(settings) as database:
             return await work(settings, database)
 
@@ -122,6 +127,8 @@ def run_gc(args: argparse.Namespace) -> int:
         print(f"\r{done}/{total} runs", end="", file=sys.stderr, flush=True)
 
     async def work(settings: Settings, database: Database) -> None:
+        from runsvc.resources import open_event_store
+
         if args.s3_endpoint:
             settings = msgspec.structs.replace(settings, s3_endpoint=args.s3_endpoint)
         async with (
@@ -173,6 +180,8 @@ def projections_rebuild(args: argparse.Namespace) -> int:
         )
 
     async def work(settings: Settings, database: Database) -> None:
+        from runsvc.resources import open_event_store
+
         async with open_event_store(settings, database) as store:
             finals = await rebuild_all(store, database.dsn, chosen, progress=show)
             if interactive:

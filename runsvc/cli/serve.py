@@ -7,9 +7,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
-from runsvc.app import create_app
 from runsvc.infra.logs import configure_logging
 from runsvc.infra.settings import environment_variables, load_settings
 
@@ -46,6 +43,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"runsvc: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    # The whole server (aiohttp, asyncpg, the S3 client) loads only for `serve`: the
+    # client commands start without it.
+    from aiohttp import web
+
+    from runsvc.app import create_app
+
     app = create_app(settings)
     web.run_app(
         app,

@@ -12,14 +12,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from runsvc.cli.connection import EXIT_NOT_FOUND, EXIT_OK, EXIT_SERVER
 from runsvc.cli.local import add_local_options, run_with_database
 from runsvc.infra.settings import Settings
-from runsvc.resources import Database, open_event_store, open_object_store
+
+if TYPE_CHECKING:
+    from runsvc.resources import Database
 
 
 def register(commands: Any) -> None:
@@ -103,6 +105,8 @@ def _emit(args: argparse.Namespace, value: object, table: str) -> None:
 
 
 async def _caught_up_index(settings: Settings, database: Database) -> int:
+    from runsvc.resources import open_event_store
+
     """Bring the index up to the log's head (a no-op when the service keeps it there);
     returns the events applied here."""
     from projections.index import IndexProjection
@@ -121,6 +125,8 @@ def create_dump(args: argparse.Namespace) -> int:
     progress = _Progress("dumping")
 
     async def work(settings: Settings, database: Database) -> snapshot.DumpInfo:
+        from runsvc.resources import open_object_store
+
         # The dump then reflects the whole log even when no service is running.
         await _caught_up_index(settings, database)
         async with open_object_store(_with_objects(settings, args)) as objects:
@@ -145,6 +151,8 @@ def list_dumps(args: argparse.Namespace) -> int:
     from projections import snapshot
 
     async def work(settings: Settings, _database: Database) -> tuple[Any, Any]:
+        from runsvc.resources import open_object_store
+
         async with open_object_store(_with_objects(settings, args)) as objects:
             return await snapshot.list_dumps(objects), await snapshot.latest_pointer(objects)
 
@@ -179,6 +187,8 @@ def restore(args: argparse.Namespace) -> int:
     progress = _Progress("restoring")
 
     async def work(settings: Settings, database: Database) -> tuple[str, int, int] | None:
+        from runsvc.resources import open_object_store
+
         async with open_object_store(_with_objects(settings, args)) as objects:
             if args.key:
                 key = args.key

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Protocol
 
 import msgspec
 
-from eventlog.records import RecordedEvent
 from runsvc.domain.config import Dependency, TaskConfig
 from runsvc.domain.events import (
     Event,
@@ -351,14 +351,28 @@ def apply_event(run: Run | None, event: Event | UnknownEvent, *, version: int) -
     return run
 
 
-def apply(run: Run | None, recorded: RecordedEvent) -> Run:
+class Recorded(Protocol):
+    """An event as a log hands it back (`eventlog.records.RecordedEvent` is one): the fold
+    needs no more of the log than this, so it stays free of storage."""
+
+    @property
+    def event(self) -> Event | UnknownEvent: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def position(self) -> int: ...
+
+
+def apply(run: Run | None, recorded: Recorded) -> Run:
     """Fold one stored event, recording the stream version and log position it brings."""
     run = apply_event(run, recorded.event, version=recorded.version)
     run.position = recorded.position
     return run
 
 
-def fold(events: Iterable[RecordedEvent]) -> Run | None:
+def fold(events: Iterable[Recorded]) -> Run | None:
     run: Run | None = None
     for recorded in events:
         run = apply(run, recorded)
