@@ -1,4 +1,5 @@
-"""PostgreSQL: the connection pool, versioned migrations, and the embedded default server.
+"""PostgreSQL: the connection pool and versioned migrations (the embedded server is
+`runsvc.infra.postgres`).
 
 This is, with `eventlog.store`, one of the only modules that talk to asyncpg directly.
 

@@ -1,5 +1,5 @@
 """Run files as `runsvc submit` and `runsvc simulate` read them: a whole run document
-(group, name, environment, ..., config: the shape of API.md's create request) or a bare
+(group, name, environment, ..., config: the shape of docs/api.md's create request) or a bare
 config (the tasks and run-wide settings alone), in YAML or JSON.
 
 Every complaint names the file and line: the client's own checks through `Document`, and

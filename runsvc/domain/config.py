@@ -1,4 +1,4 @@
-"""Run config types: the shape a client sends in `config` (see API.md).
+"""Run config types: the shape a client sends in `config` (see docs/api.md).
 
 These Structs only describe *shape*; msgspec checks types while decoding and reports the
 first type error with its JSON path. The rules that need the whole config (unknown

@@ -1,4 +1,4 @@
-"""The errors a client can cause, one class per row of API.md's error table.
+"""The errors a client can cause, one class per row of docs/api.md's error table.
 
 Handlers and the command side raise these; one HTTP middleware maps them to status codes
 and the JSON error body. Anything that is not a `ServiceError` is a bug and becomes a 500

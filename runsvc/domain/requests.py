@@ -1,4 +1,4 @@
-"""Request bodies of the run commands, exactly the fields API.md names (unknown fields are
+"""Request bodies of the run commands, exactly the fields docs/api.md names (unknown fields are
 refused). Their rules beyond shape are in `runsvc.domain.validation`."""
 
 from __future__ import annotations

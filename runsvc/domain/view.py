@@ -1,4 +1,4 @@
-"""A run as the API shows it (API.md, "A run"), with a reason a person can read for every
+"""A run as the API shows it (docs/api.md, "A run"), with a reason a person can read for every
 task that is neither running nor final."""
 
 from __future__ import annotations

@@ -16,10 +16,10 @@ from runsvc.http.keys import LEASES, LOG_LISTENER, OBJECTS, SETTINGS
 from runsvc.http.routing import Endpoint, decode_body, decode_query, json_response
 from runsvc.infra.objectstore import InvalidKey, ObjectNotFound, ObjectStoreError
 from runsvc.service.auth import Permission
+from runsvc.service.leases import attempt_of
 from runsvc.service.task_logs import (
     archive,
     artifact_prefix,
-    attempt_of,
     check_artifact_path,
     has_chunks,
     read_log,

@@ -89,6 +89,21 @@ def _start(run: Run, now: datetime, *, task: str, attempt: int, executor: str) -
     return commands.start_attempt(run, task, attempt=attempt, executor=executor, now=now)
 
 
+async def attempt_of(pool: asyncpg.Pool, task_id: str, attempt: int | None) -> tuple[int, str]:
+    """The attempt whose log to read (the latest when not given) and its lease state."""
+    row = await pool.fetchrow(
+        """
+        SELECT attempt, state FROM leases WHERE task_id = $1 AND ($2::int IS NULL OR attempt = $2)
+        ORDER BY attempt DESC LIMIT 1
+        """,
+        task_id,
+        attempt,
+    )
+    if row is None:
+        raise NotFound(f"no log for task {task_id}" + (f" attempt {attempt}" if attempt else ""))
+    return int(row["attempt"]), str(row["state"])
+
+
 class LeaseService:
     def __init__(
         self,

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import structlog
 
-from runsvc.domain.errors import BadRequest, NotFound
+from runsvc.domain.errors import BadRequest
 from runsvc.infra.objectstore import ObjectNotFound, ObjectStore, ObjectStoreError
 
 log = structlog.get_logger("runsvc.logs")
@@ -60,21 +60,6 @@ def check_artifact_path(path: str) -> str:
     ):
         raise BadRequest(f"invalid artifact path {path!r}: use a relative path without '..'")
     return path
-
-
-async def attempt_of(pool: asyncpg.Pool, task_id: str, attempt: int | None) -> tuple[int, str]:
-    """The attempt to read (the latest when not given) and its lease state."""
-    row = await pool.fetchrow(
-        """
-        SELECT attempt, state FROM leases WHERE task_id = $1 AND ($2::int IS NULL OR attempt = $2)
-        ORDER BY attempt DESC LIMIT 1
-        """,
-        task_id,
-        attempt,
-    )
-    if row is None:
-        raise NotFound(f"no log for task {task_id}" + (f" attempt {attempt}" if attempt else ""))
-    return int(row["attempt"]), str(row["state"])
 
 
 async def has_chunks(pool: asyncpg.Pool, task_id: str, attempt: int) -> bool:

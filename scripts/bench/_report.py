@@ -1,4 +1,4 @@
-"""Benchmark output as DESIGN.md ("Benchmark output") fixes it: one JSON object per measure
+"""Benchmark output as docs/BENCHMARKS.md describes it: one JSON object per measure
 on stdout; everything else goes to stderr."""
 
 from __future__ import annotations

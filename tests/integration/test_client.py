@@ -1,5 +1,5 @@
 """The typed runs client and the event follower against the real service: every call
-round-trips to the server's own types, each error row of API.md arrives as its typed error
+round-trips to the server's own types, each error row of docs/api.md arrives as its typed error
 with the server's code and message, and a follower whose server goes away and comes back
 resumes without loss or duplicates. (How errors are parsed and which calls are retried is
 tested against a small double in test_client_errors.py.)"""

@@ -1,6 +1,6 @@
 """Property-based fuzzing of the whole HTTP API from its own `/openapi.json`, with
 schemathesis against a real `runsvc serve` process: no request, valid or not, gets a 5xx,
-every 4xx carries API.md's error body with the code its status stands for, and responses
+every 4xx carries docs/api.md's error body with the code its status stands for, and responses
 match the document. Inputs the fuzzer found mishandled are kept as regression cases
 below."""
 
@@ -24,7 +24,7 @@ from runsvc.infra.objectstore import ObjectStoreConfig
 from tests.fixtures.processes import Cluster
 from tests.fixtures.service import Service
 
-# API.md's error table, status -> code; 405 is aiohttp's wrong-method answer, mapped to
+# docs/api.md's error table, status -> code; 405 is aiohttp's wrong-method answer, mapped to
 # the same body by the error middleware.
 ERROR_CODES = {
     400: "bad_request",
@@ -184,7 +184,7 @@ async def test_fuzzed_requests_get_no_5xx_and_proper_error_bodies(
     """schemathesis generates valid and invalid requests for every operation of
     `/openapi.json` (the websocket aside), with an admin token, derandomized so a failure
     reproduces: none is answered with a 5xx, every 4xx has a JSON body whose `code` is the
-    one API.md gives its status and a message, and the server logs no unexpected error."""
+    one docs/api.md gives its status and a message, and the server logs no unexpected error."""
     statuses, failures = await asyncio.to_thread(fuzz, server.url, server.headers("admin"))
     assert not failures, "\n".join(failures)
     assert not server_errors(tmp_path)

@@ -1,4 +1,4 @@
-"""The HTTP platform: errors as API.md says, auth and roles, limits, operations endpoints,
+"""The HTTP platform: errors as docs/api.md says, auth and roles, limits, operations endpoints,
 the event page and the websocket subscription."""
 
 from __future__ import annotations

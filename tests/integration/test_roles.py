@@ -1,8 +1,8 @@
-"""Every endpoint × every role, against API.md's auth section.
+"""Every endpoint × every role, against docs/api.md's auth section.
 
 The endpoints come from the application's own table (`all_endpoints()`), so an endpoint
 added later is checked without touching this file. What each role may do is written here
-from API.md, independently of `runsvc.auth.GRANTS`, so a wrong grant or a wrongly declared
+from docs/api.md, independently of `runsvc.auth.GRANTS`, so a wrong grant or a wrongly declared
 permission shows up as a failing cell of the matrix.
 """
 
@@ -22,7 +22,7 @@ from tests.fixtures.service import Service
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 
-# API.md: admin everything; submitter create and act on runs, and read; reader read and
+# docs/api.md: admin everything; submitter create and act on runs, and read; reader read and
 # subscribe; executor the executor endpoints only.
 MAY: dict[str, frozenset[Permission]] = {
     "admin": frozenset(Permission) - {Permission.OPEN},
@@ -53,7 +53,7 @@ UNKNOWN_TOKENS = {
 
 
 def endpoint_class(endpoint: Endpoint) -> Permission:
-    """The class API.md puts an endpoint in, judged from its method and path alone."""
+    """The class docs/api.md puts an endpoint in, judged from its method and path alone."""
     path = endpoint.path
     if path in OPEN_PATHS:
         return Permission.OPEN
@@ -66,7 +66,7 @@ def endpoint_class(endpoint: Endpoint) -> Permission:
         return Permission.READ
     if path.startswith("/api/v1/runs"):
         return Permission.SUBMIT
-    raise AssertionError(f"classify {endpoint.method} {path} against API.md in this test")
+    raise AssertionError(f"classify {endpoint.method} {path} against docs/api.md in this test")
 
 
 def concrete(path: str) -> str:
@@ -128,7 +128,7 @@ async def test_every_role_against_every_endpoint(service: Service) -> None:
         cls = endpoint_class(endpoint)
         name = f"{endpoint.method} {endpoint.path}"
         if endpoint.permission is not cls:
-            wrong.append(f"{name}: declared {endpoint.permission}, API.md says {cls}")
+            wrong.append(f"{name}: declared {endpoint.permission}, docs/api.md says {cls}")
         callers: dict[str, str | None] = {"no token": None, **UNKNOWN_TOKENS}
         callers.update({role: service.tokens[role] for role in ROLES})
         for who, token in callers.items():

@@ -78,7 +78,7 @@ class Subscriber:
 
 
 def matches(query: SubscriptionQuery, event: RecordedEvent) -> bool:
-    """API.md's subscription filter, written out independently of the server's."""
+    """docs/api.md's subscription filter, written out independently of the server's."""
     if event.position <= int(query.get("after", "0")):
         return False
     if "run" in query and event.stream != f"run-{query['run']}":

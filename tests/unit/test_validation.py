@@ -19,7 +19,7 @@ def problems(*tasks: dict[str, Any], **run: Any) -> dict[str, str]:
 
 
 def test_a_valid_config_has_no_problems() -> None:
-    """The API.md example shape passes."""
+    """The docs/api.md example shape passes."""
     assert (
         problems(
             task("checkout", timeout="5m"),
