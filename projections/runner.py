@@ -28,6 +28,14 @@ from projections.projection import Projection
 log = structlog.get_logger("runsvc.projections")
 
 
+async def checkpoint_of(pool: asyncpg.Pool, name: str) -> int | None:
+    """The log position projection `name` has applied, or None before its first start."""
+    position: int | None = await pool.fetchval(
+        "SELECT position FROM projection_checkpoints WHERE name = $1", name
+    )
+    return position
+
+
 async def ensure_tables(connection: asyncpg.Connection, projection: Projection) -> bool:
     """Create the projection's tables and checkpoint if missing. When the stored version
     differs from the code's, drop the tables and start over from position 0 (a rebuild

@@ -16,7 +16,7 @@ from eventlog.fanout import EventHub
 from eventlog.listener import ChannelListener
 from projections.registry import all_projections
 from projections.run_state import READY_CHANNEL, RunStateProjection
-from projections.runner import ProjectionRunner, ensure_tables, run_forever
+from projections.runner import ProjectionRunner, checkpoint_of, ensure_tables, run_forever
 from projections.snapshot import restore_newest
 from runsvc.http import events, executors, health, runs
 from runsvc.http.keys import (
@@ -154,9 +154,7 @@ async def _restore_empty_index(app: web.Application) -> None:
     """A new or wiped index on a log that is not empty: start from the newest dump in
     object storage, so only the events after it need replaying."""
     pool = app[DATABASE].pool
-    position = await pool.fetchval(
-        "SELECT position FROM projection_checkpoints WHERE name = 'index'"
-    )
+    position = await checkpoint_of(pool, "index")
     if position or not await app[STORE].head():
         return
     try:
