@@ -4,6 +4,7 @@ idempotent retries, unknown event types and the hash chain."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from datetime import UTC, datetime
 
 import asyncpg
@@ -223,32 +224,47 @@ async def test_hash_chain_detects_tampering(store: EventStore) -> None:
 
 async def test_appends_survive_killed_connections(store: EventStore) -> None:
     """Connections terminated mid-append (pg_terminate_backend) make appends retry, never
-    fail or write twice: every acknowledged append is stored exactly once."""
+    fail or write twice: every acknowledged append is stored exactly once.
+
+    Every connection is killed at bounded moments (each time the writers have acknowledged
+    a few more appends, while the others are in flight), so the appends always get a
+    window to finish, however slow the machine is."""
     admin = await asyncpg.connect(store.notifier._dsn)
-    stop = asyncio.Event()
+    progress = asyncio.Condition()
+    acknowledged_count = 0
+    kills_wanted, every = 8, 9
     killed = 0
+
+    def reached(goal: int) -> bool:
+        return acknowledged_count >= goal
 
     async def killer() -> None:
         nonlocal killed
-        while not stop.is_set():
+        for round_ in range(1, kills_wanted + 1):
+            async with progress:
+                await progress.wait_for(functools.partial(reached, round_ * every))
             killed += await admin.fetchval(
                 "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
-            await asyncio.sleep(0.02)
 
     async def writer(index: int) -> list[int]:
+        nonlocal acknowledged_count
         positions = []
         for i in range(15):
             positions += await store.append(f"run-k{index}-{i}", [status()], NO_STREAM, meta=META)
+            async with progress:
+                acknowledged_count += 1
+                progress.notify_all()
         return positions
 
     killing = asyncio.create_task(killer())
     try:
         written = await asyncio.gather(*(writer(i) for i in range(6)))
-    finally:
-        stop.set()
         await killing
+    finally:
+        killing.cancel()
+        await asyncio.gather(killing, return_exceptions=True)
         await admin.close()
     acknowledged = sorted(p for positions in written for p in positions)
     stored = [r[0] for r in await store.pool.fetch("SELECT position FROM events ORDER BY 1")]
