@@ -207,21 +207,24 @@ class LeaseService:
             """
         )
 
-    async def _try_claim(self, executor: str, labels: dict[str, str]) -> Claim | None:
-        for _ in range(50):
-            entry = await self._reserve(labels)
-            if entry is None:
-                return None
-            if not entry["won"]:
-                continue
-            lease = secrets.token_urlsafe(18)
-            now = self.runs.clock()
-            expires = now + self.lease_ttl
-            await self.pool.execute(
+    async def _take_lease(
+        self, entry: asyncpg.Record, lease: str, executor: str, now: datetime, expires: datetime
+    ) -> bool:
+        """Record `lease` for the reserved attempt. False when the attempt already has a
+        lease that is not an orphan (it started: the caller passes it over).
+
+        A claim that died between recording its lease and appending the attempt's start
+        (a crash, a lost connection) leaves a lease for an attempt that never started. The
+        queue entry comes back once its reservation expires; its next claim finds that
+        lease, sees in the run that the attempt is still only scheduled, and replaces it."""
+        for _ in range(2):
+            taken = await self.pool.fetchval(
                 """
                 INSERT INTO leases (lease_id, run_id, task, task_id, attempt, executor,
                                     expires_at, last_output_at)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                ON CONFLICT (task_id, attempt) DO NOTHING
+                RETURNING lease_id
                 """,
                 lease,
                 entry["run_id"],
@@ -232,6 +235,42 @@ class LeaseService:
                 expires,
                 now,
             )
+            if taken is not None:
+                return True
+            try:
+                task = (await self.runs.load(entry["run_id"])).tasks[entry["task"]]
+            except (NotFound, KeyError):
+                return False
+            if task.status != "scheduled" or task.attempt != entry["attempt"]:
+                return False
+            orphan = await self.pool.fetchval(
+                "DELETE FROM leases WHERE task_id = $1 AND attempt = $2 AND state = 'active' "
+                "RETURNING lease_id",
+                entry["task_id"],
+                entry["attempt"],
+            )
+            log.warning(
+                "replaced the lease of a claim that never started its attempt",
+                run_id=entry["run_id"],
+                task=entry["task"],
+                attempt=entry["attempt"],
+                replaced=orphan is not None,
+            )
+        return False
+
+    async def _try_claim(self, executor: str, labels: dict[str, str]) -> Claim | None:
+        for _ in range(50):
+            entry = await self._reserve(labels)
+            if entry is None:
+                return None
+            if not entry["won"]:
+                continue
+            lease = secrets.token_urlsafe(18)
+            now = self.runs.clock()
+            expires = now + self.lease_ttl
+            if not await self._take_lease(entry, lease, executor, now, expires):
+                await self._settle(entry["task_id"], entry["attempt"])
+                continue
             try:
                 run = await self.runs.execute(
                     entry["run_id"],

@@ -1,0 +1,64 @@
+"""Crash windows of a claim: what a claim that died halfway leaves behind never blocks the
+attempt it was starting (issue: a run stuck forever after a crash)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from runsvc.http.keys import LEASES, SERVICE
+from runsvc.wire.executor import Completion
+from tests.fixtures.service import Service
+from tests.integration.test_runs_api import caught_up, create
+
+
+async def test_a_claim_that_died_before_the_start_leaves_no_stuck_run(service: Service) -> None:
+    """A lease recorded for an attempt whose start was never appended (the claim crashed in
+    between; inserted here by hand) does not make later claims of that attempt fail: the
+    next claim replaces the orphan, starts the attempt, and the run finishes."""
+    run = await create(service, config={"tasks": [{"name": "only", "run": "true"}]})
+    await caught_up(service)
+    leases, runs = service.app[LEASES], service.app[SERVICE]
+    entry = await runs.pool.fetchrow("SELECT task_id, attempt FROM ready_tasks")
+    assert entry is not None
+    now = datetime.now(UTC)
+    await runs.pool.execute(
+        """
+        INSERT INTO leases (lease_id, run_id, task, task_id, attempt, executor, expires_at,
+                            last_output_at)
+        VALUES ('crashed-claim', $1, 'only', $2, $3, 'gone', $4, $5)
+        """,
+        run["id"],
+        entry["task_id"],
+        entry["attempt"],
+        now + timedelta(seconds=30),
+        now,
+    )
+
+    claim = await leases.claim("executor-1", {}, wait_s=0)
+
+    assert claim is not None
+    assert claim.task.task == "only"
+    rows = await runs.pool.fetch(
+        "SELECT lease_id, executor FROM leases WHERE task_id = $1", entry["task_id"]
+    )
+    assert [(r["lease_id"], r["executor"]) for r in rows] == [(claim.lease, "executor-1")]
+    await leases.complete(claim.lease, Completion(status="success", exit_code=0))
+    finished = await runs.load(run["id"])
+    assert (finished.phase, finished.result) == ("finished", "success")
+
+
+async def test_a_started_attempt_keeps_its_lease(service: Service) -> None:
+    """The other side of the same window: when the attempt did start (the claim died after
+    appending the start, before it could settle its reservation), a later claim leaves the
+    attempt and its lease alone and hands out nothing."""
+    await create(service, config={"tasks": [{"name": "only", "run": "true"}]})
+    await caught_up(service)
+    leases, runs = service.app[LEASES], service.app[SERVICE]
+    first = await leases.claim("executor-1", {}, wait_s=0)
+    assert first is not None
+    # As if the claim had died before settling: its queue entry reserved no more.
+    await runs.pool.execute("DELETE FROM claim_reservations")
+
+    assert await leases.claim("executor-2", {}, wait_s=0) is None
+    rows = await runs.pool.fetch("SELECT lease_id, state FROM leases")
+    assert [(r["lease_id"], r["state"]) for r in rows] == [(first.lease, "active")]
