@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
+import msgspec
 import structlog
 
 from eventlog.listener import ChannelListener
@@ -44,6 +45,7 @@ from runsvc.service.writer import Caller
 from runsvc.wire.executor import Claim, Completion, HeartbeatAnswer, WorkItem
 
 log = structlog.get_logger("runsvc.leases")
+_completions = msgspec.msgpack.Encoder()
 
 
 @dataclass(frozen=True)
@@ -369,9 +371,14 @@ class LeaseService:
 
     async def complete(self, lease: str, completion: Completion) -> LeaseRow:
         """Record the attempt's outcome, then end the lease. The same completion sent
-        again (its answer was lost) is accepted again."""
+        again (its answer was lost) is accepted again; a different one is refused."""
+        reported = _completions.encode(completion)
         record = await self.pool.fetchrow("SELECT * FROM leases WHERE lease_id = $1", lease)
         if record is not None and record["state"] == "completed":
+            accepted = record["completion"]
+            if accepted is not None and bytes(accepted) != reported:
+                earlier = msgspec.msgpack.decode(bytes(accepted), type=Completion)
+                raise Conflict(f"this attempt already completed as {earlier.status}")
             return LeaseRow.of(record)
         row = await self._current(lease)
         await self.runs.execute(
@@ -387,7 +394,7 @@ class LeaseService:
             ),
             Caller(Actor(kind="executor", id=row.executor)),
         )
-        await self._close(lease, "completed")
+        await self._close(lease, "completed", completion=reported)
         return row
 
     async def lose(self, lease: str, reason: str, *, state: str = "lost") -> LeaseRow | None:
@@ -409,12 +416,13 @@ class LeaseService:
         log.info("attempt lost", lease=lease, run_id=row.run_id, task=row.task, reason=reason)
         return row
 
-    async def _close(self, lease: str, state: str) -> None:
+    async def _close(self, lease: str, state: str, *, completion: bytes | None = None) -> None:
         await self.pool.execute(
-            "UPDATE leases SET state = $2, ended_at = now() "
+            "UPDATE leases SET state = $2, ended_at = now(), completion = $3 "
             "WHERE lease_id = $1 AND state = 'active'",
             lease,
             state,
+            completion,
         )
 
     async def expire(self) -> int:

@@ -62,3 +62,31 @@ async def test_a_started_attempt_keeps_its_lease(service: Service) -> None:
     assert await leases.claim("executor-2", {}, wait_s=0) is None
     rows = await runs.pool.fetch("SELECT lease_id, state FROM leases")
     assert [(r["lease_id"], r["state"]) for r in rows] == [(first.lease, "active")]
+
+
+async def test_a_contradicting_completion_is_refused(service: Service) -> None:
+    """The same completion sent again (its answer was lost) is 204 again; a different one
+    for the same attempt is 409 and appends nothing."""
+    run = await create(service, config={"tasks": [{"name": "only", "run": "true"}]})
+    await caught_up(service)
+    claim = await service.app[LEASES].claim("executor-1", {}, wait_s=0)
+    assert claim is not None
+    path = f"/api/v1/executor/leases/{claim.lease}/complete"
+    headers = service.auth("executor")
+    success = {"status": "success", "exit_code": 0}
+
+    first = await service.client.post(path, json=success, headers=headers)
+    assert first.status == 204
+    version = (await service.app[SERVICE].load(run["id"])).version
+    again = await service.client.post(path, json=success, headers=headers)
+    assert again.status == 204
+    contradiction = await service.client.post(
+        path, json={"status": "failed", "exit_code": 1}, headers=headers
+    )
+    assert contradiction.status == 409
+    body = await contradiction.json()
+    assert body["code"] == "conflict"
+    assert "already completed as success" in body["message"]
+    after = await service.app[SERVICE].load(run["id"])
+    assert after.version == version
+    assert after.tasks["only"].status == "success"
