@@ -62,7 +62,7 @@ def check_artifact_path(path: str) -> str:
     return path
 
 
-async def has_chunks(pool: asyncpg.Pool, task_id: str, attempt: int) -> bool:
+async def has_chunks(pool: asyncpg.Pool | asyncpg.Connection, task_id: str, attempt: int) -> bool:
     return bool(
         await pool.fetchval(
             "SELECT EXISTS (SELECT 1 FROM log_chunks WHERE task_id = $1 AND attempt = $2)",
@@ -108,10 +108,20 @@ async def read_log(
 async def archive(pool: asyncpg.Pool, objects: ObjectStore, task_id: str, attempt: int) -> None:
     """Move an ended attempt's output to object storage, then drop it from the database.
     If the store is unreachable the output stays (and is served) where it is. An attempt
-    without output has nothing to move (readers treat a missing log as empty)."""
+    without output has nothing to move (readers treat a missing log as empty).
+
+    Completion and the timer loop may archive one attempt at once: archives of an attempt
+    take turns (a transaction lock), and each looks again once it has its turn, so a later
+    one finds the output moved and leaves the stored log alone instead of overwriting it
+    with nothing."""
     if not await has_chunks(pool, task_id, attempt):
         return
     async with pool.acquire() as connection, connection.transaction():
+        await connection.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('archive:' || $1), $2)", task_id, attempt
+        )
+        if not await has_chunks(connection, task_id, attempt):
+            return
         rows = connection.cursor(
             'SELECT data FROM log_chunks WHERE task_id = $1 AND attempt = $2 ORDER BY "offset"',
             task_id,
