@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 from urllib.parse import quote
 
 import msgspec
@@ -90,12 +90,17 @@ KEEP_GOING: Final = HeartbeatAnswer(stop=False)
 """What a 204 heartbeat answer means, so that callers always get a `HeartbeatAnswer`."""
 
 
+ExitCode = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
+"""A process's exit status as an executor reports it: any 32-bit integer (shells use 0-255,
+some report a killing signal as a negative number)."""
+
+
 class Completion(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The outcome of an attempt. `exit_code` is None when the process did not exit by
     itself (killed by a signal, could not start); `error` says why it failed."""
 
     status: Literal["success", "failed"]
-    exit_code: int | None = None
+    exit_code: ExitCode | None = None
     error: str | None = None
 
 

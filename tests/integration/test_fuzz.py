@@ -219,6 +219,14 @@ FOUND: list[tuple[str, str, Any, str, int, str | None]] = [
     ("POST", "/api/v1/runs/%00/stop", None, "submitter", 400, None),
     ("POST", "/api/v1/executor/leases/%00/heartbeat", None, "executor", 400, None),
     ("GET", "/api/v1/runs?phase=%00", None, "reader", 400, "query.phase"),
+    (
+        "POST",
+        "/api/v1/executor/leases/no-such-lease/complete",
+        {"status": "success", "exit_code": 4575875668233412665956859117568},
+        "executor",
+        400,
+        "exit_code",
+    ),
     # A misspelt phase or result is refused, not answered with an empty page.
     ("GET", "/api/v1/runs?phase=runing", None, "reader", 400, "query.phase"),
     ("GET", "/api/v1/runs?result=sucess", None, "reader", 400, "query.result"),
