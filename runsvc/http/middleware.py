@@ -11,13 +11,21 @@ import uuid
 import structlog
 from aiohttp import web
 
+from eventlog.appender import CONNECTION_ERRORS
+from eventlog.errors import PayloadTooLarge, StoreUnavailable
 from runsvc.domain.errors import ServiceError
 from runsvc.http.keys import SETTINGS
 from runsvc.http.metrics import METRICS
 from runsvc.http.routing import Handler, json_response
+from runsvc.infra.logs import Throttled
 from runsvc.wire.api import ErrorBody, Problem
 
 log = structlog.get_logger("runsvc.http")
+_unavailable_log = Throttled("runsvc.http")
+RETRY_AFTER_S = 5
+"""What a 503 asks clients to wait before they try again."""
+# The database is down, restarting or unreachable: the request may well work later.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (StoreUnavailable, *CONNECTION_ERRORS)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
@@ -97,6 +105,16 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return response
     except (asyncio.CancelledError, ConnectionResetError):
         raise
+    except PayloadTooLarge as exc:
+        # The request fit the body limit but one event it would record does not.
+        return error_response(413, "too_large", f"too large to record: {exc}")
+    except _UNAVAILABLE as exc:
+        _unavailable_log.warning(
+            "database unavailable", method=request.method, path=request.path, error=repr(exc)
+        )
+        response = error_response(503, "unavailable", "the database is unavailable; try again")
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
     except Exception:
         log.exception("unexpected error", method=request.method, path=request.path)
         return error_response(500, "internal", "internal server error")

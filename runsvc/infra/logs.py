@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 import structlog
 
@@ -31,3 +32,24 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+class Throttled:
+    """A logger for a failure that repeats on every request while it lasts (a database
+    outage, file descriptors exhausted): one line per `interval_s` at most, carrying how
+    many were held back, so an outage cannot fill the disk with the same line."""
+
+    def __init__(self, name: str, *, interval_s: float = 5.0) -> None:
+        self._log = structlog.get_logger(name)
+        self._interval_s = interval_s
+        self._next_at = 0.0
+        self._held_back = 0
+
+    def warning(self, event: str, **fields: object) -> None:
+        now = time.monotonic()
+        if now < self._next_at:
+            self._held_back += 1
+            return
+        self._log.warning(event, held_back=self._held_back, **fields)
+        self._held_back = 0
+        self._next_at = now + self._interval_s
