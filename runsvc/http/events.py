@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-import weakref
 from typing import Annotated
 
 import msgspec
@@ -45,8 +44,9 @@ def event_out(recorded: RecordedEvent) -> EventOut:
     )
 
 
-class OpenSockets(weakref.WeakSet[web.WebSocketResponse]):
-    """The subscription sockets open in this application, closed on shutdown."""
+class OpenSockets(set[web.WebSocketResponse]):
+    """The subscription sockets open in this application: what the subscriber limit counts
+    and what shutdown closes. Each handler removes its own socket when it ends."""
 
 
 WEBSOCKETS = web.AppKey("websockets", OpenSockets)
@@ -132,8 +132,11 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     query = decode_query(request, SubscriptionQuery)
     filter = event_filter(query.run, query.group, query.types)
     hub = request.app[HUB]
+    sockets = request.app[WEBSOCKETS]
     limit = request.app[SETTINGS].max_subscribers
-    if hub.subscribers >= limit:
+    # The place is taken here, with no await between the check and the taking: counted
+    # later (once the handshake is done) several connections arriving together all passed.
+    if len(sockets) >= limit:
         raise SubscriberLimit(
             f"this process already serves its limit of {limit} subscribers; "
             "retry later or connect to another instance"
@@ -141,8 +144,12 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     # No per-message deflate: every message would be compressed again for every
     # subscriber (the encoding cache cannot share it), and events are small JSON.
     ws = web.WebSocketResponse(heartbeat=20.0, autoping=True, compress=False)
-    await ws.prepare(request)
-    request.app[WEBSOCKETS].add(ws)
+    sockets.add(ws)
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        sockets.discard(ws)
+        raise
 
     async def send() -> None:
         async for event in hub.subscribe(after=query.after, filter=filter):
@@ -167,6 +174,7 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
         # Their outcome is settled above; here they only need to finish.
         await asyncio.gather(sender, receiver, return_exceptions=True)
         await ws.close()
+        sockets.discard(ws)
     return ws
 
 

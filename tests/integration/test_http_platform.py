@@ -198,3 +198,30 @@ async def test_openapi_is_generated_from_the_endpoints(service: Service) -> None
         "ErrorBody"
     )
     assert "ErrorBody" in document["components"]["schemas"]
+
+
+async def open_subscription(service: Service) -> int:
+    """The status of a websocket upgrade request for the event log."""
+    response = await service.client.get(
+        "/api/v1/events/ws",
+        headers={
+            **service.auth(),
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        },
+    )
+    return response.status
+
+
+async def test_websockets_arriving_together_respect_the_subscriber_limit(
+    service_config: Settings,
+) -> None:
+    """Subscriptions opened all at once, far more than the limit: exactly the limit is
+    accepted and the others refused with 503 (the place is taken before the handshake,
+    not counted after it)."""
+    settings = msgspec.structs.replace(service_config, max_subscribers=50)
+    async for service in start_service(settings):
+        statuses = await asyncio.gather(*(open_subscription(service) for _ in range(200)))
+        assert sorted(statuses) == [101] * 50 + [503] * 150
