@@ -3,6 +3,8 @@ output endpoints readers use (logs, live or archived; artifacts)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -22,6 +24,7 @@ from runsvc.service.task_logs import (
     artifact_prefix,
     check_artifact_path,
     has_chunks,
+    log_key,
     read_log,
 )
 from runsvc.wire.api import Artifact, ArtifactList
@@ -47,6 +50,26 @@ class StorageUnavailable(ServiceError):
 
     status = 503
     code = "unavailable"
+
+
+# How long a reader waits for object storage to start answering before it gets a 503: the
+# client's own retries and timeouts stay in the client's hands, not behind a hung request.
+STORAGE_WAIT_S = 5.0
+
+
+@contextlib.asynccontextmanager
+async def storage_answering() -> AsyncIterator[None]:
+    """Object storage calls made before a response starts: a failure or a hang becomes a
+    503 that says so, never an empty 200."""
+    try:
+        async with asyncio.timeout(STORAGE_WAIT_S):
+            yield
+    except TimeoutError as exc:
+        raise StorageUnavailable("object storage is not answering") from exc
+    except (ObjectNotFound, InvalidKey):
+        raise
+    except ObjectStoreError as exc:
+        raise StorageUnavailable(str(exc)) from exc
 
 
 def _lease(request: web.Request) -> str:
@@ -135,6 +158,12 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
     objects = request.app[OBJECTS]
     attempt, state = await attempt_of(pool, task_id, query.attempt)
     live = await has_chunks(pool, task_id, attempt)
+    if not live:
+        try:
+            async with storage_answering():
+                await objects.head(log_key(task_id, attempt))
+        except ObjectNotFound:
+            pass  # the attempt wrote nothing: an empty log
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/plain; charset=utf-8",
@@ -160,7 +189,12 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
             async for data in read_log(pool, objects, task_id, attempt, offset):
                 await response.write(data)
     except ObjectStoreError as exc:
+        # The status is sent already: end the connection without finishing the body, so
+        # the client sees a cut-off transfer rather than a complete, shorter log.
         log.warning("log read failed", task_id=task_id, error=str(exc))
+        if request.transport is not None:
+            request.transport.close()
+        return response
     await response.write_eof()
     return response
 
@@ -170,20 +204,19 @@ async def list_artifacts(request: web.Request) -> web.Response:
     prefix = artifact_prefix(task_id)
     found = []
     try:
-        async for item in request.app[OBJECTS].list(prefix):
-            found.append(
-                Artifact(
-                    key=item.key[len(prefix) :],
-                    size=item.size,
-                    last_modified=item.last_modified,
-                    etag=item.etag,
+        async with storage_answering():
+            async for item in request.app[OBJECTS].list(prefix):
+                found.append(
+                    Artifact(
+                        key=item.key[len(prefix) :],
+                        size=item.size,
+                        last_modified=item.last_modified,
+                        etag=item.etag,
+                    )
                 )
-            )
     except InvalidKey:
         # Not the store failing: no task id has what a key may not (control characters).
         raise NotFound(f"no task {task_id!r}") from None
-    except ObjectStoreError as exc:
-        raise StorageUnavailable(str(exc)) from exc
     return json_response(ArtifactList(artifacts=found))
 
 
@@ -192,12 +225,11 @@ async def get_artifact(request: web.Request) -> web.StreamResponse:
     key = artifact_prefix(request.match_info["task_id"]) + path
     objects = request.app[OBJECTS]
     try:
-        await objects.head(key)
+        async with storage_answering():
+            await objects.head(key)
     except (ObjectNotFound, InvalidKey):
         # An invalid key (the path is checked above, so the task id) names no artifact.
         raise NotFound(f"no artifact {path!r}") from None
-    except ObjectStoreError as exc:
-        raise StorageUnavailable(str(exc)) from exc
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     await response.prepare(request)
     async for data in objects.get_stream(key):

@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from runsvc.http.keys import STORE
+from runsvc.http.keys import OBJECTS, SERVICE, STORE
 from runsvc.infra.objectstore import ObjectStoreConfig
 from runsvc.infra.postgres import TEST_SETTINGS, EmbeddedPostgres
+from runsvc.infra.seaweed import EmbeddedSeaweed
+from runsvc.service.task_logs import append_chunk, archive
 from tests.fixtures.postgres import server_directory
 from tests.fixtures.service import Service, service_settings, start_service
 from tests.integration.test_runs_api import caught_up
@@ -88,3 +91,43 @@ async def test_a_run_too_large_to_record_is_413(
         assert body["code"] == "too_large"
         assert "4096" in body["message"]
         assert await service.app[STORE].head() == 0
+
+
+async def test_object_storage_down_is_503_for_archived_logs_then_recovers(
+    service: Service, seaweed: EmbeddedSeaweed
+) -> None:
+    """With object storage stopped, an archived log is a 503 `unavailable` (it was a 200
+    with an empty body) and the artifact list too; once storage is back, the whole log is
+    served again."""
+    pool = service.app[SERVICE].pool
+    now = datetime.now(UTC)
+    await pool.execute(
+        """
+        INSERT INTO leases (lease_id, run_id, task, task_id, attempt, executor, state,
+                            expires_at, last_output_at)
+        VALUES ('l1', 'r1', 'build', 'archived-task', 1, 'e', 'completed', $1, $1)
+        """,
+        now,
+    )
+    async with pool.acquire() as connection:
+        await append_chunk(connection, "archived-task", 1, 0, b"built\n")
+    await archive(pool, service.app[OBJECTS], "archived-task", 1)
+    path = "/api/v1/tasks/archived-task/logs"
+
+    served = await service.client.get(path, headers=service.auth("reader"))
+    assert (served.status, await served.read()) == (200, b"built\n")
+
+    await asyncio.to_thread(seaweed.stop)
+    try:
+        down = await service.client.get(path, headers=service.auth("reader"))
+        assert down.status == 503
+        assert (await down.json())["code"] == "unavailable"
+        artifacts = await service.client.get(
+            "/api/v1/tasks/archived-task/artifacts", headers=service.auth("reader")
+        )
+        assert artifacts.status == 503
+    finally:
+        await asyncio.to_thread(seaweed.start)
+
+    back = await service.client.get(path, headers=service.auth("reader"))
+    assert (back.status, await back.read()) == (200, b"built\n")
