@@ -7,14 +7,17 @@ jobs and a build tool's workers would otherwise survive a stop or a timeout and 
 burning the machine. So a stop sends SIGTERM to the group, waits a grace period for the
 group to empty, then sends SIGKILL. When the direct child exits by itself, members it
 left behind are ended the same way, as CI systems do at the end of a step. (A process
-that starts its own session escapes the group; only a cgroup would catch it.)
+that starts its own session escapes the group; only a cgroup would catch it.) The group
+also ends when the executor dies, through the supervisor of `runsvc.executor.lifeline`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Self
 
+from runsvc.executor.lifeline import lifeline, supervised
 from runsvc.wire.executor import WorkItem, compose_environment
 
 # Variables of the executor's own environment that a task gets underneath its composed
@@ -130,8 +134,13 @@ class TaskProcess:
     output has been read to its end)."""
 
     def __init__(
-        self, transport: asyncio.SubprocessTransport, watch: _Watch, spec: ProcessSpec
+        self,
+        transport: asyncio.SubprocessTransport,
+        watch: _Watch,
+        spec: ProcessSpec,
+        lifeline_end: int,
     ) -> None:
+        self._lifeline_end = lifeline_end
         self._transport = transport
         self._watch = watch
         self._spec = spec
@@ -142,19 +151,29 @@ class TaskProcess:
 
     @classmethod
     async def start(cls, spec: ProcessSpec, on_output: OutputSink) -> Self:
-        """Start the process; OSError when it cannot be (no such program, not executable)."""
+        """Start the process; OSError when it cannot be (no such program, not executable).
+        It runs under a supervisor that ends it if this process dies (`lifeline`)."""
+        _check_program(spec.argv[0], spec.env.get("PATH", os.defpath))
         loop = asyncio.get_running_loop()
-        transport, watch = await loop.subprocess_exec(
-            lambda: _Watch(on_output),
-            *spec.argv,
-            cwd=spec.cwd,
-            env=dict(spec.env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        return cls(transport, watch, spec)
+        read_end, write_end = lifeline()
+        try:
+            transport, watch = await loop.subprocess_exec(
+                lambda: _Watch(on_output),
+                *supervised(list(spec.argv), read_end, spec.kill_grace_s),
+                cwd=spec.cwd,
+                env=dict(spec.env),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=(read_end,),
+            )
+        except BaseException:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+        return cls(transport, watch, spec, write_end)
 
     @property
     def pid(self) -> int:
@@ -189,6 +208,7 @@ class TaskProcess:
             if self._transport.get_returncode() is None:
                 signal_group(self.pid, signal.SIGKILL)
             self._transport.close()
+            os.close(self._lifeline_end)
         return self._result(self._transport.get_returncode(), reason)
 
     async def _until_exit_or_limit(self, stopping: asyncio.Future[Any]) -> str | None:
@@ -246,6 +266,18 @@ class TaskProcess:
             signal_name = _signal_name(-returncode if returncode is not None else 0)
             return ProcessResult(None, f"killed by {signal_name}")
         return ProcessResult(exit_code, None if exit_code == 0 else f"exit code {exit_code}")
+
+
+def _check_program(program: str, path: str) -> None:
+    """Refuse what could not start before starting the supervisor, so a missing or
+    non-executable program is an OSError of `start`, as with a direct exec."""
+    if "/" in program:
+        if not os.path.isfile(program):
+            raise FileNotFoundError(errno.ENOENT, "no such program", program)
+        if not os.access(program, os.X_OK):
+            raise PermissionError(errno.EACCES, "not executable", program)
+    elif shutil.which(program, path=path) is None:
+        raise FileNotFoundError(errno.ENOENT, "no such program on PATH", program)
 
 
 def signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -206,6 +206,43 @@ async def test_a_lost_executor_is_replaced_and_one_attempt_is_lost(
     assert lost[0]["data"]["attempt"] == 1
 
 
+async def test_a_killed_executor_takes_its_tasks_with_it(cluster: Cluster, tmp_path: Path) -> None:
+    """SIGKILL an executor while its task (a shell and a child of it) runs: the task's
+    processes end too, so the retry that follows never overlaps the first attempt."""
+    pids = tmp_path / "pids"
+    doomed = cluster.start_executor("doomed", concurrency=1)
+    script = f"sleep 600 & echo $$ $! > {pids}; wait"
+    run = await submit(cluster, {"tasks": [{"name": "long", "run": script}]})
+    await until(cluster, run["id"], lambda r: r["tasks"]["long"]["status"] == "running")
+    for _ in range(600):  # the task writes its pids as it starts; 30 s at most
+        if pids.exists() and len(pids.read_text().split()) == 2:
+            break
+        await asyncio.sleep(0.05)
+    shell, sleeper = (int(pid) for pid in pids.read_text().split())
+    assert alive(shell)
+    assert alive(sleeper)
+
+    os.killpg(doomed.pid, signal.SIGKILL)
+    doomed.wait()
+
+    # Nothing tells another process that these ended: poll, for 20 s at most.
+    for _ in range(400):
+        if not alive(shell) and not alive(sleeper):
+            break
+        await asyncio.sleep(0.05)
+    assert not alive(shell)
+    assert not alive(sleeper)
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` is a live (not zombie) process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] not in "ZX"
+
+
 async def test_logs_live_and_archived_byte_for_byte(cluster: Cluster) -> None:
     """A live follow receives the lines while the task runs; once finished, the log is
     served from object storage byte for byte."""
