@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -60,6 +61,18 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel a background task and wait until it has ended. A cancellation can be lost
+    inside a library (seen with the S3 client in the middle of a request: the dump
+    finished and the snapshotter went back to sleeping for ten minutes, holding up the
+    shutdown), so it is sent again every second until the task is done."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("background task failed", task=task.get_name(), error=repr(task.exception()))
+
+
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     async with open_event_store(app[SETTINGS], app[DATABASE]) as store:
         app[STORE] = store
@@ -96,8 +109,7 @@ async def _snapshotter_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     task = asyncio.create_task(snapshotter.run(), name="snapshotter")
     yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await cancel_and_wait(task)
 
 
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -128,8 +140,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         timer_loop(service, jobs=jobs, interval=settings.timer_interval_s), name="timers"
     )
     yield
-    timers.cancel()
-    await asyncio.gather(timers, return_exceptions=True)
+    await cancel_and_wait(timers)
     await ready.close()
     await logs.close()
 
@@ -192,9 +203,7 @@ async def _projections_ctx(app: web.Application) -> AsyncIterator[None]:
         lambda: {r.name: float(r.lag) for r in runners},
     )
     yield
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.gather(*(cancel_and_wait(task) for task in tasks))
 
 
 async def _first_token_ctx(app: web.Application) -> AsyncIterator[None]:
