@@ -42,7 +42,7 @@ _json = msgspec.json.Encoder()
 
 class RunStateProjection:
     name = "run_state"
-    version = 4
+    version = 5
     tables: tuple[str, ...] = ("run_state", "ready_tasks", "run_timers", "carried_tasks")
     per_stream = True
     filter: EventFilter | None = EventFilter(stream_prefix=RUN_STREAM_PREFIX)

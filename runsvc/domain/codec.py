@@ -31,6 +31,8 @@ class TaskState(msgspec.Struct, array_like=True):
     index: int | None
     expanded: bool
     children: list[str]
+    # Added after the first stored states: a default, so that those still decode (as 0).
+    lost: int = 0
 
 
 class RunState(msgspec.Struct, array_like=True):

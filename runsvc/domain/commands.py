@@ -178,7 +178,8 @@ def lose_attempt(
     run: Run, task_name: str, *, attempt: int, error: str, now: datetime
 ) -> list[Event]:
     """The attempt's executor is gone (lease expired, stalled, handed back): record it as
-    `lost`, then the task's `on_lost` decides: retry (the retry policy) or fail."""
+    `lost`, then the task's `on_lost` decides: retry (up to `max_lost` lost attempts,
+    apart from the retry policy's failures) or fail."""
     task = _running_attempt(run, task_name, attempt)
     lost = TaskStatusChanged(
         task=task_name, status="lost", attempt=attempt, at=now, executor=task.executor, error=error
@@ -193,7 +194,7 @@ def lose_attempt(
             succeeded=False,
             exit_code=None,
             error=error,
-            retry=task.spec.on_lost == "retry",
+            lost=True,
         )
         emit(run, events, outcome)
         plan(run, now, events)

@@ -65,6 +65,10 @@ class TaskConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
     timeout: str | None = None
     progress_timeout: str | None = None
     on_lost: str = "retry"
+    # How many lost attempts `on_lost: retry` tries again; the next loss fails the task.
+    # A budget of its own, apart from `retry.max_attempts`: a vanished executor says
+    # nothing about the task, so it must not use up the task's failures (nor they its).
+    max_lost: int = 3
     retry: Retry | None = None
     continue_on_error: bool = False
     approval: bool = False

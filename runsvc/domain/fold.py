@@ -36,9 +36,14 @@ UNSTARTED = frozenset({"notstarted", "waiting_approval", "scheduled"})
 
 
 def unmet_dependency(run: Run, task: Task) -> str | None:
-    """Why `task` must be skipped although all its parents are final, or None."""
+    """Why `task` can never run: the first dependency (in `depends` order) whose parent is
+    final with an outcome it does not accept; None while every final parent is accepted.
+    Parents not final yet do not matter: one refused outcome decides the task, however
+    the others end (it is skipped at once, not when the last parent ends)."""
     for dependency in task.depends:
         parent = run.tasks[dependency.task]
+        if not parent.final:
+            continue
         outcome = OUTCOME.get(parent.status)
         if outcome not in dependency.on:
             return f"{dependency.task} ended {parent.status}; needs {' or '.join(dependency.on)}"
@@ -159,11 +164,18 @@ def _parents_pending(run: Run, task: Task) -> int:
 
 
 def classify(run: Run, task: Task) -> None:
-    """File a task that has all parents final into the bucket of the decision it needs."""
+    """File a task into the bucket of the decision it needs: `skip` as soon as one of its
+    dependencies can no longer hold; the other decisions once all its parents are final."""
+    if task.status == "notstarted" and unmet_dependency(run, task) is not None:
+        run.insort(run.skip, task.order)
+        return
     if run.pending.get(task.name, 0):
         return
     if task.status == "notstarted":
-        if unmet_dependency(run, task) is not None or not when_holds(run, task):
+        # `when` is only looked at once the parents are final, as before: a task skipped
+        # by its condition keeps its place in the order of the run, so what depends on it
+        # being skipped does not start ahead of its grandparents.
+        if not when_holds(run, task):
             run.insort(run.skip, task.order)
         elif task.spec.approval and task.parent is None and task.approved_by is None:
             run.insort(run.gate, task.order)
@@ -242,6 +254,8 @@ def _task_status(run: Run, event: TaskStatusChanged) -> None:
     if (old in UNSTARTED) != (new in UNSTARTED):
         run.add("unstarted", 1 if new in UNSTARTED else -1)
     run.set(task, "status", new)
+    if new == "lost" and old != "lost":
+        run.set(task, "lost", task.lost + 1)
     # Only what changes is written: the fold runs for every event of every rebuild.
     for field, value in (
         ("attempt", event.attempt),
@@ -276,11 +290,17 @@ def _became_final(run: Run, task: Task) -> None:
         run.add("blocking_failures", 1)
     if task.is_parent:
         run.discard(run.closing, task.order)
+    outcome = OUTCOME[task.status]
     for name in run.dependents.get(task.name, ()):
         remaining = run.pending[name] - 1
         run.set_item(run.pending, name, remaining)
+        dependent = run.tasks[name]
         if remaining == 0:
-            classify(run, run.tasks[name])
+            classify(run, dependent)
+        elif dependent.status == "notstarted" and outcome not in dependent.accepts[task.name]:
+            # This outcome alone rules the dependent out, whatever its other parents do:
+            # skip it now (O(1) per edge; `classify` would look at every parent).
+            run.insort(run.skip, dependent.order)
     if task.parent is not None:
         parent = run.tasks[task.parent]
         run.add_in(run.open_children, parent.name, -1)

@@ -5,8 +5,10 @@ shows it keeps derived indexes, each a pure function of the task states, maintai
 incrementally so that a decision costs what changed rather than the size of the run:
 
 - `pending[t]`: how many parents of t are not final yet;
-- buckets of tasks that need the scheduler, sorted by visiting order: `skip` (all parents
-  final but a dependency or `when` is not satisfied), `gate` (needs an approval first),
+- buckets of tasks that need the scheduler, sorted by visiting order: `skip` (a parent is
+  final with an outcome its dependency does not accept, whether or not the other parents
+  are final yet, since nothing can make the task run any more; or all parents are final
+  and `when` does not hold), `gate` (needs an approval first),
   `expand` (a foreach parent ready to fan out), and per slot group the tasks ready to be
   scheduled once `max_parallel` allows (`slots`);
 - counts of active (scheduled or running) tasks, per run and per foreach parent;
@@ -57,6 +59,7 @@ class Task:
     """One task (or foreach child) of a run."""
 
     __slots__ = (
+        "accepts",
         "approval_comment",
         "approved_by",
         "attempt",
@@ -70,6 +73,7 @@ class Task:
         "id",
         "index",
         "item",
+        "lost",
         "name",
         "next_attempt_at",
         "order",
@@ -101,6 +105,10 @@ class Task:
         self.index = index
         self.status: TaskStatus = "notstarted"
         self.attempt = 0
+        # Attempts that ended `lost`, counted by the fold from the events (so a replay
+        # agrees): `attempt - lost` is how many used the failure budget (`retry`), `lost`
+        # how many used the lost budget (`max_lost`).
+        self.lost = 0
         self.executor: str | None = None
         self.started_at: datetime | None = None
         self.finished_at: datetime | None = None
@@ -111,6 +119,14 @@ class Task:
         self.approval_comment: str | None = None
         self.children: list[str] = []
         self.expanded = False
+        # The parent outcomes each parent must end with for this task to run (a parent
+        # named twice must satisfy both), so that a parent becoming final can tell at once
+        # whether this task can still run, without looking at its other parents.
+        self.accepts: dict[str, frozenset[str]] = {}
+        for dependency in depends:
+            allowed = frozenset(dependency.on)
+            known = self.accepts.get(dependency.task)
+            self.accepts[dependency.task] = allowed if known is None else known & allowed
 
     @property
     def is_parent(self) -> bool:

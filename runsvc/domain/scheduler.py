@@ -11,13 +11,20 @@ The rules, and the choices made where the run model leaves room:
 - Only a `running` run schedules; admission (queued -> running) is a command, because the
   concurrency key is a rule across runs.
 - A task runs when every parent is final and each parent's outcome is in that
-  dependency's `on`; otherwise it is skipped with the reason in its `error`. `stopped` and
-  `cancelled` parents count as "failure".
+  dependency's `on`. It is skipped (with the reason in its `error`) as soon as one parent
+  is final with an outcome that dependency does not accept, even while other parents
+  still run or wait for an approval: nothing can make it run any more, and what depends
+  on it being skipped should not wait either. A `when` that does not hold skips the task
+  once all its parents are final. `stopped` and `cancelled` parents count as "failure".
 - A task ready to run becomes `scheduled` (attempt n) when the run's `max_parallel` and,
   for a foreach child, its parent's `max_parallel` allow; an executor then claims it.
 - A failed attempt with attempts left is recorded by one event: the task goes back to
   `scheduled` with attempt n+1, `next_attempt_at` = now + min(backoff * factor^(n-1),
-  max_backoff) and the failure in `error`. Otherwise it is `failed`, final.
+  max_backoff) and the failure in `error`. Otherwise it is `failed`, final. Only attempts
+  that failed count here (`attempt - lost`); lost ones have their own budget.
+- A lost attempt (its executor vanished) with `on_lost: retry` is tried again, at once
+  and with no backoff, while the task has lost at most `max_lost` attempts (default 3);
+  the next loss fails it. `on_lost: fail` fails it at the first loss.
 - A running attempt past its task `timeout` fails ("timed out after …") and the retry
   policy applies. A run past its `timeout` (time waiting for approval excluded) is stopped
   with reason `timeout` and its result is `failed`.
@@ -28,9 +35,14 @@ The rules, and the choices made where the run model leaves room:
   failure the remaining children are skipped.
 - Stop: no new task starts; tasks not yet running are `cancelled`; running ones are told to
   stop (through the executor's heartbeat) and end `stopped` unless they report success.
-- The run finishes when every task is final: result `failed` if a task failed without
-  `continue_on_error` (or the run timed out), else `stopped` if a stop was requested, else
-  `success`. The result is emitted before the phase `finished`.
+- The result is set once and never changes. It becomes `failed` as soon as a task failed
+  for good without `continue_on_error` (as Agola does), right after that failure; the
+  run goes on (other tasks run, a stop still cancels and stops) until every task is
+  final. Nothing that can happen later would give another result: `_finish` gives
+  `failed` whenever a task failed that way, whatever else happened.
+- The run finishes when every task is final. If no result was set earlier: `failed` if
+  the run timed out, else `stopped` if a stop was requested, else `success`. The result is
+  emitted before the phase `finished`.
 """
 
 from __future__ import annotations
@@ -77,6 +89,7 @@ def plan(run: Run, now: datetime, events: list[Event]) -> None:
     while True:
         before = len(events)
         _expire_attempts(run, now, events)
+        _fail_early(run, now, events)
         _expire_run(run, now, events)
         if run.stop_requested:
             _cancel_waiting(run, now, events)
@@ -115,10 +128,12 @@ def attempt_outcome(
     succeeded: bool,
     exit_code: int | None,
     error: str | None,
-    retry: bool = True,
+    lost: bool = False,
 ) -> TaskStatusChanged:
     """What an ended attempt makes of the task: success, stopped (the run is stopping),
-    another attempt (retry policy), or failed."""
+    another attempt (the retry policy; for a lost attempt, `on_lost` and `max_lost`), or
+    failed. For a lost attempt, its `lost` event must be folded already (`task.lost`
+    counts it)."""
     name, attempt, executor = task.name, task.attempt, task.executor
     if succeeded:
         return TaskStatusChanged(
@@ -139,9 +154,13 @@ def attempt_outcome(
             executor=executor,
             error=error or "stopped",
         )
-    policy = retry_policy(run, task)
     cause = error or (f"exit code {exit_code}" if exit_code is not None else "failed")
-    if retry and task.attempt < policy.max_attempts:
+    if lost:
+        return _after_loss(task, now, cause)
+    policy = retry_policy(run, task)
+    # Lost attempts are not failures of the task: they do not use its failure budget.
+    failures = task.attempt - task.lost
+    if failures < policy.max_attempts:
         delay = backoff(policy, task.attempt)
         return TaskStatusChanged(
             task=name,
@@ -161,6 +180,36 @@ def attempt_outcome(
         executor=executor,
         error=cause,
     )
+
+
+def _after_loss(task: Task, now: datetime, cause: str) -> TaskStatusChanged:
+    assert task.status == "lost", "fold the attempt's `lost` event first"
+    name, attempt = task.name, task.attempt
+    if task.spec.on_lost == "retry" and task.lost <= task.spec.max_lost:
+        # No backoff: the loss was the executor's (it crashed, stalled or handed the task
+        # back), not something the task will do again a moment later, and another
+        # executor can take it now. `max_lost` bounds how often that can happen, so a task
+        # that kills its executors cannot loop. The retry policy's backoff is for failures.
+        return TaskStatusChanged(
+            task=name,
+            status="scheduled",
+            attempt=attempt + 1,
+            at=now,
+            error=f"attempt {attempt} lost: {cause}",
+        )
+    if task.spec.on_lost == "retry":
+        cause = f"{cause} (lost {task.lost} times; max_lost is {task.spec.max_lost})"
+    return TaskStatusChanged(
+        task=name, status="failed", attempt=attempt, at=now, executor=task.executor, error=cause
+    )
+
+
+def _fail_early(run: Run, now: datetime, events: list[Event]) -> None:
+    """The result is `failed` from the first task that failed for good without
+    continue_on_error: nothing later can change that (see `_finish`), so say it now.
+    `blocking_failures` only grows, hence this fires once and the result never changes."""
+    if run.result == "unknown" and run.blocking_failures > 0:
+        emit(run, events, RunResultChanged(result="failed", at=now))
 
 
 def _expire_attempts(run: Run, now: datetime, events: list[Event]) -> None:
@@ -318,7 +367,10 @@ def _finish(run: Run, now: datetime, events: list[Event]) -> None:
         result = "stopped"
     else:
         result = "success"
-    emit(run, events, RunResultChanged(result=result, at=now))
+    # A result set earlier (`_fail_early`) is the same one; it is not emitted twice.
+    assert run.result in ("unknown", result), (run.result, result)
+    if run.result != result:
+        emit(run, events, RunResultChanged(result=result, at=now))
     emit(run, events, RunPhaseChanged(phase="finished", at=now))
 
 

@@ -16,6 +16,7 @@ CONDITIONS = frozenset({"success", "failure", "skipped"})
 MAX_KEY = 200
 MAX_ENVIRONMENT = 1000
 MAX_ATTEMPTS = 100
+MAX_LOST = 100
 MAX_FACTOR = 100
 
 
@@ -89,6 +90,8 @@ def _task(task: TaskConfig, path: str, report: _Problems) -> None:
     _duration(task.progress_timeout, f"{path}.progress_timeout", report)
     if task.on_lost not in ("retry", "fail"):
         report(f"{path}.on_lost", "must be retry or fail")
+    if not 1 <= task.max_lost <= MAX_LOST:
+        report(f"{path}.max_lost", f"must be between 1 and {MAX_LOST}")
     if task.foreach_strategy not in ("parallel", "sequence"):
         report(f"{path}.foreach_strategy", "must be parallel or sequence")
     if task.foreach is not None and not task.foreach:

@@ -97,14 +97,18 @@ def task_reason(run: Run, task: Task) -> str | None:
         return "its executor was lost; deciding what follows"
     if status == "scheduled":
         total = task.spec.retry or run.config.retry
-        attempts = f" (attempt {task.attempt} of {total.max_attempts})" if total else ""
+        # Lost attempts do not count against max_attempts, so each one adds an attempt.
+        counts = [f"attempt {task.attempt} of {total.max_attempts + task.lost}"] if total else []
+        if task.lost:
+            counts.append(f"{task.lost} lost")
+        attempts = f" ({', '.join(counts)})" if counts else ""
         if task.next_attempt_at is not None:
             return f"waiting for its retry time {task.next_attempt_at.isoformat()}{attempts}"
         labels = ", ".join(f"{k}={v}" for k, v in sorted(task.spec.runs_on.items()))
         wanted = f" with labels {labels}" if labels else ""
         return f"waiting for an executor{wanted}"
     waiting = [d.task for d in task.depends if not run.tasks[d.task].final]
-    if waiting:
+    if waiting and unmet_dependency(run, task) is None:
         return f"waiting for {', '.join(waiting)}"
     if run.stop_requested:
         return "the run is stopping"

@@ -9,9 +9,9 @@ import msgspec
 
 from runsvc.domain import commands
 from runsvc.domain.config import RunConfig
-from runsvc.domain.events import Event, TaskStatusChanged
+from runsvc.domain.events import Event, RunResultChanged, TaskStatusChanged
 from runsvc.domain.fold import apply_event
-from runsvc.domain.model import Run
+from runsvc.domain.model import OUTCOME, Run
 from runsvc.domain.requests import CreateRunRequest
 from runsvc.domain.scheduler import decide
 
@@ -65,6 +65,7 @@ class History:
         self.last = events
         # Every command leaves the run at a fixed point.
         assert decide(self.state, self.now) == []
+        check_decided_early(self.state, self.events)
         return events
 
     def at(self, seconds: float) -> History:
@@ -133,3 +134,35 @@ class History:
 
     def tick(self) -> list[Event]:
         return self.apply(commands.tick(self.state, self.now))
+
+
+def check_decided_early(run: Run, events: list[Event]) -> None:
+    """What must hold after every command, checked naively from the task states and the
+    events rather than from the fold's indexes:
+    - while the run runs and is not stopping, no task that has not started has a final
+      parent with an outcome its dependency refuses (it is skipped at once);
+    - a task that failed for good without continue_on_error makes the result `failed`;
+    - the result is emitted at most once;
+    - each task's `lost` count is the number of its `lost` events, and no task stays
+      `lost`."""
+    if run.phase == "running" and not run.stop_requested:
+        for task in run.tasks.values():
+            if task.status != "notstarted":
+                continue
+            for dependency in task.depends:
+                parent = run.tasks[dependency.task]
+                assert not (parent.final and OUTCOME[parent.status] not in dependency.on), (
+                    f"{task.name} can no longer run ({dependency.task} ended "
+                    f"{parent.status}) but was not skipped"
+                )
+    if run.phase in ("running", "finished") and any(
+        t.status == "failed" and not t.spec.continue_on_error for t in run.tasks.values()
+    ):
+        assert run.result == "failed"
+    assert sum(isinstance(e, RunResultChanged) for e in events) <= 1
+    lost: dict[str, int] = {}
+    for event in events:
+        if isinstance(event, TaskStatusChanged) and event.status == "lost":
+            lost[event.task] = lost.get(event.task, 0) + 1
+    assert {n: t.lost for n, t in run.tasks.items() if t.lost} == lost
+    assert all(t.status != "lost" for t in run.tasks.values()), "a loss is decided at once"

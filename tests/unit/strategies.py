@@ -56,6 +56,8 @@ def run_configs(draw: st.DrawFn, max_tasks: int = 10) -> RunConfig:
             task["timeout"] = "5m"
         if draw(st.integers(0, 6)) == 0:
             task["on_lost"] = "fail"
+        if draw(st.integers(0, 4)) == 0:
+            task["max_lost"] = draw(st.integers(1, 2))
         tasks.append(task)
     run: dict[str, Any] = {}
     if draw(st.integers(0, 3)) == 0:

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from runsvc.domain import commands
 from runsvc.domain.codec import decode_run, encode_run
 from runsvc.domain.config import RunConfig
+from runsvc.domain.events import TaskStatusChanged
 from runsvc.domain.fold import apply_event, rebuild_indexes
 from runsvc.domain.model import FINAL, Run
-from runsvc.domain.scheduler import decide
+from runsvc.domain.scheduler import decide, retry_policy
 from tests.unit.histories import History
 from tests.unit.strategies import run_configs
 
@@ -89,6 +90,23 @@ def perform(history: History, step: Step) -> None:
         history.stop()
 
 
+def attempt_endings(history: History, name: str) -> tuple[int, int]:
+    """How many attempts of a task were lost and how many failed, from its events."""
+    lost = failures = 0
+    previous = None
+    for event in history.events:
+        if not isinstance(event, TaskStatusChanged) or event.task != name:
+            continue
+        if event.status == "lost":
+            lost += 1
+        elif previous != "lost" and (
+            event.status == "failed" or (event.status == "scheduled" and event.error)
+        ):
+            failures += 1  # a final failure, or a retry after a failure
+        previous = event.status
+    return lost, failures
+
+
 def replayed(history: History) -> Run:
     run: Run | None = None
     for version, event in enumerate(history.events, start=1):
@@ -144,6 +162,13 @@ def test_every_run_ends_and_replays_to_the_same_state(
         assert run.result == "stopped"
     else:
         assert run.result == "success"
+    # The two budgets, counted from the events: lost attempts against max_lost (one
+    # with on_lost=fail), the other ended attempts against the retry policy.
+    for task in run.tasks.values():
+        if not task.is_parent:
+            lost, failures = attempt_endings(history, task.name)
+            assert lost <= (task.spec.max_lost + 1 if task.spec.on_lost == "retry" else 1)
+            assert failures <= retry_policy(run, task).max_attempts
 
     again = replayed(history)
     assert encode_run(again) == encode_run(run)

@@ -436,3 +436,275 @@ def test_huge_backoff_factors_cap_instead_of_overflowing() -> None:
 
     policy = Retry(max_attempts=100, backoff="1s", factor=100, max_backoff="1h")
     assert backoff(policy, 99) == timedelta(hours=1)
+
+
+# -- decisions made as soon as they are determined ------------------------------------------
+
+Step = tuple[str, str]  # (action, task): start, ok, fail, lose, approve, stop
+
+
+def play(history: History, steps: list[Step]) -> None:
+    for action, name in steps:
+        if action == "start":
+            history.start(name)
+        elif action == "ok":
+            history.finish(name, ok=True)
+        elif action == "fail":
+            history.finish(name, ok=False)
+        elif action == "lose":
+            history.lose(name)
+        elif action == "approve":
+            history.approve(name)
+        elif action == "stop":
+            history.stop()
+
+
+@pytest.mark.parametrize(
+    ("tasks", "steps", "expected", "child", "reason"),
+    [
+        pytest.param(
+            [task("slow"), task("quick"), task("child", "slow", "quick")],
+            [("start", "slow"), ("start", "quick"), ("fail", "quick")],
+            {"slow": "running", "quick": "failed", "child": "skipped"},
+            "child",
+            "quick ended failed; needs success",
+            id="skipped-while-other-parent-runs",
+        ),
+        pytest.param(
+            [task("gate", approval=True), task("quick"), task("child", "gate", "quick")],
+            [("start", "quick"), ("fail", "quick")],
+            {"gate": "waiting_approval", "quick": "failed", "child": "skipped"},
+            "child",
+            "quick ended failed; needs success",
+            id="skipped-while-other-parent-waits-for-approval",
+        ),
+        pytest.param(
+            [
+                task("slow"),
+                task("quick"),
+                task("child", "slow", {"task": "quick", "on": ["failure"]}),
+            ],
+            [("start", "slow"), ("start", "quick"), ("ok", "quick")],
+            {"slow": "running", "quick": "success", "child": "skipped"},
+            "child",
+            "quick ended success; needs failure",
+            id="on-failure-child-skipped-when-parent-succeeds",
+        ),
+        pytest.param(
+            [
+                task("slow"),
+                task("quick"),
+                task("mid", "slow", "quick"),
+                task("leaf", "mid"),
+                task("cleanup", {"task": "leaf", "on": ["skipped"]}),
+            ],
+            [("start", "slow"), ("start", "quick"), ("fail", "quick")],
+            {"slow": "running", "mid": "skipped", "leaf": "skipped", "cleanup": "scheduled"},
+            "leaf",
+            "mid ended skipped; needs success",
+            id="skip-propagates-through-a-chain",
+        ),
+        pytest.param(
+            [task("slow"), task("quick"), task("child", "slow", "quick")],
+            [("start", "slow"), ("start", "quick"), ("ok", "quick")],
+            {"slow": "running", "quick": "success", "child": "notstarted"},
+            "child",
+            None,
+            id="satisfied-dependency-still-waits-for-the-other-parent",
+        ),
+    ],
+)
+def test_a_child_is_skipped_as_soon_as_one_dependency_can_no_longer_hold(
+    tasks: list[dict[str, object]],
+    steps: list[Step],
+    expected: dict[str, str],
+    child: str,
+    reason: str | None,
+) -> None:
+    """A task is skipped as soon as one parent is final with an outcome its dependency
+    does not accept, even while other parents run or wait for approval; the skip
+    propagates in the same call (History checks the fixed point after every command)."""
+    history = History(config(*tasks))
+    play(history, steps)
+    assert {name: history.status(name) for name in expected} == expected
+    if reason is None:
+        assert run_view(history.state).tasks[child].reason == "waiting for slow"
+    else:
+        assert history.state.tasks[child].error == reason
+
+
+@pytest.mark.parametrize(
+    ("tasks", "steps", "result_now", "rest", "final"),
+    [
+        pytest.param(
+            [task("a"), task("b")],
+            [("start", "a"), ("start", "b"), ("fail", "a")],
+            "failed",
+            [("ok", "b")],
+            "failed",
+            id="first-final-failure-fails-the-run-while-others-run",
+        ),
+        pytest.param(
+            [task("a", continue_on_error=True), task("b")],
+            [("start", "a"), ("start", "b"), ("fail", "a")],
+            "unknown",
+            [("ok", "b")],
+            "success",
+            id="continue-on-error-keeps-it-unknown",
+        ),
+        pytest.param(
+            [task("a", retry={"max_attempts": 2}), task("b")],
+            [("start", "a"), ("start", "b"), ("fail", "a")],
+            "unknown",
+            [("start", "a"), ("ok", "a"), ("ok", "b")],
+            "success",
+            id="a-failure-with-attempts-left-is-not-final",
+        ),
+        pytest.param(
+            [task("shard", foreach=["x", "y"])],
+            [("start", "shard[0]"), ("start", "shard[1]"), ("fail", "shard[0]")],
+            "failed",
+            [("ok", "shard[1]")],
+            "failed",
+            id="a-foreach-item-failing-for-good-fails-the-run",
+        ),
+        pytest.param(
+            [task("a"), task("b")],
+            [("start", "a"), ("start", "b"), ("fail", "a")],
+            "failed",
+            [("stop", ""), ("fail", "b")],
+            "failed",
+            id="a-later-stop-keeps-failed",
+        ),
+        pytest.param(
+            [task("a"), task("b")],
+            [("start", "a"), ("start", "b"), ("stop", "")],
+            "unknown",
+            [("fail", "a"), ("ok", "b")],
+            "stopped",
+            id="a-stop-without-failure-decides-at-the-end",
+        ),
+    ],
+)
+def test_the_run_result_is_decided_at_the_first_final_failure(
+    tasks: list[dict[str, object]],
+    steps: list[Step],
+    result_now: str,
+    rest: list[Step],
+    final: str,
+) -> None:
+    """The result becomes `failed` in the same call as the first task that failed for good
+    without continue_on_error, while other tasks still run; it is set once and never
+    changes, and the run goes on until its tasks are final. Otherwise it stays `unknown`
+    until the run finishes, with the same final result as before."""
+    history = History(config(*tasks))
+    play(history, steps)
+    assert history.state.phase == "running"
+    assert history.state.result == result_now
+    play(history, rest)
+    assert history.state.phase == "finished"
+    results = [e.result for e in history.events if isinstance(e, RunResultChanged)]
+    assert results == [final]
+
+
+def test_the_failed_result_follows_the_failure_in_the_same_batch() -> None:
+    """The failure and the result are appended together, the result right after it."""
+    history = History(config(task("a"), task("b")))
+    history.start("a")
+    history.start("b")
+    history.finish("a", ok=False)
+    assert [type(e) for e in history.last] == [TaskStatusChanged, RunResultChanged]
+    result = history.last[1]
+    assert isinstance(result, RunResultChanged)
+    assert (result.result, result.at) == ("failed", history.now)
+
+
+# -- lost attempts ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "losses", "retried"),
+    [
+        pytest.param({}, 4, 3, id="default-max-lost-3-without-a-retry-policy"),
+        pytest.param({"max_lost": 1}, 2, 1, id="max-lost-1"),
+        pytest.param({"max_lost": 2, "retry": {"max_attempts": 5}}, 3, 2, id="own-cap"),
+    ],
+)
+def test_lost_attempts_are_retried_up_to_max_lost_then_fail(
+    fields: dict[str, object], losses: int, retried: int
+) -> None:
+    """on_lost=retry (the default) tries a lost attempt again, with no backoff, up to
+    `max_lost` times (default 3) whatever the retry policy; the next loss fails the task
+    with an error that names the cap, and the run fails."""
+    history = History(config(task("a", **fields), task("b")))
+    history.start("b")
+    for loss in range(1, losses + 1):
+        history.start("a")
+        history.lose("a")
+        a = history.state.tasks["a"]
+        if loss <= retried:
+            assert history.changes() == [("a", "lost"), ("a", "scheduled")]
+            assert (a.attempt, a.lost, a.next_attempt_at) == (loss + 1, loss, None)
+            assert a.error == f"attempt {loss} lost: lease expired"
+            assert history.state.result == "unknown"
+    a = history.state.tasks["a"]
+    assert history.changes() == [("a", "lost"), ("a", "failed")]
+    assert a.error == f"lease expired (lost {losses} times; max_lost is {retried})"
+    assert history.state.result == "failed"
+
+
+def test_lost_attempts_do_not_use_the_failure_budget_nor_the_other_way_round() -> None:
+    """With max_attempts 2 (and the default max_lost), two losses and one failure still
+    leave one attempt; the second failure is final. Losses after failures are retried
+    too, and a lost retry ignores the failure backoff."""
+    retry = {"max_attempts": 2, "backoff": "1m"}
+    history = History(config(task("a", retry=retry), task("b", retry=retry)))
+    history.start("a")
+    history.lose("a")
+    history.start("a")
+    history.lose("a")
+    history.start("a")
+    history.finish("a", ok=False)
+    a = history.state.tasks["a"]
+    assert (a.status, a.attempt, a.lost) == ("scheduled", 4, 2)
+    assert a.error == "attempt 3 failed: exit code 1"
+    reason = run_view(history.state).tasks["a"].reason or ""
+    assert reason.endswith("(attempt 4 of 4, 2 lost)")
+    history.now = a.next_attempt_at or history.now
+    history.start("a")
+    history.finish("a", ok=False)
+    assert history.status("a") == "failed"
+    assert history.state.tasks["a"].attempt == 4
+    # The other way round: a failure first does not shrink the lost budget.
+    history.start("b")
+    history.finish("b", ok=False)
+    b = history.state.tasks["b"]
+    history.now = b.next_attempt_at or history.now
+    history.start("b")
+    history.lose("b")
+    b = history.state.tasks["b"]
+    assert (b.status, b.attempt, b.next_attempt_at) == ("scheduled", 3, None)
+
+
+@pytest.mark.parametrize("fields", [{}, {"max_lost": 5}], ids=["default", "max-lost-5"])
+def test_on_lost_fail_fails_the_task_at_the_first_loss(fields: dict[str, object]) -> None:
+    """on_lost=fail is unchanged: the first loss fails the task with the loss as error,
+    whatever max_lost and the retry policy say."""
+    history = History(
+        config(task("once", on_lost="fail", retry={"max_attempts": 3}, **fields), task("b"))
+    )
+    history.start("once")
+    history.lose("once")
+    assert history.changes() == [("once", "lost"), ("once", "failed")]
+    once = history.state.tasks["once"]
+    assert (once.status, once.error, once.attempt) == ("failed", "lease expired", 1)
+
+
+def test_a_loss_while_the_run_stops_ends_the_task_stopped() -> None:
+    """A stop wins over on_lost: a lost attempt of a stopping run ends `stopped`."""
+    history = History(config(task("a")))
+    history.start("a")
+    history.stop()
+    history.lose("a")
+    assert history.changes() == [("a", "lost"), ("a", "stopped")]
+    assert (history.state.phase, history.state.result) == ("finished", "stopped")

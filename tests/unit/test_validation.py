@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from runsvc.domain.config import RunConfig
+from runsvc.domain.config import RunConfig, TaskConfig
 from runsvc.domain.errors import BadRequest
 from runsvc.domain.requests import CreateRunRequest
 from runsvc.domain.validation import find_cycle, validate_config, validate_create
@@ -144,3 +144,23 @@ def test_deep_chains_are_checked_without_recursion_limits() -> None:
     cycle = find_cycle(config(*looped))
     assert cycle is not None
     assert len(cycle) == 10_000
+
+
+@pytest.mark.parametrize(
+    ("max_lost", "problem"),
+    [
+        (1, None),
+        (3, None),
+        (100, None),
+        (0, "must be between 1 and 100"),
+        (101, "must be between 1 and 100"),
+        (-1, "must be between 1 and 100"),
+    ],
+)
+def test_max_lost_is_a_bounded_positive_integer(max_lost: int, problem: str | None) -> None:
+    """`max_lost` (how often a lost attempt is tried again) is 1-100, reported at its
+    path; it defaults to 3 and is not written out when left at the default."""
+    found = problems(task("a", max_lost=max_lost))
+    assert found.get("config.tasks[0].max_lost") == problem
+    assert msgspec.convert(task("a"), TaskConfig).max_lost == 3
+    assert b"max_lost" not in msgspec.json.encode(msgspec.convert(task("a"), TaskConfig))
