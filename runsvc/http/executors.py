@@ -76,6 +76,12 @@ def _lease(request: web.Request) -> str:
     return request.match_info["lease"]
 
 
+def _connected(request: web.Request) -> bool:
+    """Whether the client still holds the connection this request came on."""
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
+
+
 async def claim(request: web.Request) -> web.Response:
     body = await decode_body(request, ClaimRequest)
     try:
@@ -83,7 +89,9 @@ async def claim(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise BadRequest(str(exc)) from exc
     wait = min(wait, request.app[SETTINGS].max_claim_wait_s)
-    claimed = await request.app[LEASES].claim(body.executor, body.labels, wait)
+    claimed = await request.app[LEASES].claim(
+        body.executor, body.labels, wait, answerable=lambda: _connected(request)
+    )
     if claimed is None:
         return web.Response(status=204)
     return json_response(claimed)

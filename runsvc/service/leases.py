@@ -26,6 +26,7 @@ import contextlib
 import functools
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -130,14 +131,35 @@ class LeaseService:
 
     # -- claims
 
-    async def claim(self, executor: str, labels: dict[str, str], wait_s: float) -> Claim | None:
+    async def claim(
+        self,
+        executor: str,
+        labels: dict[str, str],
+        wait_s: float,
+        *,
+        answerable: Callable[[], bool] = lambda: True,
+    ) -> Claim | None:
         """One ready task for this executor, waiting up to `wait_s` for one to become
-        ready (woken by the claim queue's notifications, not by polling in a loop)."""
+        ready (woken by the claim queue's notifications, not by polling in a loop).
+
+        `answerable` says whether the executor still waits for the answer: one that hung up
+        (it shut down, or gave up the request) is granted nothing, and a task claimed in
+        the moment it hung up is handed straight back instead of waiting, unrun, for its
+        lease to expire."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:
+            if not answerable():
+                return None
             claim = await self._try_claim(executor, labels)
             if claim is not None:
+                if not answerable():
+                    await self.lose(
+                        claim.lease,
+                        "the executor hung up before its claim was answered",
+                        state="released",
+                    )
+                    return None
                 return claim
             remaining = deadline - loop.time()
             if remaining <= 0 or self.closing:

@@ -90,3 +90,38 @@ async def test_a_contradicting_completion_is_refused(service: Service) -> None:
     after = await service.app[SERVICE].load(run["id"])
     assert after.version == version
     assert after.tasks["only"].status == "success"
+
+
+async def test_an_executor_that_hung_up_is_granted_nothing(service: Service) -> None:
+    """A claim whose executor no longer waits for the answer (it shut down, or gave up its
+    long poll) takes nothing: the ready task stays for the next executor, attempt 1."""
+    run = await create(service, config={"tasks": [{"name": "only", "run": "true"}]})
+    await caught_up(service)
+    leases = service.app[LEASES]
+
+    assert await leases.claim("gone", {}, wait_s=5, answerable=lambda: False) is None
+
+    claim = await leases.claim("present", {}, wait_s=0)
+    assert claim is not None
+    assert (claim.task.task, claim.task.attempt) == ("only", 1)
+    task = (await service.app[SERVICE].load(run["id"])).tasks["only"]
+    assert task.executor == "present"
+
+
+async def test_a_task_claimed_as_its_executor_hung_up_is_handed_back(service: Service) -> None:
+    """The executor hangs up while its claim is being made: the claimed attempt is handed
+    back at once (released, not left to expire) and the next executor gets the task."""
+    run = await create(service, config={"tasks": [{"name": "only", "run": "true"}]})
+    await caught_up(service)
+    leases, runs = service.app[LEASES], service.app[SERVICE]
+    checks = iter([True])  # still there when the claim starts, gone by its answer
+
+    assert await leases.claim("gone", {}, wait_s=5, answerable=lambda: next(checks, False)) is None
+
+    states = [r["state"] for r in await runs.pool.fetch("SELECT state FROM leases")]
+    assert states == ["released"]
+    await caught_up(service)
+    claim = await leases.claim("present", {}, wait_s=0)
+    assert claim is not None
+    assert claim.task.task == "only"
+    assert (await runs.load(run["id"])).tasks["only"].executor == "present"
