@@ -126,6 +126,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         ready,
         lease_ttl_s=settings.lease_ttl_s,
         heartbeat_interval_s=settings.heartbeat_interval_s,
+        max_log_bytes=settings.max_log_bytes,
     )
     app[SERVICE] = service
     app[LEASES] = leases

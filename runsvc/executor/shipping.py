@@ -113,6 +113,7 @@ class LogShipper:
         self.spool = spool
         self.spool.wake_at = chunk_bytes
         self.shipped = 0
+        self.full = False
         self._send = send
         self._interval_s = interval_s
         self._chunk_bytes = chunk_bytes
@@ -134,10 +135,18 @@ class LogShipper:
                 log.warning("log chunk not delivered yet", error=str(exc), offset=self.shipped)
 
     async def flush(self, deadline: float) -> None:
-        """Ship everything the spool holds, retrying each chunk until `deadline`."""
-        while self.shipped < self.spool.size:
+        """Ship everything the spool holds, retrying each chunk until `deadline`. Once the
+        server refuses more (413: the attempt's log is full) the rest is not sent."""
+        while self.shipped < self.spool.size and not self.full:
             data = self.spool.read(self.shipped, self._chunk_bytes)
-            await self._send(self.shipped, data.decode(), deadline)
+            try:
+                await self._send(self.shipped, data.decode(), deadline)
+            except ApiError as exc:
+                if exc.status != 413:
+                    raise
+                self.full = True
+                log.warning("log limit reached; the rest is not sent", error=exc.message)
+                return
             self.shipped += len(data)
         self.spool.wake_at = self.shipped + self._chunk_bytes
 

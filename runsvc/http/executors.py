@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 
 from runsvc.domain.config import parse_duration
-from runsvc.domain.errors import BadRequest, NotFound, ServiceError
+from runsvc.domain.errors import BadRequest, NotFound, ServiceError, TooLarge
 from runsvc.http.keys import LEASES, LOG_LISTENER, OBJECTS, SETTINGS
 from runsvc.http.routing import Endpoint, decode_body, decode_query, json_response
 from runsvc.infra.objectstore import InvalidKey, ObjectNotFound, ObjectStoreError
@@ -119,9 +119,17 @@ async def append_log(request: web.Request) -> web.Response:
 async def upload_artifact(request: web.Request) -> web.Response:
     path = check_artifact_path(request.match_info["path"])
     lease = await request.app[LEASES].lease_for_upload(_lease(request))
+    limit = request.app[SETTINGS].max_artifact_bytes
+    too_large = TooLarge(f"an artifact may hold {limit} bytes at most")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
 
     async def body() -> AsyncIterator[bytes]:
+        received = 0
         async for chunk in request.content.iter_chunked(1 << 20):
+            received += len(chunk)
+            if received > limit:  # the upload is aborted: nothing is stored
+                raise too_large
             yield chunk
 
     try:

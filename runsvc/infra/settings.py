@@ -41,6 +41,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_claim_wait_s: float = 60.0
     # How often a process looks for due timers (timeouts) and runs its housekeeping.
     timer_interval_s: float = 1.0
+    # What one attempt may store: its log (output past it is refused with 413) and each
+    # artifact file.
+    max_log_bytes: int = 64 * 1024 * 1024
+    max_artifact_bytes: int = 1024 * 1024 * 1024
     shutdown_grace_s: float = 10.0
 
     @property
@@ -80,6 +84,8 @@ _ENV: dict[str, str] = {
     "heartbeat_interval_s": "RUNSVC_HEARTBEAT_INTERVAL_S",
     "max_claim_wait_s": "RUNSVC_MAX_CLAIM_WAIT_S",
     "timer_interval_s": "RUNSVC_TIMER_INTERVAL_S",
+    "max_log_bytes": "RUNSVC_MAX_LOG_BYTES",
+    "max_artifact_bytes": "RUNSVC_MAX_ARTIFACT_BYTES",
 }
 
 

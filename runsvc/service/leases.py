@@ -37,7 +37,7 @@ import structlog
 from eventlog.listener import ChannelListener
 from runsvc.domain import commands
 from runsvc.domain.config import parse_duration
-from runsvc.domain.errors import BadRequest, Conflict, NotFound
+from runsvc.domain.errors import BadRequest, Conflict, NotFound, TooLarge
 from runsvc.domain.events import SYSTEM, Actor, Event
 from runsvc.domain.model import Run, Task
 from runsvc.service.runs import RunService
@@ -115,7 +115,9 @@ class LeaseService:
         *,
         lease_ttl_s: float = 30.0,
         heartbeat_interval_s: float = 10.0,
+        max_log_bytes: int = 64 * 1024 * 1024,
     ) -> None:
+        self.max_log_bytes = max_log_bytes
         self.runs = runs
         self.pool = runs.pool
         self.ready = ready
@@ -364,7 +366,10 @@ class LeaseService:
         return None
 
     async def append_log(self, lease: str, offset: int, data: bytes) -> None:
-        """Store a chunk of output at `offset`; a chunk sent again is stored once."""
+        """Store a chunk of output at `offset`; a chunk sent again is stored once. Output
+        past the attempt's log limit is not kept: what fits is stored, and the sender is
+        told (413) so it stops sending."""
+        cut = False
         async with self.pool.acquire() as connection, connection.transaction():
             record = await connection.fetchrow(
                 "SELECT * FROM leases WHERE lease_id = $1 FOR UPDATE", lease
@@ -377,7 +382,12 @@ class LeaseService:
                     f"log chunk at offset {offset} leaves a gap (the log has {row.log_bytes} bytes)"
                 )
             fresh = data[row.log_bytes - offset :]
+            room = self.max_log_bytes - row.log_bytes
+            if len(fresh) > room:
+                fresh, cut = fresh[: max(room, 0)], True
             if not fresh:
+                if cut:
+                    raise self._log_full()
                 return
             await append_chunk(connection, row.task_id, row.attempt, row.log_bytes, fresh)
             await connection.execute(
@@ -387,6 +397,14 @@ class LeaseService:
                 len(fresh),
                 self.runs.clock(),
             )
+        if cut:  # after the commit: what fitted is kept
+            raise self._log_full()
+
+    def _log_full(self) -> TooLarge:
+        return TooLarge(
+            f"the attempt's log reached its limit of {self.max_log_bytes} bytes; "
+            "output past it is not kept"
+        )
 
     async def lease_for_upload(self, lease: str) -> LeaseRow:
         return await self._current(lease)

@@ -4,10 +4,12 @@ attempt it was starting (issue: a run stuck forever after a crash)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from runsvc.http.keys import LEASES, SERVICE
+from runsvc.infra.objectstore import ObjectStoreConfig
 from runsvc.wire.executor import Completion
-from tests.fixtures.service import Service
+from tests.fixtures.service import Service, service_settings, start_service
 from tests.integration.test_runs_api import caught_up, create
 
 
@@ -125,3 +127,46 @@ async def test_a_task_claimed_as_its_executor_hung_up_is_handed_back(service: Se
     assert claim is not None
     assert claim.task.task == "only"
     assert (await runs.load(run["id"])).tasks["only"].executor == "present"
+
+
+async def test_an_attempt_log_and_artifact_past_their_limits_are_413(
+    database_dsn: str, tmp_path: Path, object_store_config: ObjectStoreConfig
+) -> None:
+    """An attempt's log keeps what fits its limit and the chunk that crosses it is a 413
+    (so the executor stops sending); an artifact over its limit is a 413 and not stored."""
+    settings = service_settings(
+        database_dsn, tmp_path, object_store_config, max_log_bytes=100, max_artifact_bytes=1000
+    )
+    async for service in start_service(settings):
+        await create(service, config={"tasks": [{"name": "only", "run": "true"}]})
+        await caught_up(service)
+        claim = await service.app[LEASES].claim("executor-1", {}, wait_s=0)
+        assert claim is not None
+        headers = service.auth("executor")
+        logs = f"/api/v1/executor/leases/{claim.lease}/logs"
+
+        first = await service.client.put(
+            logs, data=b"a" * 60, headers={**headers, "X-Log-Offset": "0"}
+        )
+        assert first.status == 204
+        crossing = await service.client.put(
+            logs, data=b"b" * 60, headers={**headers, "X-Log-Offset": "60"}
+        )
+        assert crossing.status == 413
+        assert "limit of 100 bytes" in (await crossing.json())["message"]
+        beyond = await service.client.put(
+            logs, data=b"c", headers={**headers, "X-Log-Offset": "100"}
+        )
+        assert beyond.status == 413
+        stored = await service.client.get(
+            f"/api/v1/tasks/{claim.task.task_id}/logs", headers=service.auth("reader")
+        )
+        assert await stored.read() == b"a" * 60 + b"b" * 40
+
+        artifact = f"/api/v1/executor/leases/{claim.lease}/artifacts/big.bin"
+        refused = await service.client.put(artifact, data=b"x" * 2000, headers=headers)
+        assert refused.status == 413
+        listing = await service.client.get(
+            f"/api/v1/tasks/{claim.task.task_id}/artifacts", headers=service.auth("reader")
+        )
+        assert (await listing.json())["artifacts"] == []

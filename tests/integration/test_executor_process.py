@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runsvc.client import ServerError
+from runsvc.client import ApiError, ServerError
 from runsvc.executor.process import ProcessResult, ProcessSpec, TaskProcess
 from runsvc.executor.shipping import LogShipper, LogSpool, collect_artifacts, upload_artifacts
 
@@ -183,6 +183,28 @@ async def test_log_is_shipped_in_order_with_byte_offsets(tmp_path: Path) -> None
         assert 0 < len(text.encode()) <= 7
         offset += len(text.encode())
     assert offset == len(expected.encode()) == spool.size
+
+
+async def test_shipping_stops_when_the_log_is_full(tmp_path: Path) -> None:
+    """Once the server refuses more of the log (413: the attempt's log reached its limit),
+    the rest is not sent again and again: flushing ends, now and later."""
+    spool = LogSpool(tmp_path / "output.log")
+    calls: list[int] = []
+
+    async def send(offset: int, _text: str, _deadline: float) -> None:
+        calls.append(offset)
+        if offset >= 8:
+            raise ApiError(413, "too_large", "the attempt's log reached its limit")
+
+    shipper = LogShipper(spool, send, chunk_bytes=4)
+    spool.write(b"0123456789abcdef")
+    spool.finish_output()
+    await shipper.flush(0)
+    await shipper.flush(0)
+    spool.close()
+    assert calls == [0, 4, 8]
+    assert shipper.full
+    assert shipper.shipped == 8
 
 
 def test_a_character_split_across_reads_stays_whole(tmp_path: Path) -> None:
