@@ -269,9 +269,10 @@ class LeaseService:
                 return False
             if task.status != "scheduled" or task.attempt != entry["attempt"]:
                 return False
+            # Whatever its state (the expiry job may have marked it lost meanwhile): a
+            # lease of an attempt that never started is an orphan.
             orphan = await self.pool.fetchval(
-                "DELETE FROM leases WHERE task_id = $1 AND attempt = $2 AND state = 'active' "
-                "RETURNING lease_id",
+                "DELETE FROM leases WHERE task_id = $1 AND attempt = $2 RETURNING lease_id",
                 entry["task_id"],
                 entry["attempt"],
             )

@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from runsvc.http.keys import LEASES, SERVICE
 from runsvc.infra.objectstore import ObjectStoreConfig
 from runsvc.wire.executor import Completion
@@ -13,10 +15,15 @@ from tests.fixtures.service import Service, service_settings, start_service
 from tests.integration.test_runs_api import caught_up, create
 
 
-async def test_a_claim_that_died_before_the_start_leaves_no_stuck_run(service: Service) -> None:
+@pytest.mark.parametrize("state", ["active", "lost"])
+async def test_a_claim_that_died_before_the_start_leaves_no_stuck_run(
+    service: Service, state: str
+) -> None:
     """A lease recorded for an attempt whose start was never appended (the claim crashed in
-    between; inserted here by hand) does not make later claims of that attempt fail: the
-    next claim replaces the orphan, starts the attempt, and the run finishes."""
+    between; inserted here by hand), still active or already expired by the lease expiry,
+    does not make later claims of that attempt fail: the next claim replaces the orphan,
+    starts the attempt, and the run finishes. (Found by the chaos test: an expired orphan
+    left the run scheduled forever.)"""
     run = await create(service, config={"tasks": [{"name": "only", "run": "true"}]})
     await caught_up(service)
     leases, runs = service.app[LEASES], service.app[SERVICE]
@@ -26,14 +33,15 @@ async def test_a_claim_that_died_before_the_start_leaves_no_stuck_run(service: S
     await runs.pool.execute(
         """
         INSERT INTO leases (lease_id, run_id, task, task_id, attempt, executor, expires_at,
-                            last_output_at)
-        VALUES ('crashed-claim', $1, 'only', $2, $3, 'gone', $4, $5)
+                            last_output_at, state)
+        VALUES ('crashed-claim', $1, 'only', $2, $3, 'gone', $4, $5, $6)
         """,
         run["id"],
         entry["task_id"],
         entry["attempt"],
         now + timedelta(seconds=30),
         now,
+        state,
     )
 
     claim = await leases.claim("executor-1", {}, wait_s=0)
