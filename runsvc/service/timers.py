@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 import structlog
 
@@ -47,9 +47,13 @@ async def claim_due(service: RunService, limit: int = 100) -> list[tuple[str, da
     return [(row["run_id"], row["due_at"]) for row in rows]
 
 
-async def _snooze(service: RunService, run_id: str, due_at: datetime, until: datetime) -> None:
+async def _snooze(
+    service: RunService, run_id: str, due_at: datetime, until: datetime | None
+) -> None:
+    """Hold the claim on this due time until `until`, or for good (None: nothing is due)."""
     await service.pool.execute(
-        "UPDATE timer_claims SET claimed_until = $3 WHERE run_id = $1 AND due_at = $2",
+        "UPDATE timer_claims SET claimed_until = coalesce($3::timestamptz, 'infinity') "
+        "WHERE run_id = $1 AND due_at = $2",
         run_id,
         due_at,
         until,
@@ -78,7 +82,7 @@ async def tick_due(service: RunService) -> int:
         # claim until the run's next wake-up so it is not claimed again for nothing.
         wakeup = next_wakeup(run)
         if wakeup is None:
-            await _snooze(service, run_id, due_at, datetime.max.replace(tzinfo=UTC))
+            await _snooze(service, run_id, due_at, None)
         elif wakeup > service.clock():
             await _snooze(service, run_id, due_at, wakeup)
     return len(due)

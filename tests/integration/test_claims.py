@@ -10,6 +10,7 @@ import pytest
 
 from runsvc.http.keys import LEASES, SERVICE
 from runsvc.infra.objectstore import ObjectStoreConfig
+from runsvc.service.timers import claim_due, tick_due
 from runsvc.wire.executor import Completion
 from tests.fixtures.service import Service, service_settings, start_service
 from tests.integration.test_runs_api import caught_up, create
@@ -178,3 +179,27 @@ async def test_an_attempt_log_and_artifact_past_their_limits_are_413(
             f"/api/v1/tasks/{claim.task.task_id}/artifacts", headers=service.auth("reader")
         )
         assert (await listing.json())["artifacts"] == []
+
+
+async def test_a_tick_that_decides_nothing_is_not_claimed_again(
+    database_dsn: str, tmp_path: Path, object_store_config: ObjectStoreConfig
+) -> None:
+    """A due timer whose tick decides nothing and leaves the run nothing to wait for (a
+    stale row, as after a crash) is held for good, not ticked again every second."""
+    settings = service_settings(
+        database_dsn, tmp_path, object_store_config, timer_interval_s=3600.0
+    )
+    async for service in start_service(settings):
+        run = await create(service, config={"tasks": [{"name": "only", "run": "true"}]})
+        await caught_up(service)
+        runs = service.app[SERVICE]
+        await runs.pool.execute(
+            "INSERT INTO run_timers (run_id, due_at) VALUES ($1, now() - interval '1 second')",
+            run["id"],
+        )
+        assert await tick_due(runs) == 1
+        held = await runs.pool.fetchval(
+            "SELECT isfinite(claimed_until) FROM timer_claims WHERE run_id = $1", run["id"]
+        )
+        assert held is False
+        assert await claim_due(runs) == []
