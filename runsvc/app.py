@@ -245,6 +245,7 @@ OPERATIONS = [
         "Liveness",
         "operations",
         responses={200: Health},
+        bounded=False,
     ),
     Endpoint(
         "GET",
@@ -254,6 +255,8 @@ OPERATIONS = [
         "Readiness",
         "operations",
         responses={200: Readiness, 503: Readiness},
+        # Each check has its own short bound; the answer must be the readiness body.
+        bounded=False,
     ),
     Endpoint(
         "GET",

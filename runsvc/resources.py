@@ -5,6 +5,7 @@ snapshot, token) open and close them the same way."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from runsvc.infra.objectstore import ObjectStore, ObjectStoreConfig, ObjectStore
 from runsvc.infra.postgres import EmbeddedPostgres
 from runsvc.infra.seaweed import EmbeddedSeaweed
 from runsvc.infra.settings import Settings
+from runsvc.infra.supervise import keep_alive
 from runsvc.service.schema import MIGRATION_SETS
 
 log = structlog.get_logger("runsvc")
@@ -38,7 +40,8 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
     if dsn is None:
         embedded = EmbeddedPostgres(settings.data_dir)
         log.info("starting embedded postgresql", data_dir=str(embedded.pgdata))
-        dsn = await asyncio.to_thread(embedded.start)
+        dsn = await embedded.astart()
+    supervisor = _supervise("postgresql", embedded)
     try:
         connection = await asyncpg.connect(dsn)
         try:
@@ -47,12 +50,17 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
             await connection.close()
         if applied:
             log.info("migrations applied", migrations=applied)
-        pool = await create_pool(dsn, max_size=settings.db_pool_size)
+        pool = await create_pool(
+            dsn,
+            max_size=settings.db_pool_size,
+            server_settings={"statement_timeout": f"{int(settings.statement_timeout_s * 1000)}"},
+        )
         try:
             yield Database(dsn, pool)
         finally:
             await pool.close()
     finally:
+        await _end(supervisor)
         if embedded is not None:
             log.info("stopping embedded postgresql")
             await asyncio.to_thread(embedded.stop)
@@ -79,6 +87,7 @@ async def open_object_store(settings: Settings) -> AsyncIterator[ObjectStore]:
         embedded = EmbeddedSeaweed(settings.data_dir / "s3")
         log.info("starting embedded object store", data_dir=str(embedded.data_dir))
         endpoint = await embedded.astart()
+    supervisor = _supervise("seaweedfs", embedded)
     try:
         config = ObjectStoreConfig(
             endpoint=endpoint,
@@ -94,6 +103,25 @@ async def open_object_store(settings: Settings) -> AsyncIterator[ObjectStore]:
                 log.warning("object store not reachable yet", error=str(exc))
             yield objects
     finally:
+        await _end(supervisor)
         if embedded is not None:
             log.info("stopping embedded object store")
             await embedded.astop()
+
+
+def _supervise(
+    name: str, embedded: EmbeddedPostgres | EmbeddedSeaweed | None
+) -> asyncio.Task[None] | None:
+    """Start the server again whenever it dies, until the service closes it."""
+    if embedded is None:
+        return None
+    return asyncio.create_task(
+        keep_alive(name, embedded.alive, embedded.astart), name=f"supervise-{name}"
+    )
+
+
+async def _end(supervisor: asyncio.Task[None] | None) -> None:
+    if supervisor is not None:
+        supervisor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await supervisor

@@ -75,3 +75,10 @@ class TooLarge(ServiceError):
 
     status = 413
     code = "too_large"
+
+
+class Unavailable(ServiceError):
+    """A store the service needs is down or not answering; try again later."""
+
+    status = 503
+    code = "unavailable"

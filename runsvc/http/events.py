@@ -205,5 +205,6 @@ ENDPOINTS = [
         "events",
         query=SubscriptionQuery,
         responses={101: None},
+        bounded=False,
     ),
 ]

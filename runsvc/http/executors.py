@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 
 from runsvc.domain.config import parse_duration
-from runsvc.domain.errors import BadRequest, NotFound, ServiceError, TooLarge
+from runsvc.domain.errors import BadRequest, NotFound, TooLarge, Unavailable
 from runsvc.http.keys import LEASES, LOG_LISTENER, OBJECTS, SETTINGS
 from runsvc.http.routing import Endpoint, decode_body, decode_query, json_response
 from runsvc.infra.objectstore import InvalidKey, ObjectNotFound, ObjectStoreError
@@ -45,13 +45,6 @@ from runsvc.wire.executor import (
 log = structlog.get_logger("runsvc.http")
 
 
-class StorageUnavailable(ServiceError):
-    """Object storage cannot be reached right now; try again later."""
-
-    status = 503
-    code = "unavailable"
-
-
 # How long a reader waits for object storage to start answering before it gets a 503: the
 # client's own retries and timeouts stay in the client's hands, not behind a hung request.
 STORAGE_WAIT_S = 5.0
@@ -65,11 +58,11 @@ async def storage_answering() -> AsyncIterator[None]:
         async with asyncio.timeout(STORAGE_WAIT_S):
             yield
     except TimeoutError as exc:
-        raise StorageUnavailable("object storage is not answering") from exc
+        raise Unavailable("object storage is not answering") from exc
     except (ObjectNotFound, InvalidKey):
         raise
     except ObjectStoreError as exc:
-        raise StorageUnavailable(str(exc)) from exc
+        raise Unavailable(str(exc)) from exc
 
 
 def _lease(request: web.Request) -> str:
@@ -135,7 +128,7 @@ async def upload_artifact(request: web.Request) -> web.Response:
     try:
         await request.app[OBJECTS].put_stream(artifact_prefix(lease.task_id) + path, body())
     except ObjectStoreError as exc:
-        raise StorageUnavailable(f"artifact not stored: {exc}") from exc
+        raise Unavailable(f"artifact not stored: {exc}") from exc
     return web.Response(status=204)
 
 
@@ -264,6 +257,7 @@ EXECUTOR_ENDPOINTS = [
         "executors",
         body=ClaimRequest,
         responses={200: Claim, 204: None},
+        bounded=False,
     ),
     Endpoint(
         "POST",
@@ -293,6 +287,7 @@ EXECUTOR_ENDPOINTS = [
         "executors",
         responses={204: None},
         body_content_type="application/octet-stream",
+        bounded=False,
     ),
     Endpoint(
         "POST",
@@ -326,6 +321,7 @@ TASK_ENDPOINTS = [
         query=LogQuery,
         responses={200: None},
         response_content_type="text/plain",
+        bounded=False,
     ),
     Endpoint(
         "GET",
@@ -345,5 +341,6 @@ TASK_ENDPOINTS = [
         "tasks",
         responses={200: None},
         response_content_type="application/octet-stream",
+        bounded=False,
     ),
 ]

@@ -8,7 +8,11 @@ from aiohttp import web
 
 from runsvc.http.keys import DATABASE, OBJECTS, PROJECTIONS, SETTINGS, SNAPSHOTTER, STORE
 from runsvc.http.routing import json_response
+from runsvc.infra.deadline import finish_within
 from runsvc.wire.api import Check, Health, Readiness
+
+# How long a readiness check waits for a store before it counts it as not answering.
+CHECK_WAIT_S = 2.0
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -16,7 +20,10 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    checks = [await _check_database(request.app)]
+    database, objects = await asyncio.gather(
+        _check_database(request.app), _check_object_store(request.app)
+    )
+    checks = [database]
     store = request.app[STORE]
     checks.append(
         Check(
@@ -25,7 +32,7 @@ async def readyz(request: web.Request) -> web.Response:
             detail=None if store.notifier.connected else "reconnecting",
         )
     )
-    checks.append(await _check_object_store(request.app))
+    checks.append(objects)
     limit = request.app[SETTINGS].readiness_max_lag
     for runner in request.app[PROJECTIONS]:
         lag = runner.lag
@@ -43,8 +50,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def _check_object_store(app: web.Application) -> Check:
     snapshotter = app[SNAPSHOTTER]
     try:
-        async with asyncio.timeout(2):
-            await app[OBJECTS].ping()
+        await finish_within(CHECK_WAIT_S, app[OBJECTS].ping())
     except Exception as exc:  # unreachable or slow: the service runs on, snapshots wait
         return Check(
             name="object_store",
@@ -58,8 +64,7 @@ async def _check_object_store(app: web.Application) -> Check:
 
 async def _check_database(app: web.Application) -> Check:
     try:
-        async with asyncio.timeout(2):
-            await app[DATABASE].pool.fetchval("SELECT 1")
+        await finish_within(CHECK_WAIT_S, app[DATABASE].pool.fetchval("SELECT 1"))
     except Exception as exc:  # any failure means "not ready"; the detail says which
         return Check(name="database", ok=False, detail=type(exc).__name__)
     return Check(name="database", ok=True)

@@ -89,7 +89,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except ServiceError as exc:
         details = [Problem(path=p.path, message=p.message) for p in getattr(exc, "details", [])]
-        return error_response(exc.status, exc.code, exc.message, details)
+        response = error_response(exc.status, exc.code, exc.message, details)
+        if exc.status == 503:
+            response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -11,8 +11,9 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
-from runsvc.domain.errors import BadRequest, Forbidden, Problem
-from runsvc.http.keys import VERIFIER
+from runsvc.domain.errors import BadRequest, Forbidden, Problem, Unavailable
+from runsvc.http.keys import SETTINGS, VERIFIER
+from runsvc.infra.deadline import NoAnswer, finish_within
 from runsvc.service.auth import Permission, Principal
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -34,6 +35,10 @@ class Endpoint:
     responses: dict[int, type | None] = field(default_factory=dict)
     body_content_type: str = "application/json"
     response_content_type: str = "application/json"
+    # Whether the request timeout applies. Long polls, websockets and streamed bodies run
+    # as long as their own limits allow (a claim's wait, a log being followed, a large
+    # download), so they opt out.
+    bounded: bool = True
 
 
 def register(app: web.Application, endpoints: Sequence[Endpoint]) -> None:
@@ -43,6 +48,18 @@ def register(app: web.Application, endpoints: Sequence[Endpoint]) -> None:
 
 def _guarded(endpoint: Endpoint) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
+        if not endpoint.bounded:
+            return await serve(request)
+        limit = request.app[SETTINGS].request_timeout_s
+        try:
+            return await finish_within(limit, serve(request))
+        except NoAnswer:
+            raise Unavailable(
+                f"no answer within {limit:g} s: the database or object storage is slow or "
+                "not answering; try again (an `idempotency_key` makes a retried create safe)"
+            ) from None
+
+    async def serve(request: web.Request) -> web.StreamResponse:
         refuse_nul(request)
         if endpoint.permission is not Permission.OPEN:
             principal = await request.app[VERIFIER].verify(bearer_token(request))

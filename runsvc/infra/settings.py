@@ -10,7 +10,7 @@ from pathlib import Path
 import msgspec
 
 
-class Settings(msgspec.Struct, frozen=True, kw_only=True):
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Every knob of `runsvc serve`. Defaults give the embedded single-machine setup."""
 
     data_dir: Path = Path(".runsvc")
@@ -46,6 +46,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_log_bytes: int = 64 * 1024 * 1024
     max_artifact_bytes: int = 1024 * 1024 * 1024
     shutdown_grace_s: float = 10.0
+    # How long a request may take before it is answered 503 (a hung database or object
+    # store must not hang its clients); long polls, websockets and streamed bodies are
+    # bounded by their own limits instead.
+    request_timeout_s: float = 30.0
+    # PostgreSQL's statement_timeout on the service's connections: no runaway query holds
+    # a connection for longer (0 turns it off). Bulk work (restoring a dump) lifts it.
+    statement_timeout_s: float = 60.0
 
     @property
     def embedded_database(self) -> bool:
@@ -86,6 +93,8 @@ _ENV: dict[str, str] = {
     "timer_interval_s": "RUNSVC_TIMER_INTERVAL_S",
     "max_log_bytes": "RUNSVC_MAX_LOG_BYTES",
     "max_artifact_bytes": "RUNSVC_MAX_ARTIFACT_BYTES",
+    "request_timeout_s": "RUNSVC_REQUEST_TIMEOUT_S",
+    "statement_timeout_s": "RUNSVC_STATEMENT_TIMEOUT_S",
 }
 
 

@@ -4,8 +4,11 @@ half-done, and service again as soon as the database is back."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import shutil
-from collections.abc import Iterator
+import signal
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,8 +18,9 @@ from runsvc.http.keys import OBJECTS, SERVICE, STORE
 from runsvc.infra.objectstore import ObjectStoreConfig
 from runsvc.infra.postgres import TEST_SETTINGS, EmbeddedPostgres
 from runsvc.infra.seaweed import EmbeddedSeaweed
+from runsvc.infra.settings import load_settings
 from runsvc.service.task_logs import append_chunk, archive
-from tests.fixtures.postgres import server_directory
+from tests.fixtures.postgres import server_directory, server_processes
 from tests.fixtures.service import Service, service_settings, start_service
 from tests.integration.test_runs_api import caught_up
 
@@ -77,6 +81,55 @@ async def test_database_down_is_503_with_retry_after_then_recovers(
         assert counters == [1, 2]
 
 
+async def test_a_hung_database_is_503_not_a_hung_request(
+    own_postgres: EmbeddedPostgres, tmp_path: Path, object_store_config: ObjectStoreConfig
+) -> None:
+    """With PostgreSQL frozen (SIGSTOP: connections are accepted, nothing answers), a
+    create and a listing end in 503 `unavailable` after the request timeout instead of
+    hanging; liveness still answers and readiness says the database is not; a run read
+    just before is served from what the process holds; once the server thaws, work goes
+    on without a restart."""
+    settings = service_settings(
+        own_postgres.dsn, tmp_path, object_store_config, request_timeout_s=1.0
+    )
+    async for service in start_service(settings):
+        status, created, _ = await create(service)
+        assert status == 201
+        await caught_up(service)
+        path = f"/api/v1/runs/{created['id']}"
+        assert (await service.client.get(path, headers=service.auth())).status == 200
+
+        frozen = server_processes(own_postgres)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            # The client's own timeout only catches a hang; the service must answer first.
+            async with asyncio.timeout(20):
+                status, body, headers = await create(service)
+                assert (status, body["code"]) == (503, "unavailable")
+                assert int(headers["Retry-After"]) > 0
+                listing = await service.client.get("/api/v1/runs", headers=service.auth())
+                assert listing.status == 503
+                assert (await service.client.get("/healthz")).status == 200
+                ready = await service.client.get("/readyz")
+                assert ready.status == 503
+                checks = {c["name"]: c["ok"] for c in (await ready.json())["checks"]}
+                assert checks["database"] is False
+                cached = await service.client.get(path, headers=service.auth())
+                assert cached.status == 200
+                assert (await cached.json())["id"] == created["id"]
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+
+        for _ in range(150):
+            outcome = await create(service)
+            if outcome[0] != 503:
+                break
+            await asyncio.sleep(0.2)
+        assert outcome[0] == 201
+
+
 async def test_a_run_too_large_to_record_is_413(
     database_dsn: str, tmp_path: Path, object_store_config: ObjectStoreConfig
 ) -> None:
@@ -131,3 +184,75 @@ async def test_object_storage_down_is_503_for_archived_logs_then_recovers(
 
     back = await service.client.get(path, headers=service.auth("reader"))
     assert (back.status, await back.read()) == (200, b"built\n")
+
+
+async def _until(check: Callable[[], Awaitable[bool]], within: float = 60.0) -> bool:
+    """Whether `check` came true within `within` seconds, asked every 0.2 s."""
+    async with asyncio.timeout(within):
+        for _ in range(int(within / 0.2)):
+            if await check():
+                return True
+            await asyncio.sleep(0.2)
+    return False
+
+
+async def _serving_objects_again(service: Service, pid_file: Path, killed: int) -> bool:
+    ready = await service.client.get("/readyz")
+    checks = {c["name"]: c["ok"] for c in (await ready.json())["checks"]}
+    recorded = await asyncio.to_thread(pid_file.read_text)
+    return bool(checks["object_store"]) and int(recorded.split()[0]) != killed
+
+
+async def _creating_again(service: Service) -> bool:
+    return (await create(service))[0] == 201
+
+
+async def test_a_killed_embedded_object_store_is_started_again(
+    database_dsn: str, tmp_path: Path
+) -> None:
+    """The embedded SeaweedFS SIGKILLed under a running service is started again by the
+    service, on the same address and data: an object written before is read after."""
+    settings = load_settings(
+        {},
+        database_url=database_dsn,
+        data_dir=tmp_path / "data",
+        bootstrap_admin_token=False,
+        log_format="json",
+    )
+    async for service in start_service(settings):
+        objects = service.app[OBJECTS]
+        await objects.put("before-the-crash", b"kept")
+        pid_file = settings.data_dir / "s3" / "weed.pid"
+        first = int(pid_file.read_text().split()[0])
+        os.kill(first, signal.SIGKILL)
+        assert await _until(functools.partial(_serving_objects_again, service, pid_file, first))
+        assert await objects.get("before-the-crash") == b"kept"
+
+
+async def test_a_killed_embedded_database_is_started_again(
+    tmp_path: Path, object_store_config: ObjectStoreConfig
+) -> None:
+    """The embedded PostgreSQL's postmaster SIGKILLed under a running service: the service
+    starts it again (PostgreSQL recovers from its WAL) and creates succeed again, with the
+    run created before the crash still there."""
+    directory = server_directory()
+    settings = load_settings(
+        {},
+        data_dir=directory,
+        bootstrap_admin_token=False,
+        log_format="json",
+        s3_endpoint=object_store_config.endpoint,
+        s3_bucket=object_store_config.bucket,
+    )
+    try:
+        async for service in start_service(settings):
+            status, before, _ = await create(service)
+            assert status == 201
+            server = EmbeddedPostgres(directory)
+            os.kill(server_processes(server)[0], signal.SIGKILL)
+            assert await _until(functools.partial(_creating_again, service))
+            await caught_up(service)
+            again = await service.client.get(f"/api/v1/runs/{before['id']}", headers=service.auth())
+            assert again.status == 200
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
