@@ -18,7 +18,9 @@ from typing import Literal
 import asyncpg
 import msgspec
 
+from eventlog.appender import CONNECTION_ERRORS
 from runsvc.domain.errors import BadRequest, Unauthorized
+from runsvc.infra.deadline import NoAnswer, finish_within
 
 Role = Literal["admin", "submitter", "reader", "executor"]
 ROLES: tuple[Role, ...] = ("admin", "submitter", "reader", "executor")
@@ -101,13 +103,32 @@ async def revoke_token(connection: asyncpg.Connection | asyncpg.Pool, token_id: 
     return bool(status.endswith(" 1"))
 
 
-class TokenVerifier:
-    """Checks bearer tokens against the table, with a short-lived cache."""
+# What makes a known token fall back to its verification from before the outage.
+_OUTAGE: tuple[type[BaseException], ...] = (NoAnswer, *CONNECTION_ERRORS)
 
-    def __init__(self, pool: asyncpg.Pool, *, cache_seconds: float = 10.0) -> None:
+
+class TokenVerifier:
+    """Checks bearer tokens against the table, with a short-lived cache.
+
+    While the database does not answer, a token verified in the last `outage_seconds` is
+    still accepted, so that what the process can serve from memory (a cached run view)
+    stays available; anything that needs the database fails with it anyway. A revoked
+    token thus keeps working for cached reads until the database answers again."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        cache_seconds: float = 10.0,
+        outage_seconds: float = 600.0,
+        outage_wait_s: float = 1.0,
+    ) -> None:
         self._pool = pool
         self._cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[Principal, float]] = {}
+        self._outage_seconds = outage_seconds
+        self._outage_wait_s = outage_wait_s
+        # token -> (principal, fresh until, usable during an outage until)
+        self._cache: dict[str, tuple[Principal, float, float]] = {}
 
     async def verify(self, token: str | None) -> Principal:
         if not token:
@@ -120,14 +141,22 @@ class TokenVerifier:
         if parts is None:
             raise Unauthorized("unknown token")
         token_id, secret = parts
-        row = await self._pool.fetchrow(
+        lookup = self._pool.fetchrow(
             "SELECT name, role, secret_hash FROM tokens WHERE id = $1 AND revoked_at IS NULL",
             token_id,
         )
+        if cached is not None and cached[2] > now:
+            try:
+                row = await finish_within(self._outage_wait_s, lookup)
+            except _OUTAGE:
+                return cached[0]
+        else:
+            row = await lookup
         if row is None or not hmac.compare_digest(bytes(row["secret_hash"]), _hash(secret)):
+            self._cache.pop(token, None)
             raise Unauthorized("unknown token")
         principal = Principal(token_id=token_id, name=row["name"], role=row["role"])
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[token] = (principal, now + self._cache_seconds)
+        self._cache[token] = (principal, now + self._cache_seconds, now + self._outage_seconds)
         return principal

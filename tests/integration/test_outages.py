@@ -14,11 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from eventlog.postgres import create_pool, migrate
+from runsvc.domain.errors import Unauthorized
 from runsvc.http.keys import OBJECTS, SERVICE, STORE
 from runsvc.infra.objectstore import ObjectStoreConfig
 from runsvc.infra.postgres import TEST_SETTINGS, EmbeddedPostgres
 from runsvc.infra.seaweed import EmbeddedSeaweed
 from runsvc.infra.settings import load_settings
+from runsvc.service.auth import TokenVerifier, create_token
+from runsvc.service.schema import MIGRATION_SETS
 from runsvc.service.task_logs import append_chunk, archive
 from tests.fixtures.postgres import server_directory, server_processes
 from tests.fixtures.service import Service, service_settings, start_service
@@ -128,6 +132,35 @@ async def test_a_hung_database_is_503_not_a_hung_request(
                 break
             await asyncio.sleep(0.2)
         assert outcome[0] == 201
+
+
+async def test_tokens_seen_before_still_verify_while_the_database_hangs(
+    own_postgres: EmbeddedPostgres,
+) -> None:
+    """Past its short cache, a token verified before is accepted again when the database
+    does not answer within a second (the process serves what it has in memory); once the
+    database answers, tokens are checked against it again."""
+    pool = await create_pool(own_postgres.dsn, max_size=4)
+    try:
+        async with pool.acquire() as connection:
+            await migrate(connection, MIGRATION_SETS)
+        issued = await create_token(pool, role="reader", name="dashboard")
+        verifier = TokenVerifier(pool, cache_seconds=0.0, outage_wait_s=0.5)
+        assert (await verifier.verify(issued.token)).role == "reader"
+        frozen = server_processes(own_postgres)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            async with asyncio.timeout(20):  # catches a hang only
+                assert (await verifier.verify(issued.token)).role == "reader"
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+        await pool.execute("UPDATE tokens SET revoked_at = now()")
+        with pytest.raises(Unauthorized):
+            await verifier.verify(issued.token)
+    finally:
+        await pool.close()
 
 
 async def test_a_run_too_large_to_record_is_413(
