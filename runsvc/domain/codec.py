@@ -33,6 +33,7 @@ class TaskState(msgspec.Struct, array_like=True):
     children: list[str]
     # Added after the first stored states: a default, so that those still decode (as 0).
     lost: int = 0
+    unconfirmed: int = 0
 
 
 class RunState(msgspec.Struct, array_like=True):

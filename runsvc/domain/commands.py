@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
+import msgspec
+
 from runsvc.domain.config import RunConfig
 from runsvc.domain.errors import Conflict, NotFound
 from runsvc.domain.events import (
@@ -174,15 +176,37 @@ def finish_attempt(
     return _then_plan(run, now, [outcome])
 
 
+MAX_UNCONFIRMED = 10
+"""Losses of never-confirmed attempts a task is given for free. Past it they count as
+ordinary losses, so an executor that dies on receiving a task cannot loop on it."""
+
+
 def lose_attempt(
-    run: Run, task_name: str, *, attempt: int, error: str, now: datetime
+    run: Run,
+    task_name: str,
+    *,
+    attempt: int,
+    error: str,
+    now: datetime,
+    unconfirmed: bool = False,
 ) -> list[Event]:
     """The attempt's executor is gone (lease expired, stalled, handed back): record it as
     `lost`, then the task's `on_lost` decides: retry (up to `max_lost` lost attempts,
-    apart from the retry policy's failures) or fail."""
+    apart from the retry policy's failures) or fail.
+
+    `unconfirmed`: the executor never confirmed it had the attempt (no heartbeat, output
+    or report reached us; e.g. the claim's answer was lost in a crash). Such an attempt is
+    put back without using any budget, up to MAX_UNCONFIRMED times."""
     task = _running_attempt(run, task_name, attempt)
+    free = unconfirmed and task.unconfirmed < MAX_UNCONFIRMED
     lost = TaskStatusChanged(
-        task=task_name, status="lost", attempt=attempt, at=now, executor=task.executor, error=error
+        task=task_name,
+        status="lost",
+        attempt=attempt,
+        at=now,
+        executor=task.executor,
+        error=error,
+        unconfirmed=True if free else msgspec.UNSET,
     )
     events: list[Event] = []
     with run.journal():
@@ -195,6 +219,7 @@ def lose_attempt(
             exit_code=None,
             error=error,
             lost=True,
+            unconfirmed=free,
         )
         emit(run, events, outcome)
         plan(run, now, events)

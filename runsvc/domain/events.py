@@ -137,6 +137,11 @@ class TaskStatusChanged(Event, tag="task_status_changed", frozen=True):
     exit_code: int | None = None
     error: str | None = None
     next_attempt_at: datetime | None = None
+    # On a `lost` event: the executor never confirmed it had the attempt (the answer to
+    # its claim was lost), so the loss uses neither the retry nor the `max_lost` budget.
+    # Left out of the encoding unless true, so the events of every other change keep
+    # their shape.
+    unconfirmed: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class ForeachChild(msgspec.Struct, frozen=True):

@@ -255,7 +255,10 @@ def _task_status(run: Run, event: TaskStatusChanged) -> None:
         run.add("unstarted", 1 if new in UNSTARTED else -1)
     run.set(task, "status", new)
     if new == "lost" and old != "lost":
-        run.set(task, "lost", task.lost + 1)
+        if event.unconfirmed is True:
+            run.set(task, "unconfirmed", task.unconfirmed + 1)
+        else:
+            run.set(task, "lost", task.lost + 1)
     # Only what changes is written: the fold runs for every event of every rebuild.
     for field, value in (
         ("attempt", event.attempt),

@@ -81,6 +81,7 @@ class Task:
         "spec",
         "started_at",
         "status",
+        "unconfirmed",
     )
 
     def __init__(
@@ -109,6 +110,9 @@ class Task:
         # agrees): `attempt - lost` is how many used the failure budget (`retry`), `lost`
         # how many used the lost budget (`max_lost`).
         self.lost = 0
+        # Lost attempts their executor never confirmed (see `MAX_UNCONFIRMED`): they use
+        # no budget, so `attempt - lost - unconfirmed` attempts used the failure budget.
+        self.unconfirmed = 0
         self.executor: str | None = None
         self.started_at: datetime | None = None
         self.finished_at: datetime | None = None

@@ -129,6 +129,7 @@ def attempt_outcome(
     exit_code: int | None,
     error: str | None,
     lost: bool = False,
+    unconfirmed: bool = False,
 ) -> TaskStatusChanged:
     """What an ended attempt makes of the task: success, stopped (the run is stopping),
     another attempt (the retry policy; for a lost attempt, `on_lost` and `max_lost`), or
@@ -156,10 +157,10 @@ def attempt_outcome(
         )
     cause = error or (f"exit code {exit_code}" if exit_code is not None else "failed")
     if lost:
-        return _after_loss(task, now, cause)
+        return _after_loss(task, now, cause, unconfirmed=unconfirmed)
     policy = retry_policy(run, task)
     # Lost attempts are not failures of the task: they do not use its failure budget.
-    failures = task.attempt - task.lost
+    failures = task.attempt - task.lost - task.unconfirmed
     if failures < policy.max_attempts:
         delay = backoff(policy, task.attempt)
         return TaskStatusChanged(
@@ -182,9 +183,20 @@ def attempt_outcome(
     )
 
 
-def _after_loss(task: Task, now: datetime, cause: str) -> TaskStatusChanged:
+def _after_loss(
+    task: Task, now: datetime, cause: str, *, unconfirmed: bool = False
+) -> TaskStatusChanged:
     assert task.status == "lost", "fold the attempt's `lost` event first"
     name, attempt = task.name, task.attempt
+    if unconfirmed:
+        # The task never ran as far as anyone knows: put it back whatever `on_lost` says.
+        return TaskStatusChanged(
+            task=name,
+            status="scheduled",
+            attempt=attempt + 1,
+            at=now,
+            error=f"attempt {attempt} never confirmed by its executor: {cause}",
+        )
     if task.spec.on_lost == "retry" and task.lost <= task.spec.max_lost:
         # No backoff: the loss was the executor's (it crashed, stalled or handed the task
         # back), not something the task will do again a moment later, and another

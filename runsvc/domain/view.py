@@ -98,9 +98,12 @@ def task_reason(run: Run, task: Task) -> str | None:
     if status == "scheduled":
         total = task.spec.retry or run.config.retry
         # Lost attempts do not count against max_attempts, so each one adds an attempt.
-        counts = [f"attempt {task.attempt} of {total.max_attempts + task.lost}"] if total else []
+        free = task.lost + task.unconfirmed
+        counts = [f"attempt {task.attempt} of {total.max_attempts + free}"] if total else []
         if task.lost:
             counts.append(f"{task.lost} lost")
+        if task.unconfirmed:
+            counts.append(f"{task.unconfirmed} never confirmed")
         attempts = f" ({', '.join(counts)})" if counts else ""
         if task.next_attempt_at is not None:
             return f"waiting for its retry time {task.next_attempt_at.isoformat()}{attempts}"

@@ -374,8 +374,13 @@ class Agent:
     async def _heartbeat(self, attempt: _Attempt) -> NoReturn:
         # A floor, so that a server's zero or negative interval cannot make this spin.
         interval = max(attempt.claim.heartbeat_interval_s, _MIN_HEARTBEAT_S)
+        # The first beat goes at once: it confirms to the server that this executor has
+        # the attempt (an unconfirmed lease that expires is put back as never started).
+        first = True
         while True:
-            await asyncio.sleep(interval)  # the pace the server asked for
+            if not first:
+                await asyncio.sleep(interval)  # the pace the server asked for
+            first = False
             try:
                 answer = await self.client.heartbeat(attempt.lease, deadline=_deadline(interval))
             except LeaseLost:

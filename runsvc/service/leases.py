@@ -160,6 +160,7 @@ class LeaseService:
                         claim.lease,
                         "the executor hung up before its claim was answered",
                         state="released",
+                        unconfirmed=True,
                     )
                     return None
                 return claim
@@ -335,8 +336,8 @@ class LeaseService:
         """Renew the lease. Returns a stop instruction, or None to keep going."""
         now = self.runs.clock()
         record = await self.pool.fetchrow(
-            "UPDATE leases SET expires_at = $2 WHERE lease_id = $1 AND state = 'active' "
-            "RETURNING *",
+            "UPDATE leases SET expires_at = $2, confirmed = true "
+            "WHERE lease_id = $1 AND state = 'active' RETURNING *",
             lease,
             now + self.lease_ttl,
         )
@@ -392,8 +393,8 @@ class LeaseService:
                 return
             await append_chunk(connection, row.task_id, row.attempt, row.log_bytes, fresh)
             await connection.execute(
-                "UPDATE leases SET log_bytes = log_bytes + $2, last_output_at = $3 "
-                "WHERE lease_id = $1",
+                "UPDATE leases SET log_bytes = log_bytes + $2, last_output_at = $3, "
+                "confirmed = true WHERE lease_id = $1",
                 lease,
                 len(fresh),
                 self.runs.clock(),
@@ -408,7 +409,9 @@ class LeaseService:
         )
 
     async def lease_for_upload(self, lease: str) -> LeaseRow:
-        return await self._current(lease)
+        row = await self._current(lease)
+        await self.pool.execute("UPDATE leases SET confirmed = true WHERE lease_id = $1", lease)
+        return row
 
     async def complete(self, lease: str, completion: Completion) -> LeaseRow:
         """Record the attempt's outcome, then end the lease. The same completion sent
@@ -438,8 +441,12 @@ class LeaseService:
         await self._close(lease, "completed", completion=reported)
         return row
 
-    async def lose(self, lease: str, reason: str, *, state: str = "lost") -> LeaseRow | None:
-        """End an active lease's attempt as lost (expired, stalled, handed back)."""
+    async def lose(
+        self, lease: str, reason: str, *, state: str = "lost", unconfirmed: bool = False
+    ) -> LeaseRow | None:
+        """End an active lease's attempt as lost (expired, stalled, handed back).
+        `unconfirmed`: its executor never confirmed it had the attempt, so the task is put
+        back without using a budget."""
         try:
             row = await self._current(lease)
         except Conflict:
@@ -449,7 +456,12 @@ class LeaseService:
             await self.runs.execute(
                 row.run_id,
                 lambda run, now: commands.lose_attempt(
-                    run, row.task, attempt=row.attempt, error=reason, now=now
+                    run,
+                    row.task,
+                    attempt=row.attempt,
+                    error=reason,
+                    now=now,
+                    unconfirmed=unconfirmed,
                 ),
                 Caller(SYSTEM),
             )
@@ -469,9 +481,16 @@ class LeaseService:
     async def expire(self) -> int:
         """End every lease past its expiry (its executor is gone)."""
         rows = await self.pool.fetch(
-            "SELECT lease_id FROM leases WHERE state = 'active' AND expires_at < now() "
-            "ORDER BY expires_at LIMIT 100"
+            "SELECT lease_id, confirmed FROM leases WHERE state = 'active' "
+            "AND expires_at < now() ORDER BY expires_at LIMIT 100"
         )
         for row in rows:
-            await self.lose(row["lease_id"], "executor lost: its lease expired")
+            if row["confirmed"]:
+                await self.lose(row["lease_id"], "executor lost: its lease expired")
+            else:
+                await self.lose(
+                    row["lease_id"],
+                    "its lease expired before the executor confirmed the attempt",
+                    unconfirmed=True,
+                )
         return len(rows)

@@ -136,6 +136,41 @@ async def test_a_task_claimed_as_its_executor_hung_up_is_handed_back(service: Se
     assert claim is not None
     assert claim.task.task == "only"
     assert (await runs.load(run["id"])).tasks["only"].executor == "present"
+    # Handed back before anyone had it: a loss that uses no budget.
+    assert (await runs.load(run["id"])).tasks["only"].unconfirmed == 1
+
+
+@pytest.mark.parametrize("confirm", ["none", "heartbeat", "log"])
+async def test_a_lease_expired_before_its_executor_confirmed_it_uses_no_budget(
+    service: Service, confirm: str
+) -> None:
+    """The claim's answer never reached its executor (the server crashed after recording
+    it): nothing confirms the attempt, its lease expires, and the task is put back as
+    never confirmed, even with on_lost=fail. A lease its executor confirmed (a heartbeat,
+    output) that expires is an ordinary loss: on_lost=fail fails the task."""
+    config = {"tasks": [{"name": "only", "run": "true", "on_lost": "fail"}]}
+    run = await create(service, config=config)
+    await caught_up(service)
+    leases, runs = service.app[LEASES], service.app[SERVICE]
+    claim = await leases.claim("executor-1", {}, wait_s=0)
+    assert claim is not None
+    if confirm == "heartbeat":
+        assert await leases.heartbeat(claim.lease) is None
+    elif confirm == "log":
+        await leases.append_log(claim.lease, 0, b"started\n")
+    await runs.pool.execute("UPDATE leases SET expires_at = now() - interval '1 second'")
+
+    assert await leases.expire() == 1
+
+    task = (await runs.load(run["id"])).tasks["only"]
+    if confirm == "none":
+        assert (task.status, task.attempt, task.lost, task.unconfirmed) == ("scheduled", 2, 0, 1)
+        assert task.error == (
+            "attempt 1 never confirmed by its executor: "
+            "its lease expired before the executor confirmed the attempt"
+        )
+    else:
+        assert (task.status, task.attempt, task.lost, task.unconfirmed) == ("failed", 1, 1, 0)
 
 
 async def test_an_attempt_log_and_artifact_past_their_limits_are_413(

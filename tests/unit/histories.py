@@ -111,11 +111,16 @@ class History:
         self.start(name)
         return self.finish(name, ok)
 
-    def lose(self, name: str) -> list[Event]:
+    def lose(self, name: str, *, unconfirmed: bool = False) -> list[Event]:
         attempt = self.state.tasks[name].attempt
         return self.apply(
             commands.lose_attempt(
-                self.state, name, attempt=attempt, error="lease expired", now=self.now
+                self.state,
+                name,
+                attempt=attempt,
+                error="lease expired",
+                now=self.now,
+                unconfirmed=unconfirmed,
             )
         )
 
@@ -143,7 +148,8 @@ def check_decided_early(run: Run, events: list[Event]) -> None:
       parent with an outcome its dependency refuses (it is skipped at once);
     - a task that failed for good without continue_on_error makes the result `failed`;
     - the result is emitted at most once;
-    - each task's `lost` count is the number of its `lost` events, and no task stays
+    - each task's `lost` and `unconfirmed` counts are the numbers of its `lost` events
+      (with and without the flag), and no task stays
       `lost`."""
     if run.phase == "running" and not run.stop_requested:
         for task in run.tasks.values():
@@ -161,8 +167,11 @@ def check_decided_early(run: Run, events: list[Event]) -> None:
         assert run.result == "failed"
     assert sum(isinstance(e, RunResultChanged) for e in events) <= 1
     lost: dict[str, int] = {}
+    unconfirmed: dict[str, int] = {}
     for event in events:
         if isinstance(event, TaskStatusChanged) and event.status == "lost":
-            lost[event.task] = lost.get(event.task, 0) + 1
+            counted = unconfirmed if event.unconfirmed is True else lost
+            counted[event.task] = counted.get(event.task, 0) + 1
     assert {n: t.lost for n, t in run.tasks.items() if t.lost} == lost
+    assert {n: t.unconfirmed for n, t in run.tasks.items() if t.unconfirmed} == unconfirmed
     assert all(t.status != "lost" for t in run.tasks.values()), "a loss is decided at once"

@@ -43,7 +43,7 @@ def drive(history: History, rng: random.Random, *, allow_stop: bool) -> list[Ste
         ]
         options = [a for a, present in (("start", claimable), ("approve", gated)) if present]
         if running:
-            options += ["finish_ok", "finish_ok", "finish_failed", "lose", "tick"]
+            options += ["finish_ok", "finish_ok", "finish_failed", "lose", "unconfirmed", "tick"]
         if allow_stop and not run.stop_requested and rng.random() < 0.05:
             options.append("stop")
         if not options:
@@ -58,7 +58,7 @@ def drive(history: History, rng: random.Random, *, allow_stop: bool) -> list[Ste
             target = rng.choice(claimable)
         elif action == "approve":
             target = rng.choice(gated)
-        elif action in ("finish_ok", "finish_failed", "lose"):
+        elif action in ("finish_ok", "finish_failed", "lose", "unconfirmed"):
             target = rng.choice(running)
         elif action == "tick":
             clock += rng.choice([1, 60, 400])
@@ -84,27 +84,32 @@ def perform(history: History, step: Step) -> None:
         history.finish(target, ok=False)
     elif action == "lose":
         history.lose(target)
+    elif action == "unconfirmed":
+        history.lose(target, unconfirmed=True)
     elif action == "tick":
         history.tick()
     elif action == "stop":
         history.stop()
 
 
-def attempt_endings(history: History, name: str) -> tuple[int, int]:
-    """How many attempts of a task were lost and how many failed, from its events."""
-    lost = failures = 0
+def attempt_endings(history: History, name: str) -> tuple[int, int, int]:
+    """How many attempts of a task were lost, lost unconfirmed, and failed, from its
+    events."""
+    lost = unconfirmed = failures = 0
     previous = None
     for event in history.events:
         if not isinstance(event, TaskStatusChanged) or event.task != name:
             continue
-        if event.status == "lost":
+        if event.status == "lost" and event.unconfirmed is True:
+            unconfirmed += 1
+        elif event.status == "lost":
             lost += 1
         elif previous != "lost" and (
             event.status == "failed" or (event.status == "scheduled" and event.error)
         ):
             failures += 1  # a final failure, or a retry after a failure
         previous = event.status
-    return lost, failures
+    return lost, unconfirmed, failures
 
 
 def replayed(history: History) -> Run:
@@ -166,8 +171,9 @@ def test_every_run_ends_and_replays_to_the_same_state(
     # with on_lost=fail), the other ended attempts against the retry policy.
     for task in run.tasks.values():
         if not task.is_parent:
-            lost, failures = attempt_endings(history, task.name)
+            lost, unconfirmed, failures = attempt_endings(history, task.name)
             assert lost <= (task.spec.max_lost + 1 if task.spec.on_lost == "retry" else 1)
+            assert unconfirmed <= commands.MAX_UNCONFIRMED
             assert failures <= retry_policy(run, task).max_attempts
 
     again = replayed(history)

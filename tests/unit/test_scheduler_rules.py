@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import msgspec
 import pytest
 
 from runsvc.domain import commands
@@ -698,6 +699,54 @@ def test_on_lost_fail_fails_the_task_at_the_first_loss(fields: dict[str, object]
     assert history.changes() == [("once", "lost"), ("once", "failed")]
     once = history.state.tasks["once"]
     assert (once.status, once.error, once.attempt) == ("failed", "lease expired", 1)
+
+
+def test_an_attempt_never_confirmed_is_put_back_without_using_a_budget() -> None:
+    """A loss whose executor never confirmed the attempt (the claim's answer was lost)
+    schedules the next attempt at once even with on_lost=fail and no retry policy, and
+    uses no budget: the next attempt's failure is still the task's first and only one."""
+    history = History(config(task("a", on_lost="fail"), task("b")))
+    history.start("a")
+    history.lose("a", unconfirmed=True)
+    assert history.changes() == [("a", "lost"), ("a", "scheduled")]
+    lost = history.last[0]
+    assert isinstance(lost, TaskStatusChanged)
+    assert lost.unconfirmed is True
+    a = history.state.tasks["a"]
+    assert (a.attempt, a.lost, a.unconfirmed, a.next_attempt_at) == (2, 0, 1, None)
+    assert a.error == "attempt 1 never confirmed by its executor: lease expired"
+    history.start("a")
+    history.finish("a", ok=False)
+    assert history.status("a") == "failed"
+    assert history.state.tasks["a"].attempt == 2
+
+
+def test_unconfirmed_losses_are_free_only_up_to_their_cap() -> None:
+    """Past MAX_UNCONFIRMED, a never-confirmed loss is an ordinary one (so an executor
+    that dies on receiving a task cannot loop on it): with on_lost=fail, the task fails."""
+    history = History(config(task("a", on_lost="fail"), task("b")))
+    for _ in range(commands.MAX_UNCONFIRMED):
+        history.start("a")
+        history.lose("a", unconfirmed=True)
+        assert history.status("a") == "scheduled"
+    history.start("a")
+    history.lose("a", unconfirmed=True)
+    lost = history.last[0]
+    assert isinstance(lost, TaskStatusChanged)
+    assert lost.unconfirmed is msgspec.UNSET
+    assert history.status("a") == "failed"
+    a = history.state.tasks["a"]
+    assert (a.lost, a.unconfirmed) == (1, commands.MAX_UNCONFIRMED)
+
+
+def test_only_an_unconfirmed_loss_carries_the_flag_in_its_encoding() -> None:
+    """Other status changes encode exactly as before the field existed."""
+    history = History(config(task("a")))
+    history.start("a")
+    history.lose("a", unconfirmed=True)
+    lost, scheduled = history.last[0], history.last[1]
+    assert b'"unconfirmed":true' in msgspec.json.encode(lost)
+    assert b"unconfirmed" not in msgspec.json.encode(scheduled)
 
 
 def test_a_loss_while_the_run_stops_ends_the_task_stopped() -> None:
