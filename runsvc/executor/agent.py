@@ -28,7 +28,6 @@ import contextlib
 import enum
 import hashlib
 import re
-import shutil
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -54,6 +53,7 @@ from runsvc.executor.process import (
     attempt_environment,
 )
 from runsvc.executor.shipping import LOG_INTERVAL_S, LogShipper, LogSpool, upload_artifacts
+from runsvc.executor.workdirs import AttemptDirectory, sweep_abandoned
 from runsvc.wire.executor import Claim, Completion
 
 T = TypeVar("T")
@@ -157,6 +157,12 @@ class Agent:
         """Claim and run until shut down, then wind down the running attempts."""
         self.config.work_root.mkdir(parents=True, exist_ok=True)
         log.info("executor started", executor=self.config.name, labels=dict(self.config.labels))
+        abandoned = await asyncio.to_thread(sweep_abandoned, self.config.work_root)
+        if abandoned:
+            log.info(
+                "removed work directories of executors that died",
+                directories=[path.name for path in abandoned],
+            )
         try:
             await self._claim_until_stopped()
         finally:
@@ -258,9 +264,11 @@ class Agent:
             run_id=item.run_id, task_id=item.task_id, task=item.task, attempt=item.attempt
         ):
             log.info("attempt claimed", lease=claim.lease)
+            owned: AttemptDirectory | None = None
             try:
+                owned = await asyncio.to_thread(AttemptDirectory, directory)
                 work_dir = directory / "work"
-                work_dir.mkdir(parents=True)
+                work_dir.mkdir()
                 spool = LogSpool(directory / "output.log")
                 try:
                     end = await self._attend(attempt, work_dir, spool)
@@ -276,8 +284,8 @@ class Agent:
             except Exception:
                 log.exception("attempt failed in the executor")
             finally:
-                if not self.config.keep_work_dirs:
-                    await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
+                if owned is not None:
+                    await asyncio.to_thread(owned.release, remove=not self.config.keep_work_dirs)
                 log.info("attempt ended", end=end.value)
                 if self._on_attempt_end is not None:
                     self._on_attempt_end(claim, end)

@@ -208,7 +208,8 @@ async def test_a_lost_executor_is_replaced_and_one_attempt_is_lost(
 
 async def test_a_killed_executor_takes_its_tasks_with_it(cluster: Cluster, tmp_path: Path) -> None:
     """SIGKILL an executor while its task (a shell and a child of it) runs: the task's
-    processes end too, so the retry that follows never overlaps the first attempt."""
+    processes end too, so the retry that follows never overlaps the first attempt. The
+    executor started again on the same work directory removes what the dead one left."""
     pids = tmp_path / "pids"
     doomed = cluster.start_executor("doomed", concurrency=1)
     script = f"sleep 600 & echo $$ $! > {pids}; wait"
@@ -232,6 +233,16 @@ async def test_a_killed_executor_takes_its_tasks_with_it(cluster: Cluster, tmp_p
         await asyncio.sleep(0.05)
     assert not alive(shell)
     assert not alive(sleeper)
+
+    work_root = cluster.root / "work" / "doomed"
+    left = {path.name for path in work_root.iterdir()}
+    assert len(left) == 1
+    cluster.start_executor("doomed", concurrency=1)
+    for _ in range(400):  # swept as the executor starts; 20 s at most
+        if not left & {path.name for path in work_root.iterdir()}:
+            break
+        await asyncio.sleep(0.05)
+    assert not left & {path.name for path in work_root.iterdir()}
 
 
 def alive(pid: int) -> bool:
