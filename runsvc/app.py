@@ -23,6 +23,7 @@ from runsvc.http import events, executors, health, runs
 from runsvc.http.keys import (
     DATABASE,
     HUB,
+    IN_FLIGHT,
     LEASES,
     LOG_LISTENER,
     OBJECTS,
@@ -33,10 +34,11 @@ from runsvc.http.keys import (
     STORE,
     VERIFIER,
     VIEWS,
+    InFlight,
     Projections,
 )
 from runsvc.http.metrics import METRICS, Metrics, metrics_handler
-from runsvc.http.middleware import body_limit, errors, request_context
+from runsvc.http.middleware import body_limit, errors, request_context, track_in_flight
 from runsvc.http.openapi import OPENAPI, build_document, openapi_handler
 from runsvc.http.routing import Endpoint, register
 from runsvc.http.view_cache import RunViewCache
@@ -294,11 +296,12 @@ def create_app(settings: Settings, *, extra: Sequence[Endpoint] = ()) -> web.App
     """The service. `extra` endpoints exist for tests (e.g. a route made to fail)."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[request_context, errors, body_limit],
+        middlewares=[track_in_flight, request_context, errors, body_limit],
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[events.WEBSOCKETS] = events.OpenSockets()
+    app[IN_FLIGHT] = InFlight()
     app.cleanup_ctx.append(_database_ctx)
     app.cleanup_ctx.append(_first_token_ctx)
     app.cleanup_ctx.append(_store_ctx)

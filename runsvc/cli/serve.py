@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runsvc.infra.logs import configure_logging
-from runsvc.infra.settings import environment_variables, load_settings
+from runsvc.infra.settings import Settings, environment_variables, load_settings
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 EXAMPLE = """\
 example:
@@ -45,19 +50,20 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(settings.log_format, settings.log_level)
     # The whole server (aiohttp, asyncpg, the S3 client) loads only for `serve`: the
     # client commands start without it.
-    from aiohttp import web
-
     from runsvc.app import create_app
 
-    app = create_app(settings)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.shutdown_grace_s,
-        print=lambda _: print(
-            f"runsvc listening on http://{settings.host}:{settings.port}", file=sys.stderr
-        ),
-        access_log=None,
-    )
+    asyncio.run(_serve(create_app(settings), settings))
     return 0
+
+
+async def _serve(app: web.Application, settings: Settings) -> None:
+    from runsvc.http.serving import ThrottledLoopErrors, listening
+
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(ThrottledLoopErrors())
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with listening(app, settings):
+        print(f"runsvc listening on http://{settings.host}:{settings.port}", file=sys.stderr)
+        await stop.wait()

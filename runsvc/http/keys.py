@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 from aiohttp import web
 
 from eventlog.fanout import EventHub
@@ -34,3 +36,10 @@ LEASES = web.AppKey("leases", LeaseService)
 LOG_LISTENER = web.AppKey("log_listener", ChannelListener)
 SNAPSHOTTER = web.AppKey("snapshotter", Snapshotter)
 VIEWS = web.AppKey("views", RunViewCache)
+
+
+class InFlight(collections.Counter[int]):
+    """Requests in progress per connection (keyed by its transport's id)."""
+
+
+IN_FLIGHT = web.AppKey("in_flight", InFlight)

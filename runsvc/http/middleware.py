@@ -14,7 +14,7 @@ from aiohttp import web
 from eventlog.appender import CONNECTION_ERRORS
 from eventlog.errors import PayloadTooLarge, StoreUnavailable
 from runsvc.domain.errors import ServiceError
-from runsvc.http.keys import SETTINGS
+from runsvc.http.keys import IN_FLIGHT, SETTINGS
 from runsvc.http.metrics import METRICS
 from runsvc.http.routing import Handler, json_response
 from runsvc.infra.logs import Throttled
@@ -28,6 +28,23 @@ RETRY_AFTER_S = 5
 _UNAVAILABLE: tuple[type[BaseException], ...] = (StoreUnavailable, *CONNECTION_ERRORS)
 
 REQUEST_ID = web.RequestKey("request_id", str)
+
+
+@web.middleware
+async def track_in_flight(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count requests in progress per connection, so the connection cap can tell the
+    idle connections (see runsvc.http.serving)."""
+    counts = request.app[IN_FLIGHT]
+    key = id(request.transport)
+    counts[key] += 1
+    try:
+        return await handler(request)
+    finally:
+        counts[key] -= 1
+        if counts[key] <= 0:
+            del counts[key]
+
+
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
 

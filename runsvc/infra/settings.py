@@ -50,6 +50,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # store must not hang its clients); long polls, websockets and streamed bodies are
     # bounded by their own limits instead.
     request_timeout_s: float = 30.0
+    # Open connections per process (fewer if the descriptor limit cannot hold them): at
+    # the cap the oldest idle connection is closed, or the newcomer gets a 503.
+    max_connections: int = 10_000
+    # How long an idle connection (keep-alive, or one that never sent a request) stays.
+    keepalive_timeout_s: float = 15.0
     # PostgreSQL's statement_timeout on the service's connections: no runaway query holds
     # a connection for longer (0 turns it off). Bulk work (restoring a dump) lifts it.
     statement_timeout_s: float = 60.0
@@ -94,6 +99,8 @@ _ENV: dict[str, str] = {
     "max_log_bytes": "RUNSVC_MAX_LOG_BYTES",
     "max_artifact_bytes": "RUNSVC_MAX_ARTIFACT_BYTES",
     "request_timeout_s": "RUNSVC_REQUEST_TIMEOUT_S",
+    "max_connections": "RUNSVC_MAX_CONNECTIONS",
+    "keepalive_timeout_s": "RUNSVC_KEEPALIVE_TIMEOUT_S",
     "statement_timeout_s": "RUNSVC_STATEMENT_TIMEOUT_S",
 }
 
