@@ -93,6 +93,7 @@ class ProjectionRunner:
         # process applied the range (what it touched is unknown here).
         self._on_applied = on_applied
         self._caught_up = asyncio.Event()
+        self._stepping = asyncio.Lock()
 
     @property
     def lag(self) -> int:
@@ -138,6 +139,13 @@ class ProjectionRunner:
     async def step(self) -> int:
         """Apply the next batch; return how many events it held (0 when none was new or
         another process applied it first)."""
+        # One step at a time in this process (the live loop and a catch_up may both call
+        # it): two would find each other's range applied and report it as applied by
+        # someone unknown, which empties the view cache.
+        async with self._stepping:
+            return await self._step()
+
+    async def _step(self) -> int:
         start = self.position
         page = await self.store.read_all(
             after=start, limit=self.batch_size, filter=self.projection.filter

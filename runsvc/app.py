@@ -59,7 +59,10 @@ log = structlog.get_logger("runsvc")
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     async with open_database(app[SETTINGS]) as database:
         app[DATABASE] = database
-        app[VERIFIER] = TokenVerifier(database.pool)
+        # A known token is accepted again after a quarter of the request timeout without an
+        # answer from the database: the request still has time to be served from memory.
+        wait = min(1.0, app[SETTINGS].request_timeout_s / 4)
+        app[VERIFIER] = TokenVerifier(database.pool, outage_wait_s=wait)
         yield
 
 

@@ -118,9 +118,18 @@ async def test_stalled_subscriber_neither_blocks_others_nor_loses_events(
     hub = EventHub(store, buffer=5)
     await hub.start()
     try:
-        stalled: AsyncIterator[RecordedEvent] = aiter(hub.subscribe(after=0))
+        # Subscribed where the hub has read to, the subscriber is on the live feed at once
+        # (from further back it would read storage first, and a stall there overflows
+        # nothing, which made this test fail under load).
+        await store.append("run-zero", [status()], NO_STREAM, meta=META)
+        head = await store.head()
+        for _ in range(300):  # the hub reads what was appended; 30 s at most
+            if hub.position >= head:
+                break
+            await asyncio.sleep(0.1)
+        stalled: AsyncIterator[RecordedEvent] = aiter(hub.subscribe(after=head))
         first = await anext_with_writes(stalled, store)
-        healthy = asyncio.create_task(collect(hub.subscribe(after=0), 101))
+        healthy = asyncio.create_task(collect(hub.subscribe(after=head), 101))
         for i in range(100):
             await store.append(f"run-x{i}", [status()], NO_STREAM, meta=META)
         received = await healthy
@@ -133,7 +142,9 @@ async def test_stalled_subscriber_neither_blocks_others_nor_loses_events(
 
 
 async def anext_with_writes(subscription: AsyncIterator[RecordedEvent], store: EventStore) -> int:
-    """The subscription's first event, after writing one so there is something to get."""
+    """The subscription's first event, written after the subscription started waiting."""
+    waiting = asyncio.ensure_future(anext(subscription))
+    await asyncio.sleep(0)  # the subscription starts and joins the live feed
     await store.append("run-first", [status()], NO_STREAM, meta=META)
     async with asyncio.timeout(30):
-        return (await anext(subscription)).position
+        return (await waiting).position
