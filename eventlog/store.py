@@ -91,6 +91,10 @@ def _decoded(row: asyncpg.Record) -> RecordedEvent:
     )
 
 
+# Streams with at least this many events are verified in a worker thread.
+_VERIFY_ON_LOOP = 1000
+
+
 class EventStore:
     """The event log on PostgreSQL. One per process: it owns the group-commit appender
     and the LISTEN connection that wakes subscribers."""
@@ -380,10 +384,11 @@ class EventStore:
         )
         if not rows:
             raise StreamNotFound(stream)
-        return check_chain(
-            stream,
-            (StoredRow(r[0], r[1], r[2], bytes(r[3]), bytes(r[4]), bytes(r[5])) for r in rows),
-        )
+        stored = (StoredRow(r[0], r[1], r[2], bytes(r[3]), bytes(r[4]), bytes(r[5])) for r in rows)
+        if len(rows) < _VERIFY_ON_LOOP:
+            return check_chain(stream, stored)
+        # A long stream is a long computation: in a thread, so the loop goes on serving.
+        return await asyncio.to_thread(check_chain, stream, stored)
 
     # -- plumbing
 

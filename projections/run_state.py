@@ -9,9 +9,11 @@ other status takes it out), so a huge run never rewrites its whole queue.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +32,41 @@ from runsvc.domain.events import (
     run_id_of,
 )
 from runsvc.domain.fold import TERMINAL_PHASES, apply
-from runsvc.domain.model import Run
+from runsvc.domain.model import Run, approximate_size
 from runsvc.domain.timing import next_wakeup
 from runsvc.domain.view import run_view
+from runsvc.infra.lru import SizedLRU
 
 log = structlog.get_logger("runsvc.projections")
 _DDL = (Path(__file__).parent / "sql" / "run_state.sql").read_text()
 READY_CHANNEL = "runsvc_ready"
 _json = msgspec.json.Encoder()
+
+
+# Events plus tasks of the runs a batch touches, past which the batch is folded in a
+# thread (a run of 10,000 tasks is well past it; ordinary batches stay on the loop).
+OFF_LOOP_WEIGHT = 2000
+
+
+def _weight(events: Sequence[RecordedEvent], runs: dict[str, Run]) -> int:
+    created = sum(
+        len(recorded.event.config.tasks)
+        for recorded in events
+        if isinstance(recorded.event, RunCreated)
+    )
+    return len(events) + created + sum(len(run.tasks) for run in runs.values())
+
+
+@dataclass
+class _Folded:
+    runs: list[Run]
+    states: list[bytes]
+    views: list[bytes]
+    due: list[tuple[str, datetime | None]]
+    ready: dict[str, tuple[Any, ...]]
+    unready: set[str]
+    fresh: set[str]
+    carried: list[tuple[str, str]]
 
 
 class RunStateProjection:
@@ -47,9 +76,8 @@ class RunStateProjection:
     per_stream = True
     filter: EventFilter | None = EventFilter(stream_prefix=RUN_STREAM_PREFIX)
 
-    def __init__(self, cache_size: int = 2000) -> None:
-        self._cache: OrderedDict[str, Run] = OrderedDict()
-        self._cache_size = cache_size
+    def __init__(self, cache_bytes: int = 64 * 1024 * 1024) -> None:
+        self._cache: SizedLRU[str, Run] = SizedLRU(cache_bytes, approximate_size)
 
     def ddl(self) -> str:
         return _DDL
@@ -59,6 +87,26 @@ class RunStateProjection:
         for recorded in events:
             by_run.setdefault(run_id_of(recorded.stream), []).append(recorded)
         runs = await self._load(connection, by_run)
+        if _weight(events, runs) > OFF_LOOP_WEIGHT:
+            # Folding and viewing a run of thousands of tasks takes a good part of a
+            # second of CPU. In a thread, the event loop keeps answering requests
+            # meanwhile (the GIL is handed over every few milliseconds). The runs folded
+            # here are this projection's own: nothing else touches them meanwhile.
+            folded = await asyncio.to_thread(self._fold, by_run, runs)
+        else:
+            folded = self._fold(by_run, runs)
+        await self._write(connection, folded)
+        if folded.carried:
+            await connection.executemany(
+                "INSERT INTO carried_tasks (task_id, run_id) VALUES ($1, $2) "
+                "ON CONFLICT DO NOTHING",
+                folded.carried,
+            )
+        for run in folded.runs:
+            self._remember(run)
+
+    def _fold(self, by_run: dict[str, list[RecordedEvent]], runs: dict[str, Run]) -> _Folded:
+        """The batch folded into its runs, and the rows to write (no I/O)."""
         ready: dict[str, tuple[Any, ...]] = {}
         unready: set[str] = set()
         # Runs created in this batch have no rows yet: nothing of theirs needs deleting.
@@ -98,15 +146,17 @@ class RunStateProjection:
                             unready.add(task.id)
             assert run is not None
             runs[run_id] = run
-        await self._write(connection, [runs[r] for r in by_run], ready, unready, fresh)
-        if carried:
-            await connection.executemany(
-                "INSERT INTO carried_tasks (task_id, run_id) VALUES ($1, $2) "
-                "ON CONFLICT DO NOTHING",
-                carried,
-            )
-        for run_id in by_run:
-            self._remember(runs[run_id])
+        touched = [runs[r] for r in by_run]
+        return _Folded(
+            runs=touched,
+            states=[encode_run(r) for r in touched],
+            views=[_json.encode(run_view(r)) for r in touched],
+            due=[(r.id, next_wakeup(r)) for r in touched],
+            ready=ready,
+            unready=unready,
+            fresh=fresh,
+            carried=carried,
+        )
 
     async def _load(
         self, connection: asyncpg.Connection, by_run: dict[str, list[RecordedEvent]]
@@ -131,19 +181,10 @@ class RunStateProjection:
         return runs
 
     def _remember(self, run: Run) -> None:
-        self._cache[run.id] = run
-        self._cache.move_to_end(run.id)
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        self._cache.put(run.id, run)
 
-    async def _write(
-        self,
-        connection: asyncpg.Connection,
-        runs: list[Run],
-        ready: dict[str, tuple[Any, ...]],
-        unready: set[str],
-        fresh: set[str],
-    ) -> None:
+    async def _write(self, connection: asyncpg.Connection, folded: _Folded) -> None:
+        runs, ready, unready, fresh = folded.runs, folded.ready, folded.unready, folded.fresh
         await connection.execute(
             """
             INSERT INTO run_state (run_id, version, position, phase, concurrency_key, state, view)
@@ -159,8 +200,8 @@ class RunStateProjection:
             [r.position for r in runs],
             [r.phase for r in runs],
             [r.concurrency_key for r in runs],
-            [encode_run(r) for r in runs],
-            [_json.encode(run_view(r)) for r in runs],
+            folded.states,
+            folded.views,
         )
         if unready:
             await connection.execute(
@@ -182,7 +223,7 @@ class RunStateProjection:
                 *[list(column) for column in zip(*rows, strict=True)],
             )
             await connection.execute("SELECT pg_notify($1, '')", READY_CHANNEL)
-        due = [(r.id, next_wakeup(r)) for r in runs]
+        due = folded.due
         untimed = [run_id for run_id, at in due if at is None and run_id not in fresh]
         if untimed:
             await connection.execute(

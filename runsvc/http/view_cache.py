@@ -10,33 +10,30 @@ are unknown here, so everything goes). A read that raced an invalidation is not 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 
 from eventlog.records import RecordedEvent
 from runsvc.domain.events import run_id_of
+from runsvc.infra.lru import SizedLRU
 
 
 class RunViewCache:
-    def __init__(self, size: int = 10_000) -> None:
-        self._views: OrderedDict[str, bytes] = OrderedDict()
-        self._size = size
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self._views: SizedLRU[str, bytes] = SizedLRU(max_bytes, len)
         self.generation = 0
 
+    @property
+    def size_bytes(self) -> int:
+        return self._views.bytes
+
     def get(self, run_id: str) -> bytes | None:
-        view = self._views.get(run_id)
-        if view is not None:
-            self._views.move_to_end(run_id)
-        return view
+        return self._views.get(run_id)
 
     def put(self, run_id: str, view: bytes, generation: int) -> None:
         """Keep `view`, read while the cache was at `generation`, unless it moved since."""
         if generation != self.generation:
             return
-        self._views[run_id] = view
-        self._views.move_to_end(run_id)
-        if len(self._views) > self._size:
-            self._views.popitem(last=False)
+        self._views.put(run_id, view)
 
     def invalidate(self, applied: Sequence[RecordedEvent] | None) -> None:
         """After the projection committed `applied` (None: a batch of unknown runs)."""
@@ -45,4 +42,4 @@ class RunViewCache:
             self._views.clear()
             return
         for recorded in applied:
-            self._views.pop(run_id_of(recorded.stream), None)
+            self._views.pop(run_id_of(recorded.stream))

@@ -27,7 +27,7 @@ from runsvc.domain.requests import CreateRunRequest, RecreateRequest
 from runsvc.domain.validation import validate_create
 from runsvc.service import counters
 from runsvc.service.slots import ConcurrencySlots
-from runsvc.service.writer import Caller, Decision, RunWriter
+from runsvc.service.writer import BIG_RUN_TASKS, Caller, Decision, RunWriter, off_loop_if
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -44,14 +44,14 @@ class RunService:
         store: EventStore,
         *,
         max_tasks: int = 10_000,
-        cache_size: int = 5000,
+        cache_bytes: int = 128 * 1024 * 1024,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
         self.pool: asyncpg.Pool = store.pool
         self.max_tasks = max_tasks
         self.clock = clock
-        self.writer = RunWriter(store, clock=clock, cache_size=cache_size)
+        self.writer = RunWriter(store, clock=clock, cache_bytes=cache_bytes)
         self.slots = ConcurrencySlots(store, self.writer)
 
     async def load(self, run_id: str) -> Run:
@@ -81,18 +81,27 @@ class RunService:
     async def create(self, request: CreateRunRequest, caller: Caller) -> tuple[Run, bool]:
         """Create a run; returns it and whether it is new. With an idempotency key matching
         a run that has not ended, that run is returned and nothing is appended."""
-        validate_create(request, max_tasks=self.max_tasks)
+        # A run of thousands of tasks takes a good part of a second to check and plan:
+        # in a worker thread (nothing else holds the request or the new run).
+        big = len(request.config.tasks) >= BIG_RUN_TASKS
+        await off_loop_if(big, validate_create, request, max_tasks=self.max_tasks)
         counter = await counters.next_counter(self.pool, request.group)
         run_id = new_run_id()
         now = self.clock()
         if request.idempotency_key is None and request.concurrency_key is None:
-            events = commands.create_run(
-                request, run_id=run_id, counter=counter, now=now, admitted=True
+            events = await off_loop_if(
+                big,
+                commands.create_run,
+                request,
+                run_id=run_id,
+                counter=counter,
+                now=now,
+                admitted=True,
             )
             positions = await self.store.append(
                 stream_of(run_id), events, NO_STREAM, meta=caller.metadata(now), scope=request.group
             )
-            return self.writer.created(events, positions), True
+            return await self.writer.created(events, positions), True
         async with self.pool.acquire() as connection, connection.transaction():
             if request.idempotency_key is not None:
                 existing = await self._idempotent_match(connection, request.idempotency_key)
@@ -113,7 +122,7 @@ class RunService:
                 meta=caller.metadata(now),
                 scope=request.group,
             )
-        return self.writer.created(events, positions), True
+        return await self.writer.created(events, positions), True
 
     async def _idempotent_match(self, connection: asyncpg.Connection, key: str) -> Run | None:
         run_id = await counters.lock_idempotency_key(connection, key)
@@ -155,7 +164,7 @@ class RunService:
                 meta=caller.metadata(now),
                 scope=old.group,
             )
-        return self.writer.created(events, positions)
+        return await self.writer.created(events, positions)
 
     # -- the other commands
 

@@ -10,19 +10,24 @@ never applied twice; across processes the version check decides.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, TypeVar
 
 from eventlog.errors import StreamNotFound, VersionConflict
 from eventlog.records import Metadata
 from eventlog.store import EventStore
 from projections.run_state import stored_run
+from runsvc.domain.codec import decode_run, encode_run
 from runsvc.domain.errors import Conflict, NotFound, ServiceError
-from runsvc.domain.events import Actor, Event, stream_of
+from runsvc.domain.events import Actor, Event, RunCreated, stream_of
 from runsvc.domain.fold import apply, apply_event
-from runsvc.domain.model import Run
+from runsvc.domain.model import Run, approximate_size
+from runsvc.infra.lru import SizedLRU
+
+T = TypeVar("T")
 
 Decision = Callable[[Run, datetime], list[Event]]
 _ATTEMPTS = 8
@@ -52,12 +57,15 @@ class RunWriter:
     """Loads runs and writes the events commands decide, one run at a time."""
 
     def __init__(
-        self, store: EventStore, *, clock: Callable[[], datetime], cache_size: int = 5000
+        self,
+        store: EventStore,
+        *,
+        clock: Callable[[], datetime],
+        cache_bytes: int = 128 * 1024 * 1024,
     ) -> None:
         self.store = store
         self.clock = clock
-        self._cache: OrderedDict[str, Run] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache: SizedLRU[str, Run] = SizedLRU(cache_bytes, approximate_size)
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._pending: dict[str, list[_Pending]] = {}
         self._writing: set[str] = set()
@@ -86,14 +94,11 @@ class RunWriter:
         return run
 
     def remember(self, run: Run) -> None:
-        self._cache[run.id] = run
-        self._cache.move_to_end(run.id)
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        self._cache.put(run.id, run)
 
     def forget(self, run_id: str) -> None:
         """Another writer changed the run: the next load reads it again."""
-        self._cache.pop(run_id, None)
+        self._cache.pop(run_id)
 
     @asynccontextmanager
     async def _serialised(self, run_id: str) -> AsyncIterator[None]:
@@ -147,17 +152,16 @@ class RunWriter:
         for _ in range(_ATTEMPTS):
             run = await self._load(run_id)
             now = self.clock()
-            decided: list[tuple[_Pending, list[Event]]] = []
-            with run.journal():  # each decision sees the ones before it; then undone
-                for pending in batch:
-                    try:
-                        events = pending.decision(run, now)
-                    except ServiceError as exc:
-                        pending.future.set_exception(exc)
-                        continue
-                    for event in events:
-                        apply_event(run, event, version=run.version + 1)
-                    decided.append((pending, events))
+            if is_big(run):
+                # Deciding for thousands of tasks takes a good part of a second: in a
+                # thread, on a copy (whoever holds the cached run keeps reading a
+                # consistent one), while the event loop goes on answering.
+                outcome = await asyncio.to_thread(_decide_on_copy, run, batch, now)
+            else:
+                outcome = _decide(run, batch, now)
+            for pending, error in outcome.refused:
+                pending.future.set_exception(error)
+            decided = outcome.decided
             events = [event for _, decided_events in decided for event in decided_events]
             if events:
                 # One append for the whole batch: it commits or conflicts as a whole, and
@@ -175,7 +179,12 @@ class RunWriter:
                     self.forget(run_id)
                     batch = [pending for pending, _ in decided]
                     continue
-                self._applied(run, events, positions)
+                if outcome.folded is not None:
+                    run = outcome.folded
+                    run.position = positions[-1]
+                    self.remember(run)
+                else:
+                    self._applied(run, events, positions)
             for pending, _ in decided:
                 pending.future.set_result(run)
             return
@@ -188,12 +197,76 @@ class RunWriter:
         run.position = positions[-1]
         self.remember(run)
 
-    def created(self, events: list[Event], positions: list[int]) -> Run:
+    async def created(self, events: list[Event], positions: list[int]) -> Run:
         """The run a create appended (`events` at `positions`), folded and cached."""
-        run: Run | None = None
-        for event in events:
-            run = apply_event(run, event, version=(run.version if run else 0) + 1)
-        assert run is not None
-        run.position = positions[-1]
+        run = await off_loop_if(is_big_creation(events), fold_created, events, positions)
         self.remember(run)
         return run
+
+
+BIG_RUN_TASKS = 1000
+"""Runs with at least this many tasks are decided and folded in a worker thread."""
+
+
+def is_big(run: Run) -> bool:
+    return len(run.tasks) >= BIG_RUN_TASKS
+
+
+def is_big_creation(events: list[Event]) -> bool:
+    created = events[0] if events else None
+    return isinstance(created, RunCreated) and len(created.config.tasks) >= BIG_RUN_TASKS
+
+
+async def off_loop_if(big: bool, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`work(*args, **kwargs)`, in a worker thread when `big`. Only for work on objects no
+    other code touches meanwhile (a run being created, a private copy)."""
+    if big:
+        return await asyncio.to_thread(work, *args, **kwargs)
+    return work(*args, **kwargs)
+
+
+def fold_created(events: list[Event], positions: list[int]) -> Run:
+    run: Run | None = None
+    for event in events:
+        run = apply_event(run, event, version=(run.version if run else 0) + 1)
+    assert run is not None
+    run.position = positions[-1]
+    return run
+
+
+@dataclass
+class _Outcome:
+    decided: list[tuple[_Pending, list[Event]]]
+    refused: list[tuple[_Pending, ServiceError]]
+    # The run with the decided events folded in, when they were decided on a copy.
+    folded: Run | None = None
+
+
+def _decide(run: Run, batch: list[_Pending], now: datetime) -> _Outcome:
+    """Each command of the batch decided in turn, each seeing the ones before it; the run
+    is left as it was (the events are folded in once appended)."""
+    outcome = _Outcome(decided=[], refused=[])
+    with run.journal():
+        _decide_each(run, batch, now, outcome)
+    return outcome
+
+
+def _decide_on_copy(run: Run, batch: list[_Pending], now: datetime) -> _Outcome:
+    """As `_decide`, on a copy of `run` that keeps the decided events (for a worker
+    thread: futures are settled by the caller, on the event loop)."""
+    copy = decode_run(encode_run(run))
+    outcome = _Outcome(decided=[], refused=[], folded=copy)
+    _decide_each(copy, batch, now, outcome)
+    return outcome
+
+
+def _decide_each(run: Run, batch: list[_Pending], now: datetime, outcome: _Outcome) -> None:
+    for pending in batch:
+        try:
+            events = pending.decision(run, now)
+        except ServiceError as exc:
+            outcome.refused.append((pending, exc))
+            continue
+        for event in events:
+            apply_event(run, event, version=run.version + 1)
+        outcome.decided.append((pending, events))

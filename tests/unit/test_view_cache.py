@@ -52,8 +52,8 @@ def test_a_batch_applied_elsewhere_empties_the_cache() -> None:
 
 
 def test_the_least_recently_read_view_leaves_first() -> None:
-    """The cache is bounded; reading a view keeps it."""
-    cache = RunViewCache(size=2)
+    """The cache is bounded by bytes; reading a view keeps it."""
+    cache = RunViewCache(max_bytes=2)
     cache.put("a", b"A", cache.generation)
     cache.put("b", b"B", cache.generation)
     assert cache.get("a") == b"A"

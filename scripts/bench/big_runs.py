@@ -1,0 +1,181 @@
+"""Big runs: how long the service stops answering while it handles a run of 10,000 tasks,
+and how much memory many such runs leave behind, through a real `runsvc serve` on
+embedded PostgreSQL and SeaweedFS.
+
+    .venv/bin/python scripts/bench/big_runs.py [--tasks 10000] [--runs 25]
+
+A probe asks `/healthz` every 5 ms throughout. For a run of `--tasks` tasks, and then as the
+baseline for one of 100, the same actions follow each other: create, read five times,
+stop, verify, read again once the stop is projected. The measure is the longest `/healthz`
+answer while they happen (the event loop stalled for about that long). Then `--runs` big
+runs are created and each read once; the measure is how much the server's resident memory
+grew, against its size before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+sys.path[0] = str(ROOT)
+sys.path.append(str(HERE))
+
+import aiohttp
+import asyncpg
+from _processes import free_port, stop_all, wait_ready
+from _report import emit, note
+
+from runsvc.infra.postgres import EmbeddedPostgres
+from runsvc.infra.seaweed import EmbeddedSeaweed
+from runsvc.service.auth import create_token
+
+
+def run_body(tasks: int) -> dict[str, object]:
+    return {
+        "group": "/bench/big",
+        "name": f"fan-{tasks}",
+        "config": {"tasks": [{"name": f"t{n}", "run": "true"} for n in range(tasks)]},
+    }
+
+
+class Probe:
+    """Asks /healthz every 5 ms and keeps the slowest answer since the last reset."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.slowest = 0.0
+
+    def reset(self) -> None:
+        self.slowest = 0.0
+
+    async def run(self) -> None:
+        async with aiohttp.ClientSession() as session:
+            while True:
+                started = time.perf_counter()
+                async with session.get(f"{self.url}/healthz") as response:
+                    await response.read()
+                self.slowest = max(self.slowest, time.perf_counter() - started)
+                await asyncio.sleep(0.005)
+
+
+async def actions(session: aiohttp.ClientSession, url: str, tasks: int) -> None:
+    """Create, read, stop, verify and read again one run of `tasks` tasks."""
+    async with session.post(f"{url}/api/v1/runs", json=run_body(tasks)) as response:
+        assert response.status == 201, await response.text()
+        run_id = (await response.json())["id"]
+    for _ in range(5):
+        async with session.get(f"{url}/api/v1/runs/{run_id}") as response:
+            assert response.status == 200
+            await response.read()
+    async with session.post(f"{url}/api/v1/runs/{run_id}/stop") as response:
+        assert response.status in (202, 204), await response.text()
+    async with session.get(f"{url}/api/v1/runs/{run_id}/verify") as response:
+        assert response.status == 200
+        assert (await response.json())["ok"]
+    for _ in range(600):
+        async with session.get(f"{url}/api/v1/runs/{run_id}") as response:
+            if (await response.json())["stop_requested"]:
+                return
+        await asyncio.sleep(0.05)
+    raise RuntimeError("the stop never reached the run's view")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def bench(args: argparse.Namespace, root: Path) -> None:
+    postgres = EmbeddedPostgres(root / "pg")
+    dsn = await asyncio.to_thread(postgres.start)
+    seaweed = EmbeddedSeaweed(root / "s3")
+    endpoint = await seaweed.astart()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSVC_")}
+    env.update(
+        RUNSVC_DATABASE_URL=dsn,
+        RUNSVC_S3_ENDPOINT=endpoint,
+        RUNSVC_DATA_DIR=str(root / "data"),
+        RUNSVC_BOOTSTRAP_ADMIN_TOKEN="false",
+        RUNSVC_LOG_LEVEL="warning",
+        RUNSVC_MAX_BODY_BYTES=str(64 * 1024 * 1024),
+        RUNSVC_MAX_EVENT_BYTES=str(16 * 1024 * 1024),
+    )
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        with (root / "serve.log").open("wb") as log:
+            command = [sys.executable, "-m", "runsvc", "serve", "--port", str(port)]
+            processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log))
+        await wait_ready(url)
+        connection = await asyncpg.connect(dsn)
+        token = (await create_token(connection, role="admin", name="bench")).token
+        await connection.close()
+        headers = {"Authorization": f"Bearer {token}"}
+        probe = Probe(url)
+        probing = asyncio.create_task(probe.run())
+        timeout = aiohttp.ClientTimeout(total=600)
+        async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
+            await actions(session, url, 10)  # warm up
+            slowest = {}
+            for tasks in (100, args.tasks):
+                probe.reset()
+                started = time.perf_counter()
+                await actions(session, url, tasks)
+                slowest[tasks] = probe.slowest
+                note(
+                    f"{tasks} tasks: actions took {time.perf_counter() - started:.1f}s, "
+                    f"slowest /healthz {probe.slowest * 1000:.0f} ms"
+                )
+            emit(
+                f"healthz_slowest_ms_during_{args.tasks}_task_run",
+                slowest[args.tasks] * 1000,
+                "ms",
+                baseline=slowest[100] * 1000,
+                target="value <= 300",
+            )
+            server = processes[0].pid
+            before = rss_mb(server)
+            for n in range(args.runs):
+                async with session.post(f"{url}/api/v1/runs", json=run_body(args.tasks)) as r:
+                    assert r.status == 201, await r.text()
+                    run_id = (await r.json())["id"]
+                async with session.get(f"{url}/api/v1/runs/{run_id}") as r:
+                    await r.read()
+                note(f"big run {n + 1}/{args.runs}: server RSS {rss_mb(server):.0f} MB")
+            after = rss_mb(server)
+            emit(
+                f"rss_growth_mb_after_{args.runs}_runs_of_{args.tasks}_tasks",
+                after - before,
+                "MB",
+                baseline=before,
+                target="value <= 350 (the caches' budgets: 128 + 64 + 64 MB, and slack)",
+            )
+        probing.cancel()
+    finally:
+        stop_all(processes)
+        await seaweed.astop()
+        await asyncio.to_thread(postgres.stop)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=25)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="runsvc-bench-big-") as root:
+        asyncio.run(bench(args, Path(root)))
+
+
+if __name__ == "__main__":
+    main()
