@@ -12,6 +12,8 @@ from runsvc.domain.requests import CreateRunRequest
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 GROUP_SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+# What a shell and execve accept as a variable name; anything else fails at the executor.
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,199}$")
 CONDITIONS = frozenset({"success", "failure", "skipped"})
 MAX_KEY = 200
 MAX_ENVIRONMENT = 1000
@@ -88,6 +90,10 @@ def _task(task: TaskConfig, path: str, report: _Problems) -> None:
         report(f"{path}.command", "must not be empty")
     _duration(task.timeout, f"{path}.timeout", report)
     _duration(task.progress_timeout, f"{path}.progress_timeout", report)
+    env_problems: list[Problem] = []
+    _mapping(task.env, f"{path}.env", env_problems, env=True)
+    for problem in env_problems:
+        report(problem.path, problem.message)
     if task.on_lost not in ("retry", "fail"):
         report(f"{path}.on_lost", "must be retry or fail")
     if not 1 <= task.max_lost <= MAX_LOST:
@@ -160,11 +166,21 @@ def find_cycle(config: RunConfig) -> list[str] | None:
     return None
 
 
-def _mapping(values: dict[str, str], path: str, problems: list[Problem]) -> None:
+def _mapping(
+    values: dict[str, str], path: str, problems: list[Problem], *, env: bool = False
+) -> None:
     if len(values) > MAX_ENVIRONMENT:
         problems.append(Problem(path=path, message=f"at most {MAX_ENVIRONMENT} entries"))
     for key in values:
-        if not key or len(key) > MAX_KEY:
+        if env and not ENV_NAME.match(key):
+            problems.append(
+                Problem(
+                    path=f"{path}.{key}",
+                    message="variable names are a letter or _, then letters, digits or _ "
+                    f"(at most {MAX_KEY} characters)",
+                )
+            )
+        elif not key or len(key) > MAX_KEY:
             problems.append(
                 Problem(path=f"{path}.{key}", message=f"keys are 1-{MAX_KEY} characters")
             )
@@ -173,7 +189,9 @@ def _mapping(values: dict[str, str], path: str, problems: list[Problem]) -> None
 def valid_group(group: str) -> bool:
     if not group.startswith("/") or (group != "/" and group.endswith("/")):
         return False
-    return group == "/" or all(GROUP_SEGMENT.match(s) for s in group[1:].split("/"))
+    return group == "/" or all(
+        GROUP_SEGMENT.match(s) and s not in (".", "..") for s in group[1:].split("/")
+    )
 
 
 def validate_create(request: CreateRunRequest, *, max_tasks: int = 10_000) -> None:
@@ -181,7 +199,10 @@ def validate_create(request: CreateRunRequest, *, max_tasks: int = 10_000) -> No
     problems: list[Problem] = []
     if not valid_group(request.group):
         problems.append(
-            Problem(path="group", message="an absolute path of names, like /org/project/branch")
+            Problem(
+                path="group",
+                message="an absolute path of names (not . or ..), like /org/project/branch",
+            )
         )
     if not NAME.match(request.name):
         problems.append(Problem(path="name", message="1-100 characters of A-Z a-z 0-9 _ . -"))
@@ -191,12 +212,12 @@ def validate_create(request: CreateRunRequest, *, max_tasks: int = 10_000) -> No
     ):
         if value is not None and not 1 <= len(value) <= MAX_KEY:
             problems.append(Problem(path=field, message=f"1-{MAX_KEY} characters"))
+    _mapping(request.annotations, "annotations", problems)
     for field, values in (
-        ("annotations", request.annotations),
         ("static_environment", request.static_environment),
         ("environment", request.environment),
     ):
-        _mapping(values, field, problems)
+        _mapping(values, field, problems, env=True)
     problems += validate_config(request.config, max_tasks=max_tasks)
     raise_problems(problems)
 

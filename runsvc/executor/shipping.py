@@ -14,6 +14,7 @@ import asyncio
 import codecs
 import contextlib
 import os
+import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -222,6 +223,49 @@ def _collect_directory(
 ArtifactUploader = Callable[[str, Path], Awaitable[None]]
 
 
+class ArtifactRefused(Exception):
+    """The file cannot be uploaded safely; the message says why."""
+
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+def open_beneath(root: Path, relative: PurePosixPath) -> int:
+    """A read-only descriptor of the regular file `relative` under `root`, opened one path
+    component at a time without following any symlink, so a name swapped for a symlink
+    after the artifacts were collected (a task's leftover process racing the upload) is
+    refused instead of followed. A file with more than one link is refused as well: a
+    hard link can give a name inside the work directory to any file the task could not
+    read through the upload otherwise. The checks are made on what was opened."""
+    directory = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in relative.parts[:-1]:
+            try:
+                inner = os.open(part, _OPEN_FLAGS | os.O_DIRECTORY, dir_fd=directory)
+            except OSError as exc:
+                raise ArtifactRefused(
+                    f"{part!r} is not a plain directory ({exc.strerror})"
+                ) from exc
+            os.close(directory)
+            directory = inner
+        try:
+            fd = os.open(relative.parts[-1], _OPEN_FLAGS, dir_fd=directory)
+        except OSError as exc:
+            raise ArtifactRefused(f"not a plain file ({exc.strerror})") from exc
+    finally:
+        os.close(directory)
+    status = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(status.st_mode):
+        problem = "not a regular file"
+    elif status.st_nlink > 1:
+        problem = "a hard link (the same file has another name, maybe outside the work directory)"
+    if problem is not None:
+        os.close(fd)
+        raise ArtifactRefused(problem)
+    return fd
+
+
 async def upload_artifacts(
     work_dir: Path, declared: Sequence[str], upload: ArtifactUploader, spool: LogSpool
 ) -> int:
@@ -234,9 +278,19 @@ async def upload_artifacts(
     for problem in problems:
         spool.note(problem)
     uploaded = 0
+    root = await asyncio.to_thread(work_dir.resolve)
     for artifact in files:
         try:
-            await upload(artifact.name, artifact.source)
+            fd = await asyncio.to_thread(
+                open_beneath, root, PurePosixPath(artifact.source.relative_to(root))
+            )
+        except ArtifactRefused as exc:
+            spool.note(f"artifact {artifact.name!r} refused: {exc}")
+            continue
+        try:
+            # The descriptor's own name: every try of the upload reads the file that was
+            # checked, whatever its path names by then.
+            await upload(artifact.name, Path(f"/proc/self/fd/{fd}"))
         except LeaseLost:
             raise
         except ApiError as exc:
@@ -245,4 +299,6 @@ async def upload_artifacts(
             spool.note(f"artifact {artifact.name!r} not uploaded: {exc.strerror or exc}")
         else:
             uploaded += 1
+        finally:
+            os.close(fd)
     return uploaded

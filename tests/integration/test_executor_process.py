@@ -267,15 +267,60 @@ async def test_artifact_problems_go_to_the_log(tmp_path: Path) -> None:
     the others."""
     work = make_tree(tmp_path)
     spool = LogSpool(tmp_path / "output.log")
-    uploaded: dict[str, Path] = {}
+    uploaded: dict[str, bytes] = {}
 
     async def upload(name: str, source: Path) -> None:
-        uploaded[name] = source
+        uploaded[name] = await asyncio.to_thread(source.read_bytes)
 
     count = await upload_artifacts(work, ["missing", "report.txt", "/abs"], upload, spool)
     assert count == 1
-    assert uploaded == {"report.txt": work / "report.txt"}
+    assert uploaded == {"report.txt": b"report"}
     log = spool.read(0, 10_000).decode()
     assert "[runsvc] artifact 'missing' not found\n" in log
     assert "[runsvc] artifact '/abs' refused: not a relative path\n" in log
+    spool.close()
+
+
+async def test_a_hard_link_to_a_file_outside_is_not_uploaded(tmp_path: Path) -> None:
+    """A task that hard-links a file it should not ship (here one outside the work
+    directory) into its artifacts gets it refused: a hard link is another name of the same
+    file, and nothing in the work directory tells where the file came from."""
+    work = make_tree(tmp_path)
+    os.link(tmp_path / "outside" / "secret", work / "dist" / "hard-link")
+    spool = LogSpool(tmp_path / "output.log")
+    uploaded: dict[str, bytes] = {}
+
+    async def upload(name: str, source: Path) -> None:
+        uploaded[name] = await asyncio.to_thread(source.read_bytes)
+
+    await upload_artifacts(work, ["dist"], upload, spool)
+    assert "dist/hard-link" not in uploaded
+    assert b"secret" not in b"".join(uploaded.values())
+    assert (
+        "[runsvc] artifact 'dist/hard-link' refused: a hard link" in spool.read(0, 10_000).decode()
+    )
+    spool.close()
+
+
+async def test_a_file_swapped_for_a_symlink_during_the_upload_is_refused(tmp_path: Path) -> None:
+    """Between collecting the artifacts and opening each one, a leftover process of the
+    task replaces a file by a symlink to a secret (done here while the first artifact
+    uploads, so the race is won every time): the swapped file is refused, never followed."""
+    work = make_tree(tmp_path)
+    (work / "second.txt").write_text("second")
+    spool = LogSpool(tmp_path / "output.log")
+    uploaded: dict[str, bytes] = {}
+
+    async def upload(name: str, source: Path) -> None:
+        uploaded[name] = await asyncio.to_thread(source.read_bytes)
+        if name == "report.txt":
+            (work / "second.txt").unlink()
+            (work / "second.txt").symlink_to(tmp_path / "outside" / "secret")
+
+    count = await upload_artifacts(work, ["report.txt", "second.txt"], upload, spool)
+    assert count == 1
+    assert uploaded == {"report.txt": b"report"}
+    assert (
+        "[runsvc] artifact 'second.txt' refused: not a plain file" in spool.read(0, 10_000).decode()
+    )
     spool.close()

@@ -164,3 +164,46 @@ def test_max_lost_is_a_bounded_positive_integer(max_lost: int, problem: str | No
     assert found.get("config.tasks[0].max_lost") == problem
     assert msgspec.convert(task("a"), TaskConfig).max_lost == 3
     assert b"max_lost" not in msgspec.json.encode(msgspec.convert(task("a"), TaskConfig))
+
+
+@pytest.mark.parametrize(
+    "group", ["/abuse/../../etc", "/a/./b", "/..", "/a//b", "/a/b/", "relative"]
+)
+def test_groups_with_dot_segments_or_empty_ones_are_refused(group: str) -> None:
+    """A group is a path of names: `.` and `..` (which would read as directories to
+    anyone using groups as paths) and empty segments are refused with a 400."""
+    request = CreateRunRequest(group=group, name="ci", config=config(task("a")))
+    with pytest.raises(BadRequest) as error:
+        validate_create(request)
+    assert [p.path for p in error.value.details] == ["group"]
+
+
+@pytest.mark.parametrize("name", ["A=B", "1ST", "WITH SPACE", "DASH-ED", "", "É"])
+def test_environment_names_must_be_variable_names(name: str) -> None:
+    """An environment name the executor could not set (it failed there, after the run was
+    accepted) is refused at create, in the run's environments and in a task's `env`."""
+    request = CreateRunRequest(
+        group="/org",
+        name="ci",
+        environment={name: "x"},
+        static_environment={name: "y"},
+        config=config(task("a", env={name: "z"})),
+    )
+    with pytest.raises(BadRequest) as error:
+        validate_create(request)
+    paths = sorted(p.path for p in error.value.details)
+    assert paths == sorted(
+        [f"environment.{name}", f"static_environment.{name}", f"config.tasks[0].env.{name}"]
+    )
+
+
+def test_ordinary_environment_names_and_annotation_keys_pass() -> None:
+    """Variable names as shells know them pass; annotation keys stay free-form."""
+    request = CreateRunRequest(
+        group="/org/shop.web/main",
+        name="ci",
+        environment={"BRANCH": "main", "_private": "1", "PY3": "yes"},
+        annotations={"commit sha": "3f9c2e1", "a=b": "fine"},
+        config=config(task("a", env={"GOFLAGS": "-mod=mod"})),
+    )
+    validate_create(request)
