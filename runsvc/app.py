@@ -20,7 +20,9 @@ from projections.run_state import READY_CHANNEL, RunStateProjection
 from projections.runner import ProjectionRunner, checkpoint_of, ensure_tables, run_forever
 from projections.snapshot import restore_newest
 from runsvc.http import events, executors, health, runs
+from runsvc.http.guessing import FailedAuthLimiter
 from runsvc.http.keys import (
+    AUTH_LIMITER,
     DATABASE,
     HUB,
     IN_FLIGHT,
@@ -305,6 +307,7 @@ def create_app(settings: Settings, *, extra: Sequence[Endpoint] = ()) -> web.App
     app[METRICS] = Metrics()
     app[events.WEBSOCKETS] = events.OpenSockets()
     app[IN_FLIGHT] = InFlight()
+    app[AUTH_LIMITER] = FailedAuthLimiter(limit=settings.auth_failure_limit)
     app.cleanup_ctx.append(_database_ctx)
     app.cleanup_ctx.append(_first_token_ctx)
     app.cleanup_ctx.append(_store_ctx)

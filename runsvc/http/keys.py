@@ -10,6 +10,7 @@ from eventlog.fanout import EventHub
 from eventlog.listener import ChannelListener
 from eventlog.store import EventStore
 from projections.runner import ProjectionRunner
+from runsvc.http.guessing import FailedAuthLimiter
 from runsvc.http.view_cache import RunViewCache
 from runsvc.infra.objectstore import ObjectStore
 from runsvc.infra.settings import Settings
@@ -43,3 +44,4 @@ class InFlight(collections.Counter[int]):
 
 
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
+AUTH_LIMITER = web.AppKey("auth_limiter", FailedAuthLimiter)

@@ -107,8 +107,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except ServiceError as exc:
         details = [Problem(path=p.path, message=p.message) for p in getattr(exc, "details", [])]
         response = error_response(exc.status, exc.code, exc.message, details)
-        if exc.status == 503:
-            response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        retry_after = getattr(exc, "retry_after", RETRY_AFTER_S if exc.status == 503 else None)
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(retry_after)
         return response
     except web.HTTPException as exc:
         if exc.status < 400:

@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
-from runsvc.domain.errors import BadRequest, Forbidden, Problem, Unavailable
-from runsvc.http.keys import SETTINGS, VERIFIER
+from runsvc.domain.errors import BadRequest, Forbidden, Problem, Unauthorized, Unavailable
+from runsvc.http.keys import AUTH_LIMITER, SETTINGS, VERIFIER
 from runsvc.infra.deadline import NoAnswer, finish_within
 from runsvc.service.auth import Permission, Principal
 
@@ -62,7 +62,7 @@ def _guarded(endpoint: Endpoint) -> Handler:
     async def serve(request: web.Request) -> web.StreamResponse:
         refuse_nul(request)
         if endpoint.permission is not Permission.OPEN:
-            principal = await request.app[VERIFIER].verify(bearer_token(request))
+            principal = await _authenticate(request)
             if not principal.may(endpoint.permission):
                 raise Forbidden(
                     f"the {principal.role} role may not {endpoint.summary[:1].lower()}"
@@ -73,6 +73,24 @@ def _guarded(endpoint: Endpoint) -> Handler:
 
     handler.__name__ = endpoint.handler.__name__
     return handler
+
+
+async def _authenticate(request: web.Request) -> Principal:
+    """The request's principal. An address over the failed-authentication limit gets
+    its tokens checked only when they were verified recently."""
+    verifier, limiter = request.app[VERIFIER], request.app[AUTH_LIMITER]
+    token = bearer_token(request)
+    address = request.remote or ""
+    if not verifier.known(token):
+        limiter.check(address)
+    try:
+        return await verifier.verify(token)
+    except Unauthorized:
+        # Only well-formed tokens are guesses worth braking: a missing or malformed one is
+        # refused without looking anything up.
+        if verifier.well_formed(token):
+            limiter.failed(address)
+        raise
 
 
 _NUL = "\x00"

@@ -50,6 +50,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # store must not hang its clients); long polls, websockets and streamed bodies are
     # bounded by their own limits instead.
     request_timeout_s: float = 30.0
+    # Unknown (well-formed) tokens one client address may present per 10 s before its
+    # unknown tokens get 429s until the 10 s are over (0: no limit).
+    auth_failure_limit: int = 100
     # Open connections per process (fewer if the descriptor limit cannot hold them): at
     # the cap the oldest idle connection is closed, or the newcomer gets a 503.
     max_connections: int = 10_000
@@ -99,6 +102,7 @@ _ENV: dict[str, str] = {
     "max_log_bytes": "RUNSVC_MAX_LOG_BYTES",
     "max_artifact_bytes": "RUNSVC_MAX_ARTIFACT_BYTES",
     "request_timeout_s": "RUNSVC_REQUEST_TIMEOUT_S",
+    "auth_failure_limit": "RUNSVC_AUTH_FAILURE_LIMIT",
     "max_connections": "RUNSVC_MAX_CONNECTIONS",
     "keepalive_timeout_s": "RUNSVC_KEEPALIVE_TIMEOUT_S",
     "statement_timeout_s": "RUNSVC_STATEMENT_TIMEOUT_S",

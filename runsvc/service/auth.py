@@ -130,6 +130,18 @@ class TokenVerifier:
         # token -> (principal, fresh until, usable during an outage until)
         self._cache: dict[str, tuple[Principal, float, float]] = {}
 
+    @staticmethod
+    def well_formed(token: str | None) -> bool:
+        """Whether `token` has the shape of an issued token (a guess that is checked
+        against the database), rather than none or something else."""
+        return bool(token) and _split(token or "") is not None
+
+    def known(self, token: str | None) -> bool:
+        """Whether `token` was verified in the last `outage_seconds` (it is still checked
+        again as usual; this only says it is no guess)."""
+        cached = self._cache.get(token) if token else None
+        return cached is not None and cached[2] > time.monotonic()
+
     async def verify(self, token: str | None) -> Principal:
         if not token:
             raise Unauthorized("missing bearer token")
