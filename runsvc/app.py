@@ -215,19 +215,25 @@ async def _projections_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _first_token_ctx(app: web.Application) -> AsyncIterator[None]:
-    """On first start with no tokens, create an admin token and show it once (like
-    Jupyter does). It is also written, readable by the owner only, to the data directory,
-    where the CLI finds it when talking to this local server."""
+    """On first start with no tokens, create an admin token and write it, readable by the
+    owner only, to the data directory, where the CLI finds it when talking to this local
+    server. It is shown once on the terminal, and only on one: output that is not a
+    terminal ends up in log files and collectors, where a token must never be."""
     settings = app[SETTINGS]
     pool = app[DATABASE].pool
     if settings.bootstrap_admin_token and await count_tokens(pool) == 0:
         issued = await create_token(pool, role="admin", name="admin")
-        print(f"\n  runsvc admin token (shown once): {issued.token}\n", file=sys.stderr)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         path = settings.data_dir / "admin.token"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as file:
             file.write(issued.token + "\n")
+        if sys.stdout.isatty():
+            print(f"\n  runsvc admin token (shown once): {issued.token}\n  (also in {path})\n")
+        else:
+            log.info(
+                "admin token created; it is in the file, readable by its owner only", path=str(path)
+            )
     yield
 
 
