@@ -92,6 +92,8 @@ class EmbeddedPostgres:
             return
         self._pg_ctl(_postgres_bin_path(), self._user(), ["-w", "-t", "60", "-m", "fast", "stop"])
         self._started_here = False
+        if self._socket_dir is not None and self._socket_dir != self.pgdata:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
         self._socket_dir = None
 
     async def astart(self) -> str:
@@ -184,13 +186,15 @@ class EmbeddedPostgres:
         return Path(lines[4].strip())
 
     def _choose_socket_dir(self, user: str | None) -> Path:
-        # Unix socket paths are limited to ~107 bytes; deep data directories fall back to a
-        # short directory under /tmp named after the data directory.
+        """Where the server's socket goes: a directory only the server's user can enter,
+        because whoever reaches the socket is the database superuser (trust
+        authentication). Unix socket paths are limited to ~107 bytes, so a deep data
+        directory gets a fresh private directory under /tmp instead of its own (the
+        path is recorded in postmaster.pid, where other processes find it)."""
         if len(str(self.pgdata)) + len("/.s.PGSQL.5432") < 100:
             return self.pgdata
-        digest = hashlib.sha256(str(self.pgdata).encode()).hexdigest()[:12]
-        socket_dir = Path(tempfile.gettempdir()) / f"runsvc-pg-{digest}"
-        socket_dir.mkdir(exist_ok=True)
+        digest = hashlib.sha256(str(self.pgdata).encode()).hexdigest()[:8]
+        socket_dir = Path(tempfile.mkdtemp(prefix=f"runsvc-pg-{digest}-"))  # mode 0700
         if user is not None:
             shutil.chown(socket_dir, user)
         return socket_dir

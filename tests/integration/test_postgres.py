@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import stat
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -93,3 +96,40 @@ async def test_embedded_server_keeps_data_across_restarts() -> None:
     finally:
         await asyncio.to_thread(server.stop)
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_a_deep_data_directory_keeps_its_socket_private() -> None:
+    """A data directory too deep for a socket path puts the socket in a fresh directory
+    under /tmp that only the server's user can enter (it was 0755 with a 0777 socket:
+    with trust authentication, any local user was the database superuser). Another user
+    cannot reach the socket."""
+    root = server_directory()
+    server = EmbeddedPostgres(root / ("deep" * 25) / "data")
+    dsn = await asyncio.to_thread(server.start)
+    try:
+        socket_dir = Path(dsn.rsplit("host=", 1)[1])
+        assert socket_dir != server.pgdata
+        mode = (await asyncio.to_thread(socket_dir.stat)).st_mode
+        assert stat.S_IMODE(mode) == 0o700
+        connection = await asyncpg.connect(dsn)
+        await connection.close()
+        if os.geteuid() == 0:  # as root (CI), try as another user
+            attempt = await asyncio.to_thread(
+                subprocess.run,
+                [
+                    "/usr/bin/python3",
+                    "-c",
+                    "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])",
+                    str(socket_dir / ".s.PGSQL.5432"),
+                ],
+                user="nobody",
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert attempt.returncode != 0
+            assert "PermissionError" in attempt.stderr
+    finally:
+        await asyncio.to_thread(server.stop)
+        shutil.rmtree(root, ignore_errors=True)
+    assert not await asyncio.to_thread(socket_dir.exists)
