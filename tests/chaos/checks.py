@@ -24,11 +24,12 @@ from tests.integration.test_rebuild import table_rows
 
 
 def dag(ledger: Path, *, pause: str = "0.05") -> dict[str, Any]:
-    """Five tasks (a fan-out and a fan-in); each notes its start and end in `ledger`."""
+    """Five tasks (a fan-out and a fan-in); each notes its start and end in `ledger`,
+    with its work directory (which names the executor running it)."""
     step = (
-        f'echo "$RUNSVC_TASK_ID $RUNSVC_ATTEMPT start $(date +%s%N)" >> {ledger}; '
+        f'echo "$RUNSVC_TASK_ID $RUNSVC_ATTEMPT start $(date +%s%N) $PWD" >> {ledger}; '
         f"sleep {pause}; "
-        f'echo "$RUNSVC_TASK_ID $RUNSVC_ATTEMPT end $(date +%s%N)" >> {ledger}'
+        f'echo "$RUNSVC_TASK_ID $RUNSVC_ATTEMPT end $(date +%s%N) $PWD" >> {ledger}'
     )
     return {
         "tasks": [
@@ -43,12 +44,33 @@ def dag(ledger: Path, *, pause: str = "0.05") -> dict[str, Any]:
 
 def attempts_in(ledger: Path) -> dict[tuple[str, int], list[tuple[str, int]]]:
     marks: dict[tuple[str, int], list[tuple[str, int]]] = defaultdict(list)
-    if not ledger.exists():
-        return marks
-    for line in ledger.read_text().splitlines():
-        task_id, attempt, what, at = line.split()
-        marks[(task_id, int(attempt))].append((what, int(at)))
+    for task_id, attempt, what, at, _ in ledger_lines(ledger):
+        marks[(task_id, attempt)].append((what, at))
     return marks
+
+
+def ledger_lines(ledger: Path) -> list[tuple[str, int, str, int, str]]:
+    """(task id, attempt, start or end, nanoseconds, work directory) per line."""
+    if not ledger.exists():
+        return []
+    lines = []
+    for line in ledger.read_text().splitlines():
+        task_id, attempt, what, at, where = line.split()
+        lines.append((task_id, int(attempt), what, int(at), where))
+    return lines
+
+
+def running_in(ledger: Path, marker: str, *, since_ns: int = 0) -> set[tuple[str, int]]:
+    """Attempts that started (at `since_ns` or later) in a work directory containing
+    `marker` and have not ended."""
+    started, ended = set(), set()
+    for task_id, attempt, what, at, where in ledger_lines(ledger):
+        if marker in where:
+            if what == "start" and at >= since_ns:
+                started.add((task_id, attempt))
+            elif what == "end":
+                ended.add((task_id, attempt))
+    return started - ended
 
 
 def assert_each_attempt_ran_once_alone(ledger: Path) -> set[tuple[str, int]]:
