@@ -188,26 +188,20 @@ def _after_loss(
 ) -> TaskStatusChanged:
     assert task.status == "lost", "fold the attempt's `lost` event first"
     name, attempt = task.name, task.attempt
-    if unconfirmed:
-        # The task never ran as far as anyone knows: put it back whatever `on_lost` says.
+    # A never-confirmed attempt never ran as far as anyone knows: it goes back whatever
+    # `on_lost` says. Otherwise no backoff either: the loss was the executor's (it
+    # crashed, stalled or handed the task back), not something the task will do again a
+    # moment later, and another executor can take it now. `max_lost` bounds how often that
+    # can happen, so a task that kills its executors cannot loop. The retry policy's
+    # backoff is for failures.
+    if unconfirmed or (task.spec.on_lost == "retry" and task.lost <= task.spec.max_lost):
+        how = "never confirmed by its executor" if unconfirmed else "lost"
         return TaskStatusChanged(
             task=name,
             status="scheduled",
             attempt=attempt + 1,
             at=now,
-            error=f"attempt {attempt} never confirmed by its executor: {cause}",
-        )
-    if task.spec.on_lost == "retry" and task.lost <= task.spec.max_lost:
-        # No backoff: the loss was the executor's (it crashed, stalled or handed the task
-        # back), not something the task will do again a moment later, and another
-        # executor can take it now. `max_lost` bounds how often that can happen, so a task
-        # that kills its executors cannot loop. The retry policy's backoff is for failures.
-        return TaskStatusChanged(
-            task=name,
-            status="scheduled",
-            attempt=attempt + 1,
-            at=now,
-            error=f"attempt {attempt} lost: {cause}",
+            error=f"attempt {attempt} {how}: {cause}",
         )
     if task.spec.on_lost == "retry":
         cause = f"{cause} (lost {task.lost} times; max_lost is {task.spec.max_lost})"

@@ -20,7 +20,6 @@ from eventlog.errors import StreamNotFound, VersionConflict
 from eventlog.records import Metadata
 from eventlog.store import EventStore
 from projections.run_state import stored_run
-from runsvc.domain.codec import decode_run, encode_run
 from runsvc.domain.errors import Conflict, NotFound, ServiceError
 from runsvc.domain.events import Actor, Event, RunCreated, stream_of
 from runsvc.domain.fold import apply, apply_event
@@ -152,13 +151,9 @@ class RunWriter:
         for _ in range(_ATTEMPTS):
             run = await self._load(run_id)
             now = self.clock()
-            if is_big(run):
-                # Deciding for thousands of tasks takes a good part of a second: in a
-                # thread, on a copy (whoever holds the cached run keeps reading a
-                # consistent one), while the event loop goes on answering.
-                outcome = await asyncio.to_thread(_decide_on_copy, run, batch, now)
-            else:
-                outcome = _decide(run, batch, now)
+            # On the loop, even for a big run: deciding on a copy in a thread cost a copy
+            # of the whole run per command, which made executing a big run quadratic.
+            outcome = _decide(run, batch, now)
             for pending, error in outcome.refused:
                 pending.future.set_exception(error)
             decided = outcome.decided
@@ -179,12 +174,7 @@ class RunWriter:
                     self.forget(run_id)
                     batch = [pending for pending, _ in decided]
                     continue
-                if outcome.folded is not None:
-                    run = outcome.folded
-                    run.position = positions[-1]
-                    self.remember(run)
-                else:
-                    self._applied(run, events, positions)
+                self._applied(run, events, positions)
             for pending, _ in decided:
                 pending.future.set_result(run)
             return
@@ -205,11 +195,8 @@ class RunWriter:
 
 
 BIG_RUN_TASKS = 1000
-"""Runs with at least this many tasks are decided and folded in a worker thread."""
-
-
-def is_big(run: Run) -> bool:
-    return len(run.tasks) >= BIG_RUN_TASKS
+"""Runs created with at least this many tasks are checked, planned and folded in a worker
+thread."""
 
 
 def is_big_creation(events: list[Event]) -> bool:
@@ -238,8 +225,6 @@ def fold_created(events: list[Event], positions: list[int]) -> Run:
 class _Outcome:
     decided: list[tuple[_Pending, list[Event]]]
     refused: list[tuple[_Pending, ServiceError]]
-    # The run with the decided events folded in, when they were decided on a copy.
-    folded: Run | None = None
 
 
 def _decide(run: Run, batch: list[_Pending], now: datetime) -> _Outcome:
@@ -248,15 +233,6 @@ def _decide(run: Run, batch: list[_Pending], now: datetime) -> _Outcome:
     outcome = _Outcome(decided=[], refused=[])
     with run.journal():
         _decide_each(run, batch, now, outcome)
-    return outcome
-
-
-def _decide_on_copy(run: Run, batch: list[_Pending], now: datetime) -> _Outcome:
-    """As `_decide`, on a copy of `run` that keeps the decided events (for a worker
-    thread: futures are settled by the caller, on the event loop)."""
-    copy = decode_run(encode_run(run))
-    outcome = _Outcome(decided=[], refused=[], folded=copy)
-    _decide_each(copy, batch, now, outcome)
     return outcome
 
 

@@ -9,8 +9,25 @@ import signal
 import socket
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 
 import aiohttp
+
+
+def service_environment(dsn: str, endpoint: str, root: Path, **settings: str) -> dict[str, str]:
+    """The environment of a benchmarked `runsvc serve`: this process's without any
+    RUNSVC_ variable, pointed at `dsn` and `endpoint`, quiet, without a first admin token,
+    plus `settings` (RUNSVC_* names)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSVC_")}
+    env.update(
+        RUNSVC_DATABASE_URL=dsn,
+        RUNSVC_S3_ENDPOINT=endpoint,
+        RUNSVC_DATA_DIR=str(root / "data"),
+        RUNSVC_BOOTSTRAP_ADMIN_TOKEN="false",
+        RUNSVC_LOG_LEVEL="warning",
+        **settings,
+    )
+    return env
 
 
 def free_port() -> int:

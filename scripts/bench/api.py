@@ -50,7 +50,7 @@ sys.path.append(str(HERE))
 import aiohttp
 import asyncpg
 import msgspec
-from _processes import free_port, stop_all, wait_ready
+from _processes import free_port, service_environment, stop_all, wait_ready
 from _report import emit, note
 
 from eventlog.filter import scope_matches
@@ -401,13 +401,10 @@ async def bench(args: argparse.Namespace, root: Path) -> None:
     endpoint = await seaweed.astart()
     port, trivial_port = free_port(), free_port()
     url, trivial_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{trivial_port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSVC_")}
-    env.update(
-        RUNSVC_DATABASE_URL=dsn,
-        RUNSVC_S3_ENDPOINT=endpoint,
-        RUNSVC_DATA_DIR=str(root / "data"),
-        RUNSVC_BOOTSTRAP_ADMIN_TOKEN="false",
-        RUNSVC_LOG_LEVEL="warning",
+    env = service_environment(
+        dsn,
+        endpoint,
+        root,
         RUNSVC_MAX_SUBSCRIBERS=str(max(2000, 2 * args.subscribers)),
     )
     processes: list[subprocess.Popen[bytes]] = []

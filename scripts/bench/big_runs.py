@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ sys.path.append(str(HERE))
 
 import aiohttp
 import asyncpg
-from _processes import free_port, stop_all, wait_ready
+from _processes import free_port, service_environment, stop_all, wait_ready
 from _report import emit, note
 
 from runsvc.infra.postgres import EmbeddedPostgres
@@ -102,13 +101,10 @@ async def bench(args: argparse.Namespace, root: Path) -> None:
     endpoint = await seaweed.astart()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSVC_")}
-    env.update(
-        RUNSVC_DATABASE_URL=dsn,
-        RUNSVC_S3_ENDPOINT=endpoint,
-        RUNSVC_DATA_DIR=str(root / "data"),
-        RUNSVC_BOOTSTRAP_ADMIN_TOKEN="false",
-        RUNSVC_LOG_LEVEL="warning",
+    env = service_environment(
+        dsn,
+        endpoint,
+        root,
         RUNSVC_MAX_BODY_BYTES=str(64 * 1024 * 1024),
         RUNSVC_MAX_EVENT_BYTES=str(16 * 1024 * 1024),
     )
