@@ -258,7 +258,12 @@ class Appender:
             await self._settle_rejected(connection, rejected)
         if not accepted:
             return []
-        rows, assumed, new_heads = build_rows(accepted, heads.known)
+        if sum(map(len, accepted)) >= _ROWS_OFF_LOOP:
+            # Hashing thousands of events would stall every other request meanwhile; the
+            # requests are immutable once queued, so a worker thread can build the rows.
+            rows, assumed, new_heads = await asyncio.to_thread(build_rows, accepted, heads.known)
+        else:
+            rows, assumed, new_heads = build_rows(accepted, heads.known)
         try:
             result = await connection.fetch(
                 "SELECT * FROM eventlog_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -404,6 +409,10 @@ class _Stored(dict[int, list[int]]):
     def __init__(self) -> None:
         super().__init__()
         self.partial: set[int] = set()
+
+
+_ROWS_OFF_LOOP = 1000
+"""Batches of at least this many events are hashed and laid out in a worker thread."""
 
 
 def build_rows(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 from pathlib import Path
@@ -65,5 +66,20 @@ async def _serve(app: web.Application, settings: Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with listening(app, settings):
+        collect_garbage_for_a_server()
         print(f"runsvc listening on http://{settings.host}:{settings.port}", file=sys.stderr)
         await stop.wait()
+
+
+def collect_garbage_for_a_server() -> None:
+    """Tune the cyclic garbage collector for a heap of long-lived, acyclic run state.
+
+    With CPython's defaults a full collection runs whenever objects promoted since the last
+    one reach a quarter of the heap, and batches of thousands of events promote many
+    objects that die soon after: during one 10,000-task run, 30 full collections ran in
+    12 s, each stalling every request for 100-230 ms and collecting nothing. Larger young
+    generations let short-lived batches die before they are promoted; freezing what
+    startup loaded keeps it out of every later collection. Cycles are still collected."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 10)

@@ -231,18 +231,24 @@ def _decide(run: Run, batch: list[_Pending], now: datetime) -> _Outcome:
     """Each command of the batch decided in turn, each seeing the ones before it; the run
     is left as it was (the events are folded in once appended)."""
     outcome = _Outcome(decided=[], refused=[])
-    with run.journal():
+    with run.journal(keep_inner=True):
         _decide_each(run, batch, now, outcome)
     return outcome
 
 
 def _decide_each(run: Run, batch: list[_Pending], now: datetime, outcome: _Outcome) -> None:
     for pending in batch:
+        version = run.version
         try:
-            events = pending.decision(run, now)
+            with run.journal():  # a refused command leaves nothing behind
+                events = pending.decision(run, now)
         except ServiceError as exc:
             outcome.refused.append((pending, exc))
             continue
-        for event in events:
-            apply_event(run, event, version=run.version + 1)
+        # Most commands leave their events folded (see `Run.journal(keep_inner=...)`);
+        # one that decided without folding (cancel) is folded here.
+        if run.version == version:
+            for event in events:
+                apply_event(run, event, version=run.version + 1)
+        assert run.version == version + len(events), "a command folded part of its events"
         outcome.decided.append((pending, events))

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from runsvc.domain import commands
 from runsvc.domain.codec import decode_run, encode_run
 from runsvc.domain.config import RunConfig
+from runsvc.domain.errors import Conflict
 from runsvc.domain.events import TaskStatusChanged
 from runsvc.domain.fold import apply_event, rebuild_indexes
 from runsvc.domain.model import FINAL, Run
@@ -250,3 +251,36 @@ def drive_one(history: History, rng: random.Random) -> bool:
         history.now = min(waiting)
         return True
     return False
+
+
+@SETTINGS
+@given(run_configs(), st.integers(0, 2**32))
+def test_kept_decisions_equal_their_folded_events_and_are_undone(
+    config: RunConfig, seed: int
+) -> None:
+    """Under `journal(keep_inner=True)` (how the service decides a batch of commands), a
+    command leaves the run exactly as folding its events would, the next command sees
+    that, a refused command leaves nothing, and the outer journal restores the run."""
+    history = History(config, environment={"BRANCH": "main"})
+    rng = random.Random(seed)
+    for _ in range(40):
+        run = history.state
+        if run.phase != "running":
+            break
+        before = encode_run(run)
+        expected = decode_run(before)
+        with run.journal(keep_inner=True):
+            for command in (commands.tick, commands.request_stop, commands.request_stop):
+                version = run.version
+                try:
+                    events = command(run, history.now)
+                except Conflict:  # the run has finished: nothing left to stop
+                    events = []
+                assert run.version == version + len(events)
+                for event in events:
+                    expected = apply_event(expected, event, version=expected.version + 1)
+                assert encode_run(run) == encode_run(expected)
+                assert indexes(run) == indexes(expected)
+        assert encode_run(run) == before
+        if not drive_one(history, rng):
+            break
