@@ -62,6 +62,7 @@ class RunState(msgspec.Struct, array_like=True):
     paused_since: datetime | None
     tasks: list[TaskState]
     output_deleted_at: datetime | None = None
+    submitted_by: str | None = None
 
 
 _TASK_FIELDS = TaskState.__struct_fields__

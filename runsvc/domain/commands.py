@@ -12,8 +12,8 @@ from datetime import datetime
 
 import msgspec
 
-from runsvc.domain.config import RunConfig
-from runsvc.domain.errors import Conflict, NotFound
+from runsvc.domain.config import Approval, RunConfig
+from runsvc.domain.errors import Conflict, Forbidden, NotFound
 from runsvc.domain.events import (
     CarriedTask,
     Event,
@@ -54,6 +54,7 @@ def create_run(
     admitted: bool,
     carried: dict[str, CarriedTask] | None = None,
     recreated_from: str | None = None,
+    submitted_by: str | None = None,
 ) -> list[Event]:
     """A new run: RunCreated, then `setuperror`, or (when its concurrency key lets it run
     now) `running` and its first decisions; otherwise it stays `queued`."""
@@ -72,6 +73,7 @@ def create_run(
         concurrency_key=request.concurrency_key,
         recreated_from=recreated_from,
         carried=carried or {},
+        submitted_by=submitted_by if submitted_by is not None else msgspec.UNSET,
     )
     run = apply_event(None, created, version=1)
     if request.setup_errors:
@@ -114,15 +116,38 @@ def cancel(run: Run, now: datetime) -> list[Event]:
 
 
 def approve(
-    run: Run, task_name: str, *, approver: str, comment: str | None, now: datetime
+    run: Run,
+    task_name: str,
+    *,
+    approver: str,
+    comment: str | None,
+    now: datetime,
+    approver_role: str | None = None,
 ) -> list[Event]:
+    """`approver` (a token name, with its role) approves the task's gate."""
     task = _task(run, task_name)
     if run.phase != "running" or run.stop_requested:
         raise Conflict(f"run {run.id} is not running; nothing can be approved")
     if task.status != "waiting_approval" or task.approved_by is not None:
         raise Conflict(f"task {task_name!r} is {task.status}, not waiting for approval")
+    refusal = approval_refusal(run, task, approver, approver_role)
+    if refusal is not None:
+        raise Forbidden(refusal)
     approved = TaskApproved(task=task_name, approver=approver, comment=comment, at=now)
     return _then_plan(run, now, [approved])
+
+
+def approval_refusal(run: Run, task: Task, approver: str, role: str | None) -> str | None:
+    """Why `approver` (with `role`) may not approve `task`, or None if they may."""
+    rule = task.spec.approval
+    if not isinstance(rule, Approval):
+        return None
+    if rule.by and approver not in rule.by and (role is None or role not in rule.by):
+        return f"task {task.name!r} may be approved only by {', '.join(rule.by)}"
+    if rule.not_submitter and (run.submitted_by is None or approver == run.submitted_by):
+        who = f" ({run.submitted_by})" if run.submitted_by else " (not recorded for this run)"
+        return f"task {task.name!r} must be approved by someone other than its run's submitter{who}"
+    return None
 
 
 def claimable(run: Run, task: Task, now: datetime) -> bool:
@@ -278,6 +303,7 @@ def recreate(
     counter: int,
     now: datetime,
     admitted: bool,
+    submitted_by: str | None = None,
 ) -> list[Event]:
     """A new run from `old`'s config: from scratch, from its failed tasks, or from chosen
     tasks, each with what depends on them. Succeeded tasks not re-run are carried over
@@ -314,4 +340,5 @@ def recreate(
         admitted=admitted,
         carried=carried,
         recreated_from=old.id,
+        submitted_by=submitted_by,
     )

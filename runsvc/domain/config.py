@@ -40,6 +40,16 @@ class Dependency(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
     on: list[str] = msgspec.field(default_factory=lambda: ["success"])
 
 
+class Approval(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Who may approve a task's gate. `approval: true` lets anyone who may submit runs
+    approve; this narrows it to a second pair of eyes."""
+
+    # Token names or roles; empty: anyone who may submit runs.
+    by: list[str] = msgspec.field(default_factory=list)
+    # The run's submitter (the token that created it) may not approve it.
+    not_submitter: bool = False
+
+
 class When(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """A declarative condition on the run's environment; nothing user-written is evaluated."""
 
@@ -71,7 +81,7 @@ class TaskConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
     max_lost: int = 3
     retry: Retry | None = None
     continue_on_error: bool = False
-    approval: bool = False
+    approval: bool | Approval = False
     when: When | None = None
     foreach: list[ForeachItem] | None = None
     foreach_strategy: str = "parallel"

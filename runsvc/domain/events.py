@@ -111,6 +111,9 @@ class RunCreated(Event, tag="run_created", frozen=True):
     concurrency_key: str | None = None
     recreated_from: str | None = None
     carried: dict[str, CarriedTask] = msgspec.field(default_factory=dict)
+    # The token name that created the run (its submitter); absent from runs created
+    # before it was recorded.
+    submitted_by: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class RunPhaseChanged(Event, tag="run_phase_changed", frozen=True):

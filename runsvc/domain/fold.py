@@ -98,6 +98,7 @@ def _create(event: RunCreated) -> Run:
     run.static_environment = dict(event.static_environment)
     run.environment = dict(event.environment)
     run.idempotency_key = event.idempotency_key
+    run.submitted_by = event.submitted_by or None
     run.concurrency_key = event.concurrency_key
     run.recreated_from = event.recreated_from
     for index, spec in enumerate(topological_order(event.config)):

@@ -171,6 +171,7 @@ class Run:
         self.idempotency_key: str | None = None
         self.concurrency_key: str | None = None
         self.recreated_from: str | None = None
+        self.submitted_by: str | None = None
         self.config = RunConfig(tasks=[])
         self.version = 0
         self.position = 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from runsvc.domain.config import Retry, RunConfig, TaskConfig, parse_duration
+from runsvc.domain.config import Approval, Retry, RunConfig, TaskConfig, parse_duration
 from runsvc.domain.errors import BadRequest, Problem
 from runsvc.domain.requests import CreateRunRequest
 
@@ -106,6 +106,10 @@ def _task(task: TaskConfig, path: str, report: _Problems) -> None:
         report(f"{path}.max_parallel", "must be at least 1")
     if task.retry is not None:
         _retry(task.retry, f"{path}.retry", report)
+    if isinstance(task.approval, Approval):
+        for b_index, who in enumerate(task.approval.by):
+            if not who.strip() or len(who) > 100:
+                report(f"{path}.approval.by[{b_index}]", "a token name or role, 1-100 characters")
     if task.when is not None:
         given = [
             x for x in (task.when.equals, task.when.not_equals, task.when.in_) if x is not None

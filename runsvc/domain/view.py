@@ -7,6 +7,7 @@ from datetime import datetime
 
 import msgspec
 
+from runsvc.domain.config import Approval
 from runsvc.domain.events import Phase, Result, TaskStatus
 from runsvc.domain.fold import unmet_dependency, when_holds
 from runsvc.domain.model import FINAL, Run, Task
@@ -73,6 +74,17 @@ def _slot_limit(run: Run, task: Task) -> str:
     return f"waiting for a slot (the run runs at most {limit} tasks at once)"
 
 
+def approvers(task: Task) -> str:
+    """Who may approve the task's gate, as the end of its reason."""
+    rule = task.spec.approval
+    if not isinstance(rule, Approval):
+        return ""
+    parts = [f"by {', '.join(rule.by)}"] if rule.by else []
+    if rule.not_submitter:
+        parts.append("not by its run's submitter")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def task_reason(run: Run, task: Task) -> str | None:
     """Why the task is not running (None when it is running or final)."""
     if task.status in FINAL:
@@ -92,7 +104,7 @@ def task_reason(run: Run, task: Task) -> str | None:
     if status == "waiting_approval":
         if task.approved_by is not None:
             return f"approved by {task.approved_by}; " + _slot_limit(run, task)
-        return "waiting for approval"
+        return "waiting for approval" + approvers(task)
     if status == "lost":
         return "its executor was lost; deciding what follows"
     if status == "scheduled":
@@ -118,7 +130,7 @@ def task_reason(run: Run, task: Task) -> str | None:
     if unmet_dependency(run, task) is not None or not when_holds(run, task):
         return "about to be skipped"
     if task.spec.approval and task.parent is None and task.approved_by is None:
-        return "waiting for approval"
+        return "waiting for approval" + approvers(task)
     if task.order in run.slots.get(task.slot_group, ()):
         return _slot_limit(run, task)
     return "about to be scheduled"

@@ -55,7 +55,7 @@ class StateQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 def caller(request: web.Request) -> Caller:
     who = principal(request)
-    return Caller(Actor(kind="user", id=who.name), request.get(REQUEST_ID))
+    return Caller(Actor(kind="user", id=who.name), request.get(REQUEST_ID), role=who.role)
 
 
 def _run_id(request: web.Request) -> str:

@@ -97,6 +97,7 @@ class RunService:
                 counter=counter,
                 now=now,
                 admitted=True,
+                submitted_by=caller.actor.id,
             )
             positions = await self.store.append(
                 stream_of(run_id), events, NO_STREAM, meta=caller.metadata(now), scope=request.group
@@ -112,7 +113,12 @@ class RunService:
             if request.concurrency_key is not None:
                 admitted = await self.slots.take(connection, request.concurrency_key, run_id)
             events = commands.create_run(
-                request, run_id=run_id, counter=counter, now=now, admitted=admitted
+                request,
+                run_id=run_id,
+                counter=counter,
+                now=now,
+                admitted=admitted,
+                submitted_by=caller.actor.id,
             )
             positions = await self.store.append_in_transaction(
                 connection,
@@ -155,6 +161,7 @@ class RunService:
                 counter=counter,
                 now=now,
                 admitted=admitted,
+                submitted_by=caller.actor.id,
             )
             positions = await self.store.append_in_transaction(
                 connection,
@@ -178,7 +185,12 @@ class RunService:
         return await self.execute(
             run_id,
             lambda run, now: commands.approve(
-                run, task, approver=caller.actor.id, comment=comment, now=now
+                run,
+                task,
+                approver=caller.actor.id,
+                approver_role=caller.role,
+                comment=comment,
+                now=now,
             ),
             caller,
         )

@@ -35,9 +35,12 @@ _ATTEMPTS = 8
 class Caller:
     """Who issues a command and under which request: becomes the events' metadata."""
 
-    def __init__(self, actor: Actor, request_id: str | None = None) -> None:
+    def __init__(
+        self, actor: Actor, request_id: str | None = None, role: str | None = None
+    ) -> None:
         self.actor = actor
         self.request_id = request_id
+        self.role = role  # the token's role, for rules that name roles
 
     def metadata(self, now: datetime) -> Metadata:
         return Metadata(actor=self.actor, recorded_at=now, request_id=self.request_id)

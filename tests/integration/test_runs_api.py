@@ -409,3 +409,34 @@ async def test_concurrent_commands_on_one_run_are_coalesced(service: Service) ->
     assert len(starts) == 30
     assert all(e.meta.actor.id == e.event.task for e in starts)  # type: ignore[union-attr]
     assert store.appender.batches_written - before < 30
+
+
+async def test_a_submitter_cannot_approve_its_own_gate_when_the_rule_says_so(
+    service: Service,
+) -> None:
+    """`approval: {not_submitter: true}`: the token that created the run gets a 403 with
+    the error body and nothing is appended; another token approves; the submitter is
+    recorded in the run's `run_created` event."""
+    gated = {"tasks": [{"name": "deploy", "run": "true", "approval": {"not_submitter": True}}]}
+    run = await create(service, config=gated)
+    run_id = run["id"]
+    store = service.app[STORE]
+    created = (await store.read_stream(stream_of(run_id)))[0].event
+    assert getattr(created, "submitted_by", None) == "submitter-token"
+    before = await store.stream_version(stream_of(run_id))
+
+    own = await service.client.post(
+        f"/api/v1/runs/{run_id}/tasks/deploy/approve", headers=service.auth("submitter")
+    )
+    assert own.status == 403
+    error = await own.json()
+    assert error["code"] == "forbidden"
+    assert "submitter (submitter-token)" in error["message"]
+    assert await store.stream_version(stream_of(run_id)) == before
+
+    other = await service.client.post(
+        f"/api/v1/runs/{run_id}/tasks/deploy/approve", headers=service.auth("admin")
+    )
+    assert other.status == 204
+    view = run_view(await service.app[SERVICE].load(run_id))
+    assert view.tasks["deploy"].approved_by == "admin-token"

@@ -37,6 +37,7 @@ class History:
         admitted: bool = True,
         setup_errors: list[str] | None = None,
         now: datetime = T0,
+        submitted_by: str | None = None,
     ) -> None:
         self.now = now
         self.run: Run | None = None
@@ -50,7 +51,14 @@ class History:
             setup_errors=setup_errors or [],
         )
         self.apply(
-            commands.create_run(request, run_id="run1", counter=1, now=now, admitted=admitted)
+            commands.create_run(
+                request,
+                run_id="run1",
+                counter=1,
+                now=now,
+                admitted=admitted,
+                submitted_by=submitted_by,
+            )
         )
 
     @property
@@ -125,10 +133,21 @@ class History:
         )
 
     def approve(
-        self, name: str, approver: str = "alice", comment: str | None = None
+        self,
+        name: str,
+        approver: str = "alice",
+        comment: str | None = None,
+        role: str | None = None,
     ) -> list[Event]:
         return self.apply(
-            commands.approve(self.state, name, approver=approver, comment=comment, now=self.now)
+            commands.approve(
+                self.state,
+                name,
+                approver=approver,
+                approver_role=role,
+                comment=comment,
+                now=self.now,
+            )
         )
 
     def stop(self) -> list[Event]:

@@ -41,7 +41,7 @@ def test_type_errors_name_file_line_and_path() -> None:
     document = Document(CONFIG, "ci.yaml")
     with pytest.raises(DocumentError) as error:
         document.decode(RunConfig)
-    assert str(error.value).startswith("ci.yaml:12: tasks[2].approval: Expected `bool`")
+    assert str(error.value).startswith("ci.yaml:12: tasks[2].approval: Expected `bool | object`")
 
 
 def test_json_parses_too_and_syntax_errors_have_lines(tmp_path: Path) -> None:

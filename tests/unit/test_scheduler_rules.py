@@ -8,8 +8,8 @@ import msgspec
 import pytest
 
 from runsvc.domain import commands
-from runsvc.domain.codec import encode_run
-from runsvc.domain.errors import Conflict, NotFound
+from runsvc.domain.codec import decode_run, encode_run
+from runsvc.domain.errors import Conflict, Forbidden, NotFound
 from runsvc.domain.events import (
     RunPhaseChanged,
     RunResultChanged,
@@ -206,6 +206,47 @@ def test_approval_gates_record_approver_and_comment() -> None:
         commands.approve(history.state, "deploy", approver="x", comment=None, now=T0)
     with pytest.raises(NotFound):
         commands.approve(history.state, "nope", approver="x", comment=None, now=T0)
+
+
+def test_an_approval_rule_names_who_may_approve_and_keeps_out_the_submitter() -> None:
+    """`approval: {by, not_submitter}`: only the named tokens or roles may approve, never
+    the run's submitter; a refusal is a 403 that changes nothing; the submitter is part of
+    the stored state."""
+    rule = {"by": ["release-managers", "admin"], "not_submitter": True}
+    history = History(config(task("deploy", approval=rule)), submitted_by="alice")
+    assert history.state.submitted_by == "alice"
+    reason = run_view(history.state).tasks["deploy"].reason
+    assert reason == (
+        "waiting for approval (by release-managers, admin; not by its run's submitter)"
+    )
+    before = encode_run(history.state)
+    for approver, role in (("alice", "admin"), ("bob", "submit"), ("alice", None)):
+        with pytest.raises(Forbidden):
+            commands.approve(
+                history.state,
+                "deploy",
+                approver=approver,
+                approver_role=role,
+                comment=None,
+                now=T0,
+            )
+    assert encode_run(history.state) == before
+    assert decode_run(before).submitted_by == "alice"
+    history.approve("deploy", approver="bob", role="admin")
+    assert history.status("deploy") == "scheduled"
+
+    # By name, whatever the role; `not_submitter` alone lets anyone else approve.
+    named = History(config(task("d", approval={"by": ["carol"]})), submitted_by="carol")
+    named.approve("d", approver="carol", role="submit")
+    assert named.state.tasks["d"].approved_by == "carol"
+    second = History(config(task("d", approval={"not_submitter": True})), submitted_by="carol")
+    with pytest.raises(Forbidden, match="other than its run's submitter \\(carol\\)"):
+        second.approve("d", approver="carol")
+    second.approve("d", approver="dave")
+    # A run whose submitter was not recorded cannot prove the approver is someone else.
+    unknown = History(config(task("d", approval={"not_submitter": True})))
+    with pytest.raises(Forbidden, match="not recorded"):
+        unknown.approve("d", approver="dave")
 
 
 @pytest.mark.parametrize(
