@@ -267,7 +267,14 @@ async def test_appends_survive_killed_connections(store: EventStore) -> None:
         await asyncio.gather(killing, return_exceptions=True)
         await admin.close()
     acknowledged = sorted(p for positions in written for p in positions)
-    stored = [r[0] for r in await store.pool.fetch("SELECT position FROM events ORDER BY 1")]
+    # Read on a fresh connection: the last round may have killed idle pooled ones, and a
+    # pooled connection whose termination notice has arrived but not yet its EOF fails
+    # its next query ("cannot switch to state ..."; the service retries those).
+    reader = await asyncpg.connect(store.notifier._dsn)
+    try:
+        stored = [r[0] for r in await reader.fetch("SELECT position FROM events ORDER BY 1")]
+    finally:
+        await reader.close()
     assert acknowledged == stored
     assert len(stored) == 90
     assert killed > 0
