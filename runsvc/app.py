@@ -19,7 +19,7 @@ from projections.registry import all_projections
 from projections.run_state import READY_CHANNEL, RunStateProjection
 from projections.runner import ProjectionRunner, checkpoint_of, ensure_tables, run_forever
 from projections.snapshot import restore_newest
-from runsvc.http import events, executors, health, runs
+from runsvc.http import events, executors, health, runs, tokens
 from runsvc.http.guessing import FailedAuthLimiter
 from runsvc.http.keys import (
     AUTH_LIMITER,
@@ -53,6 +53,7 @@ from runsvc.service.runs import RunService
 from runsvc.service.snapshotter import Snapshotter
 from runsvc.service.task_logs import LOG_CHANNEL, archive_pending
 from runsvc.service.timers import timer_loop
+from runsvc.service.tokens import RevocationListener
 from runsvc.wire.api import Health, Readiness
 
 log = structlog.get_logger("runsvc")
@@ -64,8 +65,16 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
         # A known token is accepted again after a quarter of the request timeout without an
         # answer from the database: the request still has time to be served from memory.
         wait = min(1.0, app[SETTINGS].request_timeout_s / 4)
-        app[VERIFIER] = TokenVerifier(database.pool, outage_wait_s=wait)
-        yield
+        verifier = TokenVerifier(
+            database.pool, cache_seconds=app[SETTINGS].token_cache_s, outage_wait_s=wait
+        )
+        revocations = RevocationListener(database.dsn, verifier)
+        await revocations.start()
+        app[VERIFIER] = verifier
+        try:
+            yield
+        finally:
+            await revocations.close()
 
 
 async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
@@ -297,6 +306,7 @@ def all_endpoints() -> list[Endpoint]:
     return [
         *OPERATIONS,
         *runs.ENDPOINTS,
+        *tokens.ENDPOINTS,
         *events.ENDPOINTS,
         *executors.EXECUTOR_ENDPOINTS,
         *executors.TASK_ENDPOINTS,

@@ -1,5 +1,5 @@
 """Operator commands that work on the database directly (no server needed): `token
-create`, `projections rebuild`. With no database configured they attach to the embedded
+create|list|revoke`, `projections rebuild`. With no database configured they attach to the embedded
 server of the data directory (starting it if `runsvc serve` is not running)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from runsvc.cli.connection import EXIT_OK, EXIT_USAGE
+from runsvc.cli.connection import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
 from runsvc.infra.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -53,7 +53,9 @@ def register(commands: Any) -> None:
         "token",
         help="manage API tokens",
         description="Manage API tokens (stored hashed; a new token is printed once).",
-        epilog="example:\n  runsvc token create --role submitter --name ci-bot",
+        epilog="examples:\n  runsvc token create --role submitter --name ci-bot\n"
+        "  runsvc token create --role executor --name farm --labels os=linux --expires-in 90d\n"
+        "  runsvc token list\n  runsvc token revoke 3f2a9c01be44",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     token_commands = token.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
@@ -67,8 +69,33 @@ def register(commands: Any) -> None:
         "--role", required=True, choices=["admin", "submitter", "reader", "executor"]
     )
     create.add_argument("--name", help="a name to recognise it by (recorded as the actor)")
+    create.add_argument(
+        "--labels",
+        nargs="+",
+        metavar="KEY=VALUE",
+        default=[],
+        help="(executor tokens) claim only tasks whose runs_on these labels satisfy",
+    )
+    create.add_argument("--expires-in", metavar="DURATION", help="e.g. 30d, 12h; default never")
     add_local_options(create)
     create.set_defaults(handler=token_create)
+    listing = token_commands.add_parser(
+        "list",
+        help="list tokens (never their secrets)",
+        epilog="example:\n  runsvc token list --database-url postgresql://db/runsvc",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_local_options(listing)
+    listing.set_defaults(handler=token_list)
+    revoking = token_commands.add_parser(
+        "revoke",
+        help="revoke a token; every server refuses it at once",
+        epilog="example:\n  runsvc token revoke 3f2a9c01be44",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    revoking.add_argument("id", help="the token's id (the part after rsv_, as listed)")
+    add_local_options(revoking)
+    revoking.set_defaults(handler=token_revoke)
 
     projections = commands.add_parser(
         "projections",
@@ -147,13 +174,71 @@ def run_gc(args: argparse.Namespace) -> int:
 
 
 def token_create(args: argparse.Namespace) -> int:
-    from runsvc.service.auth import create_token
+    from datetime import UTC, datetime
+
+    from runsvc.domain.errors import BadRequest
+    from runsvc.service.tokens import issue
+    from runsvc.wire.api import CreateTokenRequest
+
+    labels = dict(label.partition("=")[::2] for label in args.labels)
+    if any("=" not in label for label in args.labels):
+        print("runsvc: --labels takes KEY=VALUE pairs", file=sys.stderr)
+        return EXIT_USAGE
+    request = CreateTokenRequest(
+        role=args.role, name=args.name, labels=labels, expires_in=args.expires_in
+    )
 
     async def work(_settings: Settings, database: Database) -> str:
-        issued = await create_token(database.pool, role=args.role, name=args.name)
+        issued = await issue(database.pool, request, now=datetime.now(UTC))
         return issued.token
 
-    print(run_with_database(args, work))
+    try:
+        print(run_with_database(args, work))
+    except BadRequest as exc:
+        problems = "; ".join(f"{p.path}: {p.message}" for p in exc.details)
+        print(f"runsvc: {exc} ({problems})", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def token_list(args: argparse.Namespace) -> int:
+    from runsvc.cli.output import moment, table
+    from runsvc.service.tokens import list_tokens
+    from runsvc.wire.api import TokenInfo
+
+    async def work(_settings: Settings, database: Database) -> list[TokenInfo]:
+        return await list_tokens(database.pool)
+
+    tokens = run_with_database(args, work)
+    rows = [
+        [
+            t.id,
+            t.name,
+            t.role,
+            ",".join(f"{k}={v}" for k, v in sorted(t.labels.items())) or "-",
+            moment(t.created_at),
+            moment(t.last_used_at),
+            moment(t.expires_at),
+            moment(t.revoked_at),
+        ]
+        for t in tokens
+    ]
+    headers = ["ID", "NAME", "ROLE", "LABELS", "CREATED", "LAST USED", "EXPIRES", "REVOKED"]
+    print(table(headers, rows), end="")
+    return EXIT_OK
+
+
+def token_revoke(args: argparse.Namespace) -> int:
+    from runsvc.service.tokens import revoke
+
+    async def work(_settings: Settings, database: Database) -> bool | None:
+        return await revoke(database.pool, args.id)
+
+    outcome = run_with_database(args, work)
+    if outcome is None:
+        print(f"runsvc: no token {args.id}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    print(f"revoked {args.id}" if outcome else f"{args.id} was already revoked")
     return EXIT_OK
 
 

@@ -15,7 +15,7 @@ from aiohttp import web
 from runsvc.domain.config import parse_duration
 from runsvc.domain.errors import BadRequest, NotFound, TooLarge, Unavailable
 from runsvc.http.keys import LEASES, LOG_LISTENER, OBJECTS, SETTINGS
-from runsvc.http.routing import Endpoint, decode_body, decode_query, json_response
+from runsvc.http.routing import Endpoint, decode_body, decode_query, json_response, principal
 from runsvc.infra.objectstore import InvalidKey, ObjectNotFound, ObjectStoreError
 from runsvc.service.auth import Permission
 from runsvc.service.leases import attempt_of
@@ -82,8 +82,15 @@ async def claim(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise BadRequest(str(exc)) from exc
     wait = min(wait, request.app[SETTINGS].max_claim_wait_s)
+    who = principal(request)
+    # The token decides: its name is recorded as the actor (the announced name is only a
+    # host hint), and a token bound to labels claims by those, whatever it announces.
     claimed = await request.app[LEASES].claim(
-        body.executor, body.labels, wait, answerable=lambda: _connected(request)
+        body.executor,
+        who.labels or body.labels,
+        wait,
+        answerable=lambda: _connected(request),
+        actor=who.name,
     )
     if claimed is None:
         return web.Response(status=204)
@@ -134,7 +141,7 @@ async def upload_artifact(request: web.Request) -> web.Response:
 
 async def complete(request: web.Request) -> web.Response:
     body = await decode_body(request, Completion)
-    lease = await request.app[LEASES].complete(_lease(request), body)
+    lease = await request.app[LEASES].complete(_lease(request), body, actor=principal(request).name)
     # The log moves to object storage now; if the store is down the timer loop retries.
     try:
         await archive(request.app[LEASES].pool, request.app[OBJECTS], lease.task_id, lease.attempt)

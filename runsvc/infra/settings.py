@@ -53,6 +53,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Unknown (well-formed) tokens one client address may present per 10 s before its
     # unknown tokens get 429s until the 10 s are over (0: no limit).
     auth_failure_limit: int = 100
+    # How long a verified token is trusted without asking the database again. Revocations
+    # reach every process at once regardless (they are announced); this bounds how stale
+    # anything else about a token can be.
+    token_cache_s: float = 10.0
     # Open connections per process (fewer if the descriptor limit cannot hold them): at
     # the cap the oldest idle connection is closed, or the newcomer gets a 503.
     max_connections: int = 10_000
@@ -103,6 +107,7 @@ _ENV: dict[str, str] = {
     "max_artifact_bytes": "RUNSVC_MAX_ARTIFACT_BYTES",
     "request_timeout_s": "RUNSVC_REQUEST_TIMEOUT_S",
     "auth_failure_limit": "RUNSVC_AUTH_FAILURE_LIMIT",
+    "token_cache_s": "RUNSVC_TOKEN_CACHE_S",
     "max_connections": "RUNSVC_MAX_CONNECTIONS",
     "keepalive_timeout_s": "RUNSVC_KEEPALIVE_TIMEOUT_S",
     "statement_timeout_s": "RUNSVC_STATEMENT_TIMEOUT_S",

@@ -140,6 +140,7 @@ class LeaseService:
         wait_s: float,
         *,
         answerable: Callable[[], bool] = lambda: True,
+        actor: str | None = None,
     ) -> Claim | None:
         """One ready task for this executor, waiting up to `wait_s` for one to become
         ready (woken by the claim queue's notifications, not by polling in a loop).
@@ -147,13 +148,16 @@ class LeaseService:
         `answerable` says whether the executor still waits for the answer: one that hung up
         (it shut down, or gave up the request) is granted nothing, and a task claimed in
         the moment it hung up is handed straight back instead of waiting, unrun, for its
-        lease to expire."""
+        lease to expire.
+
+        `actor`: who the events are recorded as caused by (the executor's token name);
+        `executor`, the name it announced, is kept in the task as a host hint."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:
             if not answerable():
                 return None
-            claim = await self._try_claim(executor, labels)
+            claim = await self._try_claim(executor, labels, actor or executor)
             if claim is not None:
                 if not answerable():
                     await self.lose(
@@ -286,7 +290,7 @@ class LeaseService:
             )
         return False
 
-    async def _try_claim(self, executor: str, labels: dict[str, str]) -> Claim | None:
+    async def _try_claim(self, executor: str, labels: dict[str, str], actor: str) -> Claim | None:
         for _ in range(50):
             entry = await self._reserve(labels)
             if entry is None:
@@ -305,7 +309,7 @@ class LeaseService:
                     functools.partial(
                         _start, task=entry["task"], attempt=entry["attempt"], executor=executor
                     ),
-                    Caller(Actor(kind="executor", id=executor)),
+                    Caller(Actor(kind="executor", id=actor)),
                 )
             except (Conflict, NotFound):
                 # Stale: the run moved on since the queue was written. Drop both.
@@ -413,7 +417,9 @@ class LeaseService:
         await self.pool.execute("UPDATE leases SET confirmed = true WHERE lease_id = $1", lease)
         return row
 
-    async def complete(self, lease: str, completion: Completion) -> LeaseRow:
+    async def complete(
+        self, lease: str, completion: Completion, *, actor: str | None = None
+    ) -> LeaseRow:
         """Record the attempt's outcome, then end the lease. The same completion sent
         again (its answer was lost) is accepted again; a different one is refused."""
         reported = _completions.encode(completion)
@@ -436,7 +442,7 @@ class LeaseService:
                 error=completion.error,
                 now=now,
             ),
-            Caller(Actor(kind="executor", id=row.executor)),
+            Caller(Actor(kind="executor", id=actor or row.executor)),
         )
         await self._close(lease, "completed", completion=reported)
         return row

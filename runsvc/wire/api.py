@@ -162,3 +162,42 @@ class GroupCount(msgspec.Struct, frozen=True):
     phase: Phase
     result: Result
     runs: int
+
+
+class CreateTokenRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`POST /api/v1/tokens`."""
+
+    role: str
+    name: str | None = None
+    # An executor token bound to labels claims only tasks whose `runs_on` they satisfy.
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    # A duration such as `30d` or `12h`; none: the token does not expire.
+    expires_in: str | None = None
+
+
+class TokenInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A token as `GET /api/v1/tokens` shows it: never its secret."""
+
+    id: str
+    name: str
+    role: str
+    labels: dict[str, str]
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class TokenList(msgspec.Struct, frozen=True):
+    tokens: list[TokenInfo]
+
+
+class CreatedToken(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to a create: the token itself, shown this once."""
+
+    token: str
+    id: str
+    name: str
+    role: str
+    labels: dict[str, str]
+    expires_at: datetime | None

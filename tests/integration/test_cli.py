@@ -627,3 +627,37 @@ complete_line "runsvc submit --group /acme --idem"
         "--group",
         "--idempotency-key",
     ]
+
+
+async def test_tokens_are_created_listed_and_revoked_from_the_command_line(
+    cli: Cli, cli_cluster: Cluster
+) -> None:
+    """`token create` with labels and an expiry prints the token once; `token list` shows
+    it without its secret; `token revoke` revokes it (the server refuses it at once), says
+    so again without error, and exits 4 for an unknown id."""
+    database = ("--database-url", cli_cluster.dsn)
+    created = await cli(
+        "token", "create", "--role", "executor", "--name", "cli-farm",
+        "--labels", "os=linux", "--expires-in", "30d", *database,
+    )  # fmt: skip
+    assert created.code == 0, created.stderr
+    token = created.stdout.strip()
+    token_id, secret = token.split("_", 2)[1:]
+    listed = await cli("token", "list", *database)
+    assert listed.code == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if line.startswith(token_id))
+    assert row.split()[1:4] == ["cli-farm", "executor", "os=linux"]
+    assert secret not in listed.stdout
+    assert (await cli("runs", "list", RUNSVC_TOKEN=token)).code == 3  # an executor may not read
+    revoked = await cli("token", "revoke", token_id, *database)
+    assert (revoked.code, revoked.stdout) == (0, f"revoked {token_id}\n")
+    refused = await cli("runs", "list", RUNSVC_TOKEN=token)
+    assert refused.code == 3
+    assert "unknown token" in refused.stderr
+    again = await cli("token", "revoke", token_id, *database)
+    assert (again.code, again.stdout) == (0, f"{token_id} was already revoked\n")
+    missing = await cli("token", "revoke", "nope", *database)
+    assert missing.code == 4
+    bad = await cli("token", "create", "--role", "reader", "--labels", "os=linux", *database)
+    assert bad.code == 2
+    assert "labels: only executor tokens have labels" in bad.stderr

@@ -1,0 +1,74 @@
+"""Token management over HTTP (admin only): create, list, revoke."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from runsvc.domain.errors import NotFound
+from runsvc.http.keys import SERVICE, VERIFIER
+from runsvc.http.routing import Endpoint, decode_body, json_response
+from runsvc.service.auth import Permission
+from runsvc.service.tokens import issue, list_tokens, revoke
+from runsvc.wire.api import CreatedToken, CreateTokenRequest, TokenList
+
+
+async def create_token_handler(request: web.Request) -> web.Response:
+    body = await decode_body(request, CreateTokenRequest)
+    issued = await issue(request.app[SERVICE].pool, body, now=datetime.now(UTC))
+    created = CreatedToken(
+        token=issued.token,
+        id=issued.id,
+        name=issued.name,
+        role=issued.role,
+        labels=issued.labels,
+        expires_at=issued.expires_at,
+    )
+    return json_response(created, status=201, headers={"Cache-Control": "no-store"})
+
+
+async def list_tokens_handler(request: web.Request) -> web.Response:
+    return json_response(TokenList(tokens=await list_tokens(request.app[SERVICE].pool)))
+
+
+async def revoke_token_handler(request: web.Request) -> web.Response:
+    token_id = request.match_info["id"]
+    outcome = await revoke(request.app[SERVICE].pool, token_id)
+    if outcome is None:
+        raise NotFound(f"no token {token_id}")
+    # This process forgets it now; the others when the announcement reaches them.
+    request.app[VERIFIER].forget(token_id)
+    return web.Response(status=204)
+
+
+ENDPOINTS: list[Endpoint] = [
+    Endpoint(
+        "POST",
+        "/api/v1/tokens",
+        create_token_handler,
+        Permission.ADMIN,
+        "Create a token (its secret is shown this once)",
+        "tokens",
+        body=CreateTokenRequest,
+        responses={201: CreatedToken},
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/tokens",
+        list_tokens_handler,
+        Permission.ADMIN,
+        "List tokens (never their secrets)",
+        "tokens",
+        responses={200: TokenList},
+    ),
+    Endpoint(
+        "DELETE",
+        "/api/v1/tokens/{id}",
+        revoke_token_handler,
+        Permission.ADMIN,
+        "Revoke a token, at once in every process",
+        "tokens",
+        responses={204: None},
+    ),
+]
