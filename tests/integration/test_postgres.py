@@ -133,3 +133,42 @@ async def test_a_deep_data_directory_keeps_its_socket_private() -> None:
         await asyncio.to_thread(server.stop)
         shutil.rmtree(root, ignore_errors=True)
     assert not await asyncio.to_thread(socket_dir.exists)
+
+
+async def test_reaching_the_socket_is_not_enough_to_connect() -> None:
+    """The embedded server asks for the superuser's password (SCRAM), kept in a 0600 file
+    of the data directory: a process that reaches the socket without it is refused, also
+    with a wrong one. A data directory made when the server trusted its socket is given a
+    password on its next start."""
+    root = server_directory()
+    server = EmbeddedPostgres(root / "data")
+    dsn = await asyncio.to_thread(server.start)
+    try:
+        password = server.password_path.read_text().strip()
+        assert f"postgres:{password}@" in dsn
+        assert stat.S_IMODE(server.password_path.stat().st_mode) == 0o600
+        socket_dir = dsn.rsplit("host=", 1)[1]
+        for who in ("postgres", "postgres:guessed"):
+            with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError):
+                await asyncpg.connect(f"postgresql://{who}@/postgres?host={socket_dir}")
+        connection = await asyncpg.connect(dsn)
+        await connection.close()
+    finally:
+        await asyncio.to_thread(server.stop)
+
+    # As an older runsvc left it: trusting its socket, no password file.
+    hba = server.pgdata / "pg_hba.conf"
+    text = hba.read_text()
+    hba.write_text(text.replace("scram-sha-256", "trust"))
+    server.password_path.unlink()
+    dsn = await asyncio.to_thread(server.start)
+    try:
+        assert "trust" not in hba.read_text().split("# TYPE", 1)[-1]
+        socket_dir = dsn.rsplit("host=", 1)[1]
+        with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError):
+            await asyncpg.connect(f"postgresql://postgres@/postgres?host={socket_dir}")
+        connection = await asyncpg.connect(dsn)
+        await connection.close()
+    finally:
+        await asyncio.to_thread(server.stop)
+        shutil.rmtree(root, ignore_errors=True)
