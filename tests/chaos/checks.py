@@ -23,12 +23,18 @@ from tests.fixtures.processes import Cluster, api
 from tests.integration.test_rebuild import table_rows
 
 
-def dag(ledger: Path, *, pause: str = "0.05") -> dict[str, Any]:
+def dag(
+    ledger: Path, *, pause: str = "0.05", slow_on: str | None = None, slow_pause: str = "20"
+) -> dict[str, Any]:
     """Five tasks (a fan-out and a fan-in); each notes its start and end in `ledger`,
-    with its work directory (which names the executor running it)."""
+    with its work directory (which names the executor running it). Run where the work
+    directory contains `slow_on`, a task takes `slow_pause` seconds instead of `pause`."""
+    sleep = f"sleep {pause}"
+    if slow_on is not None:
+        sleep = f'case "$PWD" in *{slow_on}*) sleep {slow_pause};; *) sleep {pause};; esac'
     step = (
         f'echo "$RUNSVC_TASK_ID $RUNSVC_ATTEMPT start $(date +%s%N) $PWD" >> {ledger}; '
-        f"sleep {pause}; "
+        f"{sleep}; "
         f'echo "$RUNSVC_TASK_ID $RUNSVC_ATTEMPT end $(date +%s%N) $PWD" >> {ledger}'
     )
     return {
