@@ -13,6 +13,12 @@ and its S3 port. By it a later start stops a server that a crashed owner left ru
 when the owner still runs (`runsvc serve`), attaches to that server instead of starting a
 second one on the same data (operator commands such as `runsvc snapshot create`). This
 module only manages the process; `runsvc.infra.objectstore` is the S3 client.
+
+Loopback is not private: every local user and every task the service runs can connect.
+So the S3 gateway requires a key pair, generated on the first start into
+`credentials.json` and read again by every later start and by processes that attach.
+The data directory is its owner's alone (mode 0700, weed runs with umask 077, key files
+are created 0600).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -30,6 +37,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -38,8 +46,8 @@ from types import TracebackType
 _ADMIN_GRPC_OFFSET = 10000
 
 # Variables `weed` reads for credentials, pre-created buckets and configuration. Inherited
-# from an operator's shell (an AWS profile, say) they would silently switch on
-# authentication with keys runsvc does not know, so the child never sees them.
+# from an operator's shell (an AWS profile, say) they would silently add an S3 identity
+# with keys runsvc does not know, so the child never sees them.
 _SCRUBBED_PREFIXES = ("AWS_", "S3_", "WEED_")
 
 # Listeners besides S3 and admin, each on a port of its own.
@@ -55,6 +63,22 @@ _OTHER_LISTENERS = (
 
 # A proxy from the environment must not stand between us and a loopback server.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+# Files in the data directory. Only the credentials outlive a server: the identities are
+# written anew from them on every start.
+_CREDENTIALS = "credentials.json"
+_IDENTITIES = "s3-identities.json"
+
+# What the S3 identity may do: everything, as the single user of its own store.
+_ACTIONS = ("Admin", "Read", "Write", "List", "Tagging")
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    """The key pair the embedded S3 gateway accepts."""
+
+    access_key: str
+    secret_key: str = field(repr=False)
 
 
 class SeaweedError(RuntimeError):
@@ -86,6 +110,7 @@ class EmbeddedSeaweed:
         self._ports: dict[str, int] | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._attached_port: int | None = None
+        self._credentials: S3Credentials | None = None
 
     @property
     def endpoint(self) -> str:
@@ -95,6 +120,14 @@ class EmbeddedSeaweed:
         if self._ports is None:
             raise SeaweedError("the embedded SeaweedFS has not been started")
         return f"http://127.0.0.1:{self._ports['s3']}"
+
+    @property
+    def credentials(self) -> S3Credentials:
+        """The keys the S3 gateway accepts; known from the first `start()` on (also when
+        attached), and kept while stopped: they stay the same for the data directory."""
+        if self._credentials is None:
+            raise SeaweedError("the embedded SeaweedFS has not been started")
+        return self._credentials
 
     @property
     def running(self) -> bool:
@@ -130,8 +163,14 @@ class EmbeddedSeaweed:
         (self.data_dir / "log").mkdir(parents=True, exist_ok=True)
         owned_port = self._owned_port_or_clear_stale()
         if owned_port is not None:
+            self._credentials = _read_credentials(self.data_dir / _CREDENTIALS)
             self._attached_port = owned_port
             return self.endpoint
+        # Volumes, the filer's metadata, keys and sockets are all in here; other users have
+        # no business in any of it (mkdir's mode does not reach an existing directory).
+        self.data_dir.chmod(0o700)
+        self._credentials = _credentials(self.data_dir / _CREDENTIALS)
+        self._write_configuration(self._credentials)
         if self._ports is None:
             self._ports = _choose_ports(self._s3_port)
         if self.log_path.exists():
@@ -148,6 +187,9 @@ class EmbeddedSeaweed:
                 [str(binary), f"-logdir={self.data_dir / 'log'}", "mini", *self._arguments()],
                 cwd=self.data_dir,
                 env=env,
+                # What weed creates (volumes, metadata, its sockets under /tmp too) is
+                # its owner's alone.
+                umask=0o077,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -221,11 +263,27 @@ class EmbeddedSeaweed:
 
     # -- internals
 
+    def _write_configuration(self, credentials: S3Credentials) -> None:
+        """The S3 identity weed accepts: these keys, allowed everything."""
+        identities = {
+            "identities": [
+                {
+                    "name": "runsvc",
+                    "credentials": [
+                        {"accessKey": credentials.access_key, "secretKey": credentials.secret_key}
+                    ],
+                    "actions": list(_ACTIONS),
+                }
+            ]
+        }
+        _write_private(self.data_dir / _IDENTITIES, json.dumps(identities))
+
     def _arguments(self) -> list[str]:
         assert self._ports is not None
         ports = self._ports
         return [
             f"-dir={self.data_dir}",
+            f"-s3.config={self.data_dir / _IDENTITIES}",
             "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1",
             f"-s3.port={ports['s3']}",
@@ -372,6 +430,60 @@ def _known_volumes(master: str) -> int:
         for node in rack.get("DataNodes") or []
     ]
     return sum(int(node.get("Volumes", 0)) for node in nodes) if nodes else -1
+
+
+def _credentials(path: Path) -> S3Credentials:
+    """The key pair in `path`, created there first if the file does not exist."""
+    if not path.exists():
+        # Access keys conventionally are 20 upper-case characters; any secret works.
+        fresh = S3Credentials(
+            access_key="RS" + secrets.token_hex(9).upper(), secret_key=secrets.token_urlsafe(30)
+        )
+        content = {"access_key": fresh.access_key, "secret_key": fresh.secret_key}
+        # Two processes starting at once must not end up with different keys: the
+        # first file to land wins, and both read that one.
+        with contextlib.suppress(FileExistsError):
+            _write_private(path, json.dumps(content) + "\n", replace=False)
+    return _read_credentials(path)
+
+
+def _read_credentials(path: Path) -> S3Credentials:
+    """The key pair in `path`; errors name the file, never its content."""
+    try:
+        content = json.loads(path.read_text())
+        credentials = S3Credentials(content["access_key"], content["secret_key"])
+    except FileNotFoundError as exc:
+        raise SeaweedError(f"the embedded SeaweedFS's keys are missing: {path}") from exc
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise SeaweedError(
+            f"{path} does not hold the embedded SeaweedFS's keys ({type(exc).__name__}); "
+            "remove it to have new ones made on the next start"
+        ) from None
+    if not all(isinstance(key, str) and key for key in vars(credentials).values()):
+        raise SeaweedError(
+            f"{path} does not hold the embedded SeaweedFS's keys; "
+            "remove it to have new ones made on the next start"
+        )
+    return credentials
+
+
+def _write_private(path: Path, text: str, *, replace: bool = True) -> None:
+    """Write `text` to `path`, readable by the owner only from the first byte on, and
+    complete or not at all: into a new file created with mode 0600 beside it, then moved
+    into place. Without `replace`, raise FileExistsError instead of replacing a file."""
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        if replace:
+            os.replace(partial, path)
+        else:
+            os.link(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _choose_ports(s3_port: int | None) -> dict[str, int]:
