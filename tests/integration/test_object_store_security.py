@@ -1,12 +1,15 @@
 """The embedded SeaweedFS against a local intruder. Its listeners are on 127.0.0.1, which
-every local user and every task the service runs can reach, so the S3 API is tried
-here without the store's keys: unsigned, and signed with wrong keys. Each request must
-be refused, and the object the service wrote must be unchanged afterwards."""
+every local user and every task the service runs can reach, so each way into the bucket
+over HTTP is tried here without the store's keys: the S3 API unsigned or signed with
+wrong keys, the filer's and master's HTTP APIs, and the volume server holding the bytes.
+Each must refuse, and the object the service wrote must be unchanged afterwards.
+(The gRPC listeners stay open; docs/operations.md says what that allows.)"""
 
 from __future__ import annotations
 
 import json
 import stat
+import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -30,6 +33,8 @@ LOG = b"a task's output, for its run's readers only\n"
 
 # How S3 says no to a request without valid credentials.
 REFUSED = {401, 403}
+# The filer's and master's HTTP APIs are switched off, so their routes are gone.
+GONE = REFUSED | {404}
 
 
 async def attempt(method: str, url: str, data: bytes | None = None) -> tuple[int, bytes]:
@@ -115,6 +120,61 @@ async def test_requests_signed_with_wrong_keys_are_refused(
     await assert_untouched(object_store)
 
 
+async def test_the_filer_and_master_http_apis_are_closed(
+    seaweed: EmbeddedSeaweed, object_store_config: ObjectStoreConfig, object_store: ObjectStore
+) -> None:
+    """The filer serves the bucket as /buckets/<bucket>/ without S3's authentication, and
+    the master hands out write tokens and deletes a bucket's volumes (a collection) on
+    request: reading, listing, writing and deleting through the filer, and the master's
+    assign, lookup and collection delete, are all refused."""
+    await object_store.put(KEY, LOG)
+    bucket = object_store_config.bucket
+    filer = f"http://127.0.0.1:{seaweed.ports['filer']}/buckets/{bucket}"
+    master = f"http://127.0.0.1:{seaweed.ports['master']}"
+    outcomes = await attempts(
+        [
+            ("GET", f"{filer}/{KEY}", None),
+            ("GET", f"{filer}/logs/task-1/", None),
+            ("PUT", f"{filer}/{KEY}", b"overwritten"),
+            ("PUT", f"{filer}/planted", b"planted"),
+            ("DELETE", f"{filer}/{KEY}", None),
+            ("GET", f"{master}/dir/assign", None),
+            ("GET", f"{master}/dir/lookup?volumeId=1", None),
+            ("GET", f"{master}/col/delete?collection={bucket}", None),
+        ]
+    )
+    assert {request: status for request, status in outcomes.items() if status not in GONE} == {}
+    await assert_untouched(object_store)
+
+
+async def test_the_volume_server_wants_a_token(
+    seaweed: EmbeddedSeaweed, object_store_config: ObjectStoreConfig, object_store: ObjectStore
+) -> None:
+    """The volume server holds the object's bytes under a file id; whoever learns the id
+    (here from the volume file itself) still cannot read, overwrite or delete the blob
+    without a token signed with the key only weed has."""
+    await object_store.put(KEY, LOG)
+    file_id = stored_file_id(seaweed.data_dir, object_store_config.bucket)
+    blob = f"http://127.0.0.1:{seaweed.ports['volume']}/{file_id}"
+    outcomes = await attempts(
+        [("GET", blob, None), ("PUT", blob, b"overwritten"), ("DELETE", blob, None)]
+    )
+    assert {request: status for request, status in outcomes.items() if status not in REFUSED} == {}
+    await assert_untouched(object_store)
+
+
+def stored_file_id(data_dir: Path, bucket: str) -> str:
+    """The file id of the first blob in the bucket's volume: `<volume id>,<needle id><cookie>`
+    in hex. A volume file (`<bucket>_<volume id>.dat`) starts with an 8-byte superblock,
+    whose last two bytes say how much extra data follows it; then come the blobs, each
+    starting with its cookie (4 bytes) and id (8 bytes), big-endian."""
+    (volume,) = [path for path in data_dir.glob(f"{bucket}_*.dat") if path.stat().st_size > 8]
+    raw = volume.read_bytes()
+    (extra,) = struct.unpack(">H", raw[6:8])
+    cookie, needle = struct.unpack(">IQ", raw[8 + extra : 8 + extra + 12])
+    return f"{volume.stem.rpartition('_')[2]},{needle:x}{cookie:08x}"
+
+
 async def test_the_service_opens_its_embedded_store_with_generated_keys(tmp_path: Path) -> None:
     """`runsvc serve`'s object store with nothing configured: an embedded server whose
     keys were generated into a file only its owner can read, in a directory only its
@@ -131,7 +191,7 @@ async def test_the_service_opens_its_embedded_store_with_generated_keys(tmp_path
         assert objects.config.access_key == generated["access_key"] != settings.s3_access_key
         assert objects.config.secret_key == generated["secret_key"] != settings.s3_secret_key
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-    for name in ("credentials.json", "s3-identities.json"):
+    for name in ("credentials.json", "s3-identities.json", "security.toml"):
         assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600
 
     async with open_object_store(settings) as objects:
