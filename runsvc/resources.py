@@ -79,22 +79,25 @@ async def open_event_store(settings: Settings, database: Database) -> AsyncItera
 @asynccontextmanager
 async def open_object_store(settings: Settings) -> AsyncIterator[ObjectStore]:
     """The configured object store, or an embedded SeaweedFS under the data directory
-    (started here, stopped on exit). An unreachable store does not stop the service:
-    what needs it (snapshots, log archiving) retries later."""
+    (started here, stopped on exit) with the keys it generated, not the settings' ones.
+    An unreachable store does not stop the service: what needs it (snapshots, log
+    archiving) retries later."""
     embedded: EmbeddedSeaweed | None = None
     endpoint = settings.s3_endpoint
+    access_key, secret_key = settings.s3_access_key, settings.s3_secret_key
     if endpoint is None:
         embedded = EmbeddedSeaweed(settings.data_dir / "s3")
         log.info("starting embedded object store", data_dir=str(embedded.data_dir))
         endpoint = await embedded.astart()
+        access_key, secret_key = embedded.credentials.access_key, embedded.credentials.secret_key
     supervisor = _supervise("seaweedfs", embedded)
     try:
         config = ObjectStoreConfig(
             endpoint=endpoint,
             bucket=settings.s3_bucket,
             region=settings.s3_region,
-            access_key=settings.s3_access_key,
-            secret_key=settings.s3_secret_key,
+            access_key=access_key,
+            secret_key=secret_key,
         )
         async with ObjectStore.connect(config) as objects:
             try:

@@ -74,8 +74,8 @@ class InvalidKey(ObjectStoreError, ValueError):
 
 class ObjectStoreConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Where the bucket is and how patiently to talk to it. `endpoint` None means AWS S3
-    (the region then picks the endpoint); the default keys suit the embedded SeaweedFS,
-    which accepts any."""
+    (the region then picks the endpoint). The default keys are placeholders: the
+    embedded SeaweedFS accepts only the keys it generated (`EmbeddedSeaweed.credentials`)."""
 
     endpoint: str | None = None
     bucket: str = "runsvc"

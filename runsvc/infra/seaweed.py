@@ -13,6 +13,15 @@ and its S3 port. By it a later start stops a server that a crashed owner left ru
 when the owner still runs (`runsvc serve`), attaches to that server instead of starting a
 second one on the same data (operator commands such as `runsvc snapshot create`). This
 module only manages the process; `runsvc.infra.objectstore` is the S3 client.
+
+Loopback is not private: every local user and every task the service runs can connect.
+So the S3 gateway requires a key pair, generated on the first start into
+`credentials.json` and read again by every later start and by processes that attach.
+The master's and filer's HTTP APIs, which would go around S3, are switched off
+(`-disableHttp`), and the volume server serves a blob only with a token signed by a key
+from `security.toml` that the master, filer and S3 gateway share. The data directory is
+its owner's alone (mode 0700, weed runs with umask 077, key files are created 0600).
+What stays open is weed's gRPC listeners; docs/operations.md says what that allows.
 """
 
 from __future__ import annotations
@@ -21,6 +30,8 @@ import asyncio
 import contextlib
 import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -30,6 +41,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -38,8 +50,9 @@ from types import TracebackType
 _ADMIN_GRPC_OFFSET = 10000
 
 # Variables `weed` reads for credentials, pre-created buckets and configuration. Inherited
-# from an operator's shell (an AWS profile, say) they would silently switch on
-# authentication with keys runsvc does not know, so the child never sees them.
+# from an operator's shell (an AWS profile, say) they would silently add an S3 identity
+# with keys runsvc does not know, or replace the signing keys in security.toml, so the
+# child never sees them.
 _SCRUBBED_PREFIXES = ("AWS_", "S3_", "WEED_")
 
 # Listeners besides S3 and admin, each on a port of its own.
@@ -55,6 +68,35 @@ _OTHER_LISTENERS = (
 
 # A proxy from the environment must not stand between us and a loopback server.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+# Files in the data directory. Only the credentials outlive a server: the identities and
+# the JWT keys are written anew from them (and from fresh randomness) on every start.
+_CREDENTIALS = "credentials.json"
+_IDENTITIES = "s3-identities.json"
+_SECURITY = "security.toml"
+
+# security.toml's signing keys: writes and reads on the volume server, writes and reads on
+# the filer's HTTP API (off anyway; its write key also guards the filer's IAM gRPC service,
+# which could otherwise add S3 identities).
+_JWT_KEYS = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
+
+# What the S3 identity may do: everything, as the single user of its own store.
+_ACTIONS = ("Admin", "Read", "Write", "List", "Tagging")
+
+# Unix socket paths hold about 107 bytes; weed exits when one does not fit.
+_MAX_SOCKET_PATH = 100
+
+# The master's status page, the one master page left with its HTTP API off, lists each
+# volume server as a link to the server's own page followed by its number of volumes.
+_NODE_VOLUMES = re.compile(r'/ui/index\.html">[^<]*</a>\s*</td>\s*<td>(\d+)</td>')
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    """The key pair the embedded S3 gateway accepts."""
+
+    access_key: str
+    secret_key: str = field(repr=False)
 
 
 class SeaweedError(RuntimeError):
@@ -86,6 +128,7 @@ class EmbeddedSeaweed:
         self._ports: dict[str, int] | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._attached_port: int | None = None
+        self._credentials: S3Credentials | None = None
 
     @property
     def endpoint(self) -> str:
@@ -95,6 +138,23 @@ class EmbeddedSeaweed:
         if self._ports is None:
             raise SeaweedError("the embedded SeaweedFS has not been started")
         return f"http://127.0.0.1:{self._ports['s3']}"
+
+    @property
+    def credentials(self) -> S3Credentials:
+        """The keys the S3 gateway accepts; known from the first `start()` on (also when
+        attached), and kept while stopped: they stay the same for the data directory."""
+        if self._credentials is None:
+            raise SeaweedError("the embedded SeaweedFS has not been started")
+        return self._credentials
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """Every listener's port by name (`s3`, `master`, `filer`, `volume`, ... with
+        `_grpc` for their gRPC twins); known from the first `start()` that started a
+        server, kept while stopped."""
+        if self._ports is None:
+            raise SeaweedError("the embedded SeaweedFS has not been started here")
+        return dict(self._ports)
 
     @property
     def running(self) -> bool:
@@ -130,8 +190,14 @@ class EmbeddedSeaweed:
         (self.data_dir / "log").mkdir(parents=True, exist_ok=True)
         owned_port = self._owned_port_or_clear_stale()
         if owned_port is not None:
+            self._credentials = _read_credentials(self.data_dir / _CREDENTIALS)
             self._attached_port = owned_port
             return self.endpoint
+        # Volumes, the filer's metadata, keys and sockets are all in here; other users have
+        # no business in any of it (mkdir's mode does not reach an existing directory).
+        self.data_dir.chmod(0o700)
+        self._credentials = _credentials(self.data_dir / _CREDENTIALS)
+        self._write_configuration(self._credentials)
         if self._ports is None:
             self._ports = _choose_ports(self._s3_port)
         if self.log_path.exists():
@@ -145,9 +211,18 @@ class EmbeddedSeaweed:
                 # Its detailed log goes to rotated files of its own in the data directory
                 # (by default, in the system's temporary directory); warnings and errors
                 # also reach stderr, i.e. weed.log.
-                [str(binary), f"-logdir={self.data_dir / 'log'}", "mini", *self._arguments()],
+                [
+                    str(binary),
+                    f"-logdir={self.data_dir / 'log'}",
+                    f"-config_dir={self.data_dir}",
+                    "mini",
+                    *self._arguments(),
+                ],
                 cwd=self.data_dir,
                 env=env,
+                # What weed creates (volumes, metadata, its sockets under /tmp too) is
+                # its owner's alone.
+                umask=0o077,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -186,11 +261,14 @@ class EmbeddedSeaweed:
         # cleanup by a later start).
         if self._recorded()[0] == process.pid:
             self.pid_path.unlink(missing_ok=True)
-        # weed leaves its local sockets behind, in /tmp whatever TMPDIR says, named by port.
+        # weed leaves its local sockets behind: its gRPC ones in /tmp whatever TMPDIR
+        # says, named by port, and the HTTP ones where _sockets() put them.
         assert self._ports is not None
         for port in [*self._ports.values(), self._ports["admin"] + _ADMIN_GRPC_OFFSET]:
             for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 path.unlink(missing_ok=True)
+        for path in self._sockets().values():
+            path.unlink(missing_ok=True)
 
     async def astart(self) -> str:
         """`start()` from async code, without blocking the event loop."""
@@ -221,11 +299,48 @@ class EmbeddedSeaweed:
 
     # -- internals
 
+    def _write_configuration(self, credentials: S3Credentials) -> None:
+        """The S3 identity weed accepts, and fresh JWT signing keys in security.toml,
+        which weed reads from the data directory (-config_dir, and its working directory).
+
+        With the keys set, the volume server serves and stores a blob only for a request
+        carrying a token the master or filer signed for that very blob, so a local
+        process cannot reach the data around the S3 gateway's authentication. Tokens
+        last seconds and nothing stored depends on the keys, so new ones on every start
+        cost nothing and leave no long-lived secret behind."""
+        identities = {
+            "identities": [
+                {
+                    "name": "runsvc",
+                    "credentials": [
+                        {"accessKey": credentials.access_key, "secretKey": credentials.secret_key}
+                    ],
+                    "actions": list(_ACTIONS),
+                }
+            ]
+        }
+        _write_private(self.data_dir / _IDENTITIES, json.dumps(identities))
+        security = "".join(f'[{name}]\nkey = "{secrets.token_hex(32)}"\n\n' for name in _JWT_KEYS)
+        _write_private(self.data_dir / _SECURITY, security)
+
+    def _sockets(self) -> dict[str, Path]:
+        """The filer's and S3 gateway's HTTP sockets, in the private data directory
+        rather than weed's default /tmp; none when the directory is too deep for a
+        socket path (weed then uses /tmp, and the umask keeps them private)."""
+        if len(str(self.data_dir / "filer.sock")) > _MAX_SOCKET_PATH:
+            return {}
+        return {"filer": self.data_dir / "filer.sock", "s3": self.data_dir / "s3.sock"}
+
     def _arguments(self) -> list[str]:
         assert self._ports is not None
         ports = self._ports
         return [
             f"-dir={self.data_dir}",
+            f"-s3.config={self.data_dir / _IDENTITIES}",
+            # The master's and filer's HTTP APIs answer anyone without credentials (the
+            # master's deletes whole collections, i.e. buckets); S3 needs neither.
+            "-disableHttp",
+            *(f"-{name}.localSocket={path}" for name, path in self._sockets().items()),
             "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1",
             f"-s3.port={ports['s3']}",
@@ -361,17 +476,66 @@ def _answers(endpoint: str) -> bool:
 def _known_volumes(master: str) -> int:
     """How many volumes the master knows of; -1 before a volume server registered."""
     try:
-        with _DIRECT.open(master + "/dir/status", timeout=1.0) as response:
-            topology = json.load(response)["Topology"]
-    except (OSError, ValueError, KeyError):
+        with _DIRECT.open(master + "/", timeout=1.0) as response:
+            page = response.read().decode(errors="replace")
+    except OSError:
         return -1
-    nodes = [
-        node
-        for center in topology.get("DataCenters") or []
-        for rack in center.get("Racks") or []
-        for node in rack.get("DataNodes") or []
-    ]
-    return sum(int(node.get("Volumes", 0)) for node in nodes) if nodes else -1
+    nodes = _NODE_VOLUMES.findall(page)
+    return sum(int(volumes) for volumes in nodes) if nodes else -1
+
+
+def _credentials(path: Path) -> S3Credentials:
+    """The key pair in `path`, created there first if the file does not exist."""
+    if not path.exists():
+        # Access keys conventionally are 20 upper-case characters; any secret works.
+        fresh = S3Credentials(
+            access_key="RS" + secrets.token_hex(9).upper(), secret_key=secrets.token_urlsafe(30)
+        )
+        content = {"access_key": fresh.access_key, "secret_key": fresh.secret_key}
+        # Two processes starting at once must not end up with different keys: the
+        # first file to land wins, and both read that one.
+        with contextlib.suppress(FileExistsError):
+            _write_private(path, json.dumps(content) + "\n", replace=False)
+    return _read_credentials(path)
+
+
+def _read_credentials(path: Path) -> S3Credentials:
+    """The key pair in `path`; errors name the file, never its content."""
+    try:
+        content = json.loads(path.read_text())
+        credentials = S3Credentials(content["access_key"], content["secret_key"])
+    except FileNotFoundError as exc:
+        raise SeaweedError(f"the embedded SeaweedFS's keys are missing: {path}") from exc
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise SeaweedError(
+            f"{path} does not hold the embedded SeaweedFS's keys ({type(exc).__name__}); "
+            "remove it to have new ones made on the next start"
+        ) from None
+    if not all(isinstance(key, str) and key for key in vars(credentials).values()):
+        raise SeaweedError(
+            f"{path} does not hold the embedded SeaweedFS's keys; "
+            "remove it to have new ones made on the next start"
+        )
+    return credentials
+
+
+def _write_private(path: Path, text: str, *, replace: bool = True) -> None:
+    """Write `text` to `path`, readable by the owner only from the first byte on, and
+    complete or not at all: into a new file created with mode 0600 beside it, then moved
+    into place. Without `replace`, raise FileExistsError instead of replacing a file."""
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        if replace:
+            os.replace(partial, path)
+        else:
+            os.link(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _choose_ports(s3_port: int | None) -> dict[str, int]:

@@ -13,15 +13,21 @@ from pathlib import Path
 
 import aiohttp
 
+from runsvc.infra.seaweed import EmbeddedSeaweed
 
-def service_environment(dsn: str, endpoint: str, root: Path, **settings: str) -> dict[str, str]:
+
+def service_environment(
+    dsn: str, seaweed: EmbeddedSeaweed, root: Path, **settings: str
+) -> dict[str, str]:
     """The environment of a benchmarked `runsvc serve`: this process's without any
-    RUNSVC_ variable, pointed at `dsn` and `endpoint`, quiet, without a first admin token,
-    plus `settings` (RUNSVC_* names)."""
+    RUNSVC_ variable, pointed at `dsn` and the started `seaweed` (with its keys), quiet,
+    without a first admin token, plus `settings` (RUNSVC_* names)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSVC_")}
     env.update(
         RUNSVC_DATABASE_URL=dsn,
-        RUNSVC_S3_ENDPOINT=endpoint,
+        RUNSVC_S3_ENDPOINT=seaweed.endpoint,
+        RUNSVC_S3_ACCESS_KEY=seaweed.credentials.access_key,
+        RUNSVC_S3_SECRET_KEY=seaweed.credentials.secret_key,
         RUNSVC_DATA_DIR=str(root / "data"),
         RUNSVC_BOOTSTRAP_ADMIN_TOKEN="false",
         RUNSVC_LOG_LEVEL="warning",

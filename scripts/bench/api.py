@@ -398,12 +398,12 @@ async def bench(args: argparse.Namespace, root: Path) -> None:
     postgres = EmbeddedPostgres(root / "pg")
     dsn = await asyncio.to_thread(postgres.start)
     seaweed = EmbeddedSeaweed(root / "s3")
-    endpoint = await seaweed.astart()
+    await seaweed.astart()
     port, trivial_port = free_port(), free_port()
     url, trivial_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{trivial_port}"
     env = service_environment(
         dsn,
-        endpoint,
+        seaweed,
         root,
         RUNSVC_MAX_SUBSCRIBERS=str(max(2000, 2 * args.subscribers)),
     )

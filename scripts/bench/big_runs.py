@@ -113,12 +113,12 @@ async def bench(args: argparse.Namespace, root: Path) -> None:
     postgres = EmbeddedPostgres(root / "pg")
     dsn = await asyncio.to_thread(postgres.start)
     seaweed = EmbeddedSeaweed(root / "s3")
-    endpoint = await seaweed.astart()
+    await seaweed.astart()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = service_environment(
         dsn,
-        endpoint,
+        seaweed,
         root,
         RUNSVC_MAX_BODY_BYTES=str(64 * 1024 * 1024),
         RUNSVC_MAX_EVENT_BYTES=str(16 * 1024 * 1024),

@@ -58,12 +58,12 @@ async def bench(args: argparse.Namespace, root: Path) -> None:
     postgres = EmbeddedPostgres(root / "pg")
     dsn = await asyncio.to_thread(postgres.start)
     seaweed = EmbeddedSeaweed(root / "s3")
-    endpoint = await seaweed.astart()
+    await seaweed.astart()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = service_environment(
         dsn,
-        endpoint,
+        seaweed,
         root,
         RUNSVC_MAX_TASKS="100000",
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import resource
 import subprocess
@@ -22,6 +23,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path[0] = str(Path(__file__).resolve().parents[2])
 sys.path.append(str(Path(__file__).resolve().parent))
@@ -46,6 +48,9 @@ from runsvc.domain.events import (
 )
 from runsvc.infra.postgres import EmbeddedPostgres
 from runsvc.service.schema import MIGRATION_SETS
+
+if TYPE_CHECKING:
+    from runsvc.infra.seaweed import EmbeddedSeaweed
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 META = Metadata(actor=SYSTEM, recorded_at=T0)
@@ -158,8 +163,8 @@ async def bench_dump(dsn: str, root: Path, runs: int) -> None:
     await asyncio.to_thread(seaweed.start)
     try:
         scale = 1_000_000 / runs
-        dump = child("dump", dsn, seaweed.endpoint)
-        restore = child("restore", dsn, seaweed.endpoint)
+        dump = child("dump", dsn, seaweed)
+        restore = child("restore", dsn, seaweed)
         note(f"dump: {dump}; restore: {restore}")
         emit("index_dump_mb_per_million_runs", dump["size"] / 1e6 * scale, "MB", target="value<=40")
         emit("index_dump_s", dump["seconds"] * scale, "s per million runs")
@@ -186,9 +191,15 @@ def scaled_rss(peak: float, idle: float, scale: float) -> float:
     return idle + (peak - idle) * scale
 
 
-def child(kind: str, dsn: str, endpoint: str) -> dict[str, float]:
+def child(kind: str, dsn: str, seaweed: EmbeddedSeaweed) -> dict[str, float]:
+    # The keys go in the environment: every user on the machine can read a command line.
+    keys = {
+        "RUNSVC_S3_ACCESS_KEY": seaweed.credentials.access_key,
+        "RUNSVC_S3_SECRET_KEY": seaweed.credentials.secret_key,
+    }
     result = subprocess.run(
-        [sys.executable, __file__, "--child", kind, dsn, endpoint],
+        [sys.executable, __file__, "--child", kind, dsn, seaweed.endpoint],
+        env={**os.environ, **keys},
         capture_output=True,
         text=True,
         check=True,
@@ -204,7 +215,12 @@ async def child_main(kind: str, dsn: str, endpoint: str) -> None:
     # The interpreter with everything imported: what any process doing this would need.
     idle = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     pool = await create_pool(dsn, max_size=2)
-    config = ObjectStoreConfig(endpoint=endpoint, bucket="bench")
+    config = ObjectStoreConfig(
+        endpoint=endpoint,
+        bucket="bench",
+        access_key=os.environ["RUNSVC_S3_ACCESS_KEY"],
+        secret_key=os.environ["RUNSVC_S3_SECRET_KEY"],
+    )
     async with ObjectStore.connect(config) as objects:
         await objects.ensure_bucket()
         started = time.perf_counter()

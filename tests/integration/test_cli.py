@@ -146,7 +146,12 @@ def cli_cluster(
     runs of its own), on a database and bucket of their own."""
     suffix = uuid.uuid4().hex[:10]
     database = f"cli_{os.getpid()}_{suffix}"
-    objects = ObjectStoreConfig(endpoint=seaweed.endpoint, bucket=f"cli-{suffix}")
+    objects = ObjectStoreConfig(
+        endpoint=seaweed.endpoint,
+        bucket=f"cli-{suffix}",
+        access_key=seaweed.credentials.access_key,
+        secret_key=seaweed.credentials.secret_key,
+    )
     asyncio.run(_prepare(postgres_server, database, objects))
     cluster = Cluster(dsn_for(postgres_server, database), objects, tmp_path_factory.mktemp("cli"))
     try:

@@ -8,6 +8,7 @@ import hashlib
 import random
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 
 from runsvc.infra.objectstore import (
@@ -263,7 +264,7 @@ async def test_ensure_bucket_is_idempotent_and_ping_checks_the_bucket(
     assert await object_store.get("kept") == b"1"
     await object_store.ping()
 
-    missing = ObjectStoreConfig(endpoint=object_store_config.endpoint, bucket="no-such-bucket")
+    missing = msgspec.structs.replace(object_store_config, bucket="no-such-bucket")
     async with ObjectStore.connect(missing) as store:
         with pytest.raises(ObjectStoreUnavailable, match="no-such-bucket"):
             await store.ping()

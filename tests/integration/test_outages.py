@@ -266,6 +266,8 @@ async def test_a_killed_embedded_database_is_started_again(
         log_format="json",
         s3_endpoint=object_store_config.endpoint,
         s3_bucket=object_store_config.bucket,
+        s3_access_key=object_store_config.access_key,
+        s3_secret_key=object_store_config.secret_key,
     )
     try:
         async for service in start_service(settings):

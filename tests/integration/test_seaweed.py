@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from runsvc.infra.objectstore import ObjectStore, ObjectStoreConfig, ObjectStoreUnavailable
-from runsvc.infra.seaweed import EmbeddedSeaweed, SeaweedError, weed_binary
+from runsvc.infra.seaweed import EmbeddedSeaweed, S3Credentials, SeaweedError, weed_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,7 +68,8 @@ with EmbeddedSeaweed(Path(sys.argv[1])) as server:
 @contextlib.contextmanager
 def owner_process(data_dir: Path) -> Iterator[tuple[subprocess.Popen[str], str, int]]:
     """A separate process owning a server on `data_dir`: (process, endpoint, server pid).
-    On leaving, the owner is terminated and a server it orphaned is killed."""
+    On leaving, the owner is terminated and a server it orphaned is killed. Its keys
+    are in the data directory, where `credentials()` reads them."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}
     owner = subprocess.Popen(
@@ -98,14 +100,26 @@ def gone(pid: int) -> bool:
         return True
 
 
-async def put_value(endpoint: str) -> None:
-    async with ObjectStore.connect(ObjectStoreConfig(endpoint=endpoint, bucket="owned")) as s:
+def credentials(data_dir: Path) -> S3Credentials:
+    """The keys a server on `data_dir` accepts, as the server's owner wrote them."""
+    content = json.loads((data_dir / "credentials.json").read_text())
+    return S3Credentials(content["access_key"], content["secret_key"])
+
+
+def owned(endpoint: str, keys: S3Credentials) -> ObjectStoreConfig:
+    return ObjectStoreConfig(
+        endpoint=endpoint, bucket="owned", access_key=keys.access_key, secret_key=keys.secret_key
+    )
+
+
+async def put_value(endpoint: str, keys: S3Credentials) -> None:
+    async with ObjectStore.connect(owned(endpoint, keys)) as s:
         await s.ensure_bucket()
         await s.put("key", b"value")
 
 
-async def get_value(endpoint: str) -> bytes:
-    async with ObjectStore.connect(ObjectStoreConfig(endpoint=endpoint, bucket="owned")) as s:
+async def get_value(endpoint: str, keys: S3Credentials) -> bytes:
+    async with ObjectStore.connect(owned(endpoint, keys)) as s:
         return await s.get("key")
 
 
@@ -113,13 +127,16 @@ def test_a_server_orphaned_by_a_crashed_owner_is_replaced(tmp_path: Path) -> Non
     """When the process that started a server died without stopping it, the next start
     on the directory (here as a context manager) stops the orphan and serves its data."""
     with owner_process(tmp_path / "s3") as (owner, endpoint, orphan):
-        asyncio.run(put_value(endpoint))
+        keys = credentials(tmp_path / "s3")
+        asyncio.run(put_value(endpoint, keys))
         owner.kill()
         owner.wait()
 
         with EmbeddedSeaweed(tmp_path / "s3") as server:
             assert server.endpoint != endpoint
-            assert asyncio.run(get_value(server.endpoint)) == b"value"
+            # The keys outlive the server: the replacement takes the orphan's.
+            assert server.credentials == keys
+            assert asyncio.run(get_value(server.endpoint, keys)) == b"value"
             assert gone(orphan)
     assert not (tmp_path / "s3" / "weed.pid").exists()
 
@@ -133,10 +150,11 @@ def test_a_server_whose_owner_runs_is_shared_and_left_running(tmp_path: Path) ->
         assert guest.start() == endpoint
         assert guest.attached
         assert not guest.running
-        asyncio.run(put_value(guest.endpoint))
+        # The guest works with the keys it read from the owner's data directory.
+        asyncio.run(put_value(guest.endpoint, guest.credentials))
         guest.stop()
         assert not gone(server_pid)
-        assert asyncio.run(get_value(endpoint)) == b"value"
+        assert asyncio.run(get_value(endpoint, credentials(tmp_path / "s3"))) == b"value"
 
 
 def test_start_timeout_reports_the_log_and_stops_the_process(tmp_path: Path) -> None:

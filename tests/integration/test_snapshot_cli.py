@@ -28,7 +28,12 @@ class Outcome:
 
 
 async def runsvc(dsn: str, objects: ObjectStoreConfig, *args: str) -> Outcome:
-    env = {**os.environ, "RUNSVC_S3_BUCKET": objects.bucket}
+    env = {
+        **os.environ,
+        "RUNSVC_S3_BUCKET": objects.bucket,
+        "RUNSVC_S3_ACCESS_KEY": objects.access_key,
+        "RUNSVC_S3_SECRET_KEY": objects.secret_key,
+    }
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
