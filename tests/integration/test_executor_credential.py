@@ -1,6 +1,7 @@
 """The executor's token leaves its process's environment and command line by a
-re-execution, and its memory is closed to other processes while its tasks' is not. Real
-processes, read through /proc."""
+re-execution, its memory is closed to other processes while its tasks' is not, and an
+executor running as root refuses a token file or a work directory that do not fit its
+task user. Real processes, read through /proc."""
 
 from __future__ import annotations
 
@@ -136,3 +137,62 @@ def test_the_executor_is_undumpable_and_what_it_starts_is_not() -> None:
         timeout=60,
     )
     assert result.stdout.split() == ["1", "True", "0", "1"]
+
+
+def executor(
+    tmp_path: Path, *arguments: str, **environment: str
+) -> subprocess.CompletedProcess[str]:
+    """`runsvc executor` against a server that does not exist: what is checked before it
+    connects decides the outcome."""
+    server = "http://127.0.0.1:9"
+    return subprocess.run(
+        [sys.executable, "-m", "runsvc", "executor", "--server", server, *arguments],
+        check=False,
+        cwd=ROOT,
+        env={"PATH": os.defpath, **environment},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="only root runs tasks as another user")
+
+
+@root_only
+def test_a_token_file_the_task_user_can_read_is_refused(open_dir: Path) -> None:
+    """As root, with tasks running as nobody, a world-readable token file stops the start
+    (exit 2) with a message that names the file, not the token."""
+    token_file = open_dir / "token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o644)
+    result = executor(
+        open_dir, "--token-file", str(token_file), "--work-dir", str(open_dir / "work")
+    )
+    assert result.returncode == 2
+    assert f"nobody, who can read the token file {token_file}" in result.stderr
+    assert "SecretPart" not in result.stderr + result.stdout
+
+
+@root_only
+def test_a_work_dir_the_task_user_cannot_reach_is_refused(tmp_path: Path) -> None:
+    """As root, with tasks running as nobody, a work directory under a private one stops
+    the start (exit 2), naming the directory in the way."""
+    blocked = executor(tmp_path, "--work-dir", str(tmp_path / "work"), RUNSVC_TOKEN=TOKEN)
+    assert blocked.returncode == 2
+    assert "tasks run as nobody, who may not enter" in blocked.stderr
+    assert "SecretPart" not in blocked.stderr + blocked.stdout
+
+
+@pytest.mark.parametrize("setting", ["no-such-user-here", "0"])
+def test_task_user_errors_are_usage_errors(tmp_path: Path, setting: str) -> None:
+    """An unknown task user, or (when not root) any other user, stops the start."""
+    if setting == "0" and os.geteuid() == 0:
+        pytest.skip("root may run tasks as root")
+    result = executor(
+        tmp_path, "--task-user", setting, "--work-dir", str(tmp_path / "w"), RUNSVC_TOKEN=TOKEN
+    )
+    assert result.returncode == 2
+    assert "--task-user" in result.stderr
+    assert "SecretPart" not in result.stderr
