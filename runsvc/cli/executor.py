@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -15,6 +16,14 @@ import structlog
 
 from runsvc.client import ApiClient, ExecutorClient
 from runsvc.executor import Agent, AgentConfig, AgentError
+from runsvc.executor.credential import (
+    TokenError,
+    reexecute_without_token,
+    resolve_token,
+    take_handed_over,
+)
+from runsvc.executor.hardening import make_undumpable
+from runsvc.executor.taskuser import TaskUser, TaskUserError, choose_task_user, open_work_root
 from runsvc.infra.logs import configure_logging
 
 EXIT_OK, EXIT_USAGE, EXIT_SERVER = 0, 2, 3
@@ -25,16 +34,24 @@ example:
   export RUNSVC_TOKEN=rsv_...        # runsvc token create --role executor --name farm-1
   runsvc executor --labels os=linux arch=x86_64 --concurrency 4 --work-dir /var/lib/runsvc
 
-Prefer RUNSVC_TOKEN to --token: arguments are visible to every user of the machine.
+Give the token with --token-file (a file readable by the executor alone, or - for
+standard input), RUNSVC_TOKEN_FILE or RUNSVC_TOKEN; --token works too, but every user
+of the machine can see it while the executor starts. An executor that got its token
+from RUNSVC_TOKEN or --token executes itself once more without it, so that nothing of
+its process shows it; its memory is closed to other processes.
+
 Tasks see their own environment plus PATH, HOME, USER, LOGNAME, SHELL, LANG, LANGUAGE,
-LC_*, TZ and TMPDIR from the executor's; never its token.
+LC_*, TZ and TMPDIR from the executor's; never its token. An executor running as root
+runs tasks as --task-user (default nobody), in work directories that user owns.
 
 SIGTERM or SIGINT stops claiming and gives running tasks the grace period to finish;
 the rest are ended and handed back. A second signal ends them at once.
 
 environment:
-  RUNSVC_SERVER   the server's base URL (--server)
-  RUNSVC_TOKEN    an executor token (--token)
+  RUNSVC_SERVER      the server's base URL (--server)
+  RUNSVC_TOKEN       an executor token (--token)
+  RUNSVC_TOKEN_FILE  a file holding it (--token-file)
+  RUNSVC_TASK_USER   who tasks run as (--task-user)
 """
 
 log = structlog.get_logger("runsvc.executor")
@@ -50,7 +67,12 @@ def register(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--server", metavar="URL", help="the server's base URL")
-    parser.add_argument("--token", help="an executor token (better: RUNSVC_TOKEN)")
+    parser.add_argument("--token", help="an executor token (better: --token-file or RUNSVC_TOKEN)")
+    parser.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="a file holding the executor token, - for standard input",
+    )
     parser.add_argument(
         "--labels",
         nargs="+",
@@ -75,6 +97,12 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--name", help="this executor's name (default: the host name)")
     parser.add_argument(
+        "--task-user",
+        metavar="NAME",
+        help="the user tasks run as when the executor runs as root (default nobody); "
+        "'' runs them as the executor's own user",
+    )
+    parser.add_argument(
         "--shutdown-grace",
         type=float,
         default=30.0,
@@ -86,26 +114,24 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     server = args.server or os.environ.get("RUNSVC_SERVER")
-    token = args.token or os.environ.get("RUNSVC_TOKEN")
-    if not server or not token:
-        print(
-            "runsvc executor: --server and --token (or RUNSVC_SERVER and RUNSVC_TOKEN) "
-            "are required",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+    if not server:
+        return _usage("--server (or RUNSVC_SERVER) is required")
     try:
+        task_user = choose_task_user(_setting(args.task_user, "RUNSVC_TASK_USER"))
+        token = _token(args, task_user)
         labels = parse_labels(args.labels)
         api = ApiClient(server, token, user_agent="runsvc-executor")
-    except ValueError as exc:
-        print(f"runsvc executor: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except (TokenError, TaskUserError, ValueError) as exc:
+        return _usage(str(exc))
     work_root = args.work_dir.resolve()
     try:
         work_root.mkdir(parents=True, exist_ok=True)
+        if task_user is not None:
+            open_work_root(task_user, work_root)
     except OSError as exc:
-        print(f"runsvc executor: cannot use {work_root} as work directory: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage(f"cannot use {work_root} as work directory: {exc}")
+    except TaskUserError as exc:
+        return _usage(str(exc))
     configure_logging("auto", "info")
     config = AgentConfig(
         name=args.name or socket.gethostname(),
@@ -114,8 +140,55 @@ def run(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         shutdown_grace_s=args.shutdown_grace,
         inherited_env=dict(os.environ),
+        task_user=task_user,
     )
     return asyncio.run(_serve(api, config))
+
+
+def _token(args: argparse.Namespace, task_user: TaskUser | None) -> str:
+    """The token, once it is out of the process's environment and command line: an
+    executor that finds it there executes itself again (this does not return) and gets
+    it handed over. TokenError when there is no token or it cannot be had, TaskUserError
+    when it is in a file the tasks' user could read."""
+    handed = take_handed_over(os.environ)
+    if handed is None:
+        found = resolve_token(
+            argument=args.token, file=args.token_file, environ=os.environ, stdin=sys.stdin
+        )
+        if found.file is not None and task_user is not None:
+            _check_token_file(Path(found.file), task_user)
+        if found.exposed:
+            try:
+                reexecute_without_token(found.value)
+            except OSError as exc:
+                raise TokenError(
+                    f"cannot execute itself again without the token in its environment "
+                    f"({exc.strerror}); give the token with --token-file"
+                ) from None
+        handed = found.value
+    make_undumpable()
+    return handed
+
+
+def _check_token_file(path: Path, task_user: TaskUser) -> None:
+    """Refuse a token file the tasks' user could read: the executor's credential must be
+    out of its tasks' reach."""
+    with contextlib.suppress(OSError):  # it was read: only a race could get here
+        if path.is_file() and task_user.can_read(path):
+            raise TaskUserError(
+                f"tasks run as {task_user.name}, who can read the token file {path}; "
+                "make it readable by the executor alone (chmod 600)"
+            )
+
+
+def _setting(flag: str | None, variable: str) -> str | None:
+    """The flag, else the environment variable (which may be set to empty), else None."""
+    return flag if flag is not None else os.environ.get(variable)
+
+
+def _usage(message: str) -> int:
+    print(f"runsvc executor: {message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def parse_labels(pairs: list[str]) -> dict[str, str]:

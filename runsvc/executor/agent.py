@@ -53,6 +53,7 @@ from runsvc.executor.process import (
     attempt_environment,
 )
 from runsvc.executor.shipping import LOG_INTERVAL_S, LogShipper, LogSpool, upload_artifacts
+from runsvc.executor.taskuser import TaskUser
 from runsvc.executor.workdirs import AttemptDirectory, sweep_abandoned
 from runsvc.wire.executor import Claim, Completion
 
@@ -72,7 +73,8 @@ _MIN_HEARTBEAT_S = 0.05
 @dataclass(frozen=True)
 class AgentConfig:
     """How an agent claims and runs tasks. `inherited_env` is the executor's own
-    environment, of which tasks get only a few variables (see `attempt_environment`)."""
+    environment, of which tasks get only a few variables (see `attempt_environment`).
+    `task_user` is who tasks run as (None: the executor's user; see `taskuser`)."""
 
     name: str
     work_root: Path
@@ -85,6 +87,7 @@ class AgentConfig:
     log_interval_s: float = LOG_INTERVAL_S
     inherited_env: Mapping[str, str] = field(default_factory=dict)
     keep_work_dirs: bool = False
+    task_user: TaskUser | None = None
 
 
 class AttemptEnd(enum.Enum):
@@ -156,7 +159,13 @@ class Agent:
     async def run(self) -> None:
         """Claim and run until shut down, then wind down the running attempts."""
         self.config.work_root.mkdir(parents=True, exist_ok=True)
-        log.info("executor started", executor=self.config.name, labels=dict(self.config.labels))
+        user = self.config.task_user
+        log.info(
+            "executor started",
+            executor=self.config.name,
+            labels=dict(self.config.labels),
+            task_user=None if user is None else user.name,
+        )
         abandoned = await asyncio.to_thread(sweep_abandoned, self.config.work_root)
         if abandoned:
             log.info(
@@ -269,6 +278,8 @@ class Agent:
                 owned = await asyncio.to_thread(AttemptDirectory, directory)
                 work_dir = directory / "work"
                 work_dir.mkdir()
+                if self.config.task_user is not None:
+                    self.config.task_user.give(work_dir)
                 spool = LogSpool(directory / "output.log")
                 try:
                     end = await self._attend(attempt, work_dir, spool)
@@ -316,14 +327,19 @@ class Agent:
 
     async def _execute(self, attempt: _Attempt, work_dir: Path, spool: LogSpool) -> ProcessResult:
         item = attempt.claim.task
+        user = self.config.task_user
+        inherited = self.config.inherited_env
+        if user is not None:
+            inherited = {**inherited, **user.identity()}
         try:
             spec = ProcessSpec(
                 argv=attempt_argv(item),
                 cwd=work_dir,
-                env=attempt_environment(item, self.config.inherited_env),
+                env=attempt_environment(item, inherited),
                 timeout_s=item.timeout_s,
                 progress_timeout_s=item.progress_timeout_s,
                 kill_grace_s=self.config.kill_grace_s,
+                user=user,
             )
             attempt.process = await TaskProcess.start(spec, spool.write)
         except (OSError, ValueError) as exc:

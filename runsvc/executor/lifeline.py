@@ -13,6 +13,13 @@ While the executor lives the supervisor is invisible: it leads the session, star
 task in it, survives the SIGTERM a stop sends the group (the task gets it and decides),
 and exits as the task did (the same exit code, or the same signal), so results read
 exactly as before.
+
+When tasks run as another user (`runsvc.executor.taskuser`), the supervisor stays the
+executor's user, so that it can always end the group, and switches to the task's user
+(groups, group, user, in that order: each needs the privilege the next one drops) in the
+child it forks, just before executing the task. The supervisor gets only the task's
+environment, as the task does: it is the task's parent, whose /proc/<pid>/environ a task
+may read.
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ import os
 import sys
 from typing import Final
 
+from runsvc.executor.taskuser import TaskUser
+
 SUPERVISOR: Final = r"""
 import os, signal, sys, threading, time
 
-lifeline, grace, argv = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+lifeline, grace, ids, argv = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4:]
 for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
     signal.signal(number, lambda *_: None)  # handlers, unlike SIG_IGN, reset on exec
 
@@ -32,6 +41,11 @@ pid = os.fork()
 if pid == 0:
     os.close(lifeline)
     try:
+        if ids != "-":
+            uid, gid, groups = ids.split(":")
+            os.setgroups([int(group) for group in groups.split(",") if group])
+            os.setgid(int(gid))
+            os.setuid(int(uid))
         os.execvp(argv[0], argv)
     except OSError as error:
         os.write(2, f"cannot start {argv[0]}: {error}\n".encode())
@@ -61,9 +75,13 @@ os._exit(os.WEXITSTATUS(status))
 """
 
 
-def supervised(argv: list[str], lifeline: int, grace_s: float) -> list[str]:
-    """The argv that runs `argv` under the supervisor, watching pipe end `lifeline`."""
-    return [sys.executable, "-I", "-S", "-c", SUPERVISOR, str(lifeline), str(grace_s), *argv]
+def supervised(
+    argv: list[str], lifeline: int, grace_s: float, user: TaskUser | None = None
+) -> list[str]:
+    """The argv that runs `argv` under the supervisor, watching pipe end `lifeline`; as
+    `user` when given."""
+    ids = "-" if user is None else f"{user.uid}:{user.gid}:{','.join(map(str, user.groups))}"
+    return [sys.executable, "-I", "-S", "-c", SUPERVISOR, str(lifeline), str(grace_s), ids, *argv]
 
 
 def lifeline() -> tuple[int, int]:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final, Self
 
 from runsvc.executor.lifeline import lifeline, supervised
+from runsvc.executor.taskuser import TaskUser
 from runsvc.wire.executor import WorkItem, compose_environment
 
 # Variables of the executor's own environment that a task gets underneath its composed
@@ -75,7 +76,7 @@ def describe_seconds(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class ProcessSpec:
-    """What to start and the limits it runs under."""
+    """What to start, as whom (None: this process's user) and the limits it runs under."""
 
     argv: Sequence[str]
     cwd: Path
@@ -83,6 +84,7 @@ class ProcessSpec:
     timeout_s: float | None = None
     progress_timeout_s: float | None = None
     kill_grace_s: float = 10.0
+    user: TaskUser | None = None
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ class TaskProcess:
         try:
             transport, watch = await loop.subprocess_exec(
                 lambda: _Watch(on_output),
-                *supervised(list(spec.argv), read_end, spec.kill_grace_s),
+                *supervised(list(spec.argv), read_end, spec.kill_grace_s, spec.user),
                 cwd=spec.cwd,
                 env=dict(spec.env),
                 stdin=subprocess.DEVNULL,

@@ -24,7 +24,9 @@ class AttemptDirectory:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.mkdir(parents=True)
+        # A task (possibly another user's) passes through to its work directory inside,
+        # but may not list the owner file and the log spool beside it.
+        path.mkdir(parents=True, mode=0o711)
         self._fd: int | None = os.open(path / _OWNER, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
 

@@ -99,6 +99,10 @@ async def bench(args: argparse.Namespace, root: Path) -> None:
                         f"x{index}",
                         "--work-dir",
                         str(root / "work" / str(index)),
+                        # Tasks as the bench's own user: the temporary root is private,
+                        # so a task user (nobody, under root) could not reach it.
+                        "--task-user",
+                        "",
                     ],
                     cwd=ROOT,
                     env={**env, "RUNSVC_TOKEN": executor},

@@ -7,11 +7,13 @@ import asyncio
 import contextlib
 import json
 import os
+import pwd
 import signal
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from runsvc.infra.objectstore import ObjectStore
 from tests.fixtures.processes import Cluster, api
@@ -313,3 +315,38 @@ async def test_two_servers_three_executors_two_hundred_runs(
     results = [(await get_run(cluster, run_id))["result"] for run_id in ids[:20]]
     assert set(results) == {"success"}
     json.dumps(lines)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only an executor running as root switches users")
+async def test_as_root_tasks_run_as_nobody_in_a_work_dir_of_their_own(
+    cluster: Cluster, open_dir: Path
+) -> None:
+    """An executor running as root without --task-user runs its task as nobody: the work
+    directory is nobody's alone, the attempt's files beside it (the log spool, the lock)
+    are out of the task's sight, USER and HOME say nobody, and what the task built is
+    uploaded as an artifact."""
+    nobody = pwd.getpwnam("nobody")
+    cluster.start_executor("root", concurrency=1, task_user=None, work_dir=open_dir / "work")
+    script = """
+        id -un
+        echo "$USER $LOGNAME $HOME"
+        stat -c '%U %a' .
+        ls -a .. || echo "cannot list the attempt directory"
+        cat ../output.log || echo "cannot read the log spool"
+        mkdir dist && echo built > dist/app.txt
+    """
+    task = {"name": "build", "run": script, "artifacts": ["dist"]}
+    final = await finished(cluster, (await submit(cluster, {"tasks": [task]}))["id"])
+    build = final["tasks"]["build"]
+    assert build["status"] == "success", build
+    status, log = await api(cluster, "GET", f"/api/v1/tasks/{build['id']}/logs")
+    assert status == 200
+    lines = log.decode().splitlines()
+    assert lines[:3] == ["nobody", f"nobody nobody {nobody.pw_dir}", "nobody 700"]
+    assert "cannot list the attempt directory" in lines
+    assert "cannot read the log spool" in lines
+    assert ".owner" not in log.decode()
+    status, artifact = await api(
+        cluster, "GET", f"/api/v1/tasks/{build['id']}/artifacts/dist/app.txt"
+    )
+    assert (status, artifact) == (200, b"built\n")

@@ -447,6 +447,9 @@ async def test_sigterm_finishes_or_releases_running_tasks(double: Double, tmp_pa
         "exec-cli",
         "--work-dir",
         str(tmp_path / "work"),
+        # As the test's own user: the task reads a fifo under the private tmp_path.
+        "--task-user",
+        "",
         env={"PATH": os.defpath, "RUNSVC_SERVER": double.url, "RUNSVC_TOKEN": TOKEN},
         stdin=asyncio.subprocess.DEVNULL,
         stdout=stderr,

@@ -14,6 +14,7 @@ import pytest
 from runsvc.client import ApiError, ServerError
 from runsvc.executor.process import ProcessResult, ProcessSpec, TaskProcess
 from runsvc.executor.shipping import LogShipper, LogSpool, collect_artifacts, upload_artifacts
+from runsvc.executor.taskuser import choose_task_user
 
 
 class Output:
@@ -144,6 +145,60 @@ async def test_steady_output_keeps_progress_alive(tmp_path: Path) -> None:
         tmp_path, "for i in 1 2 3 4 5 6; do echo $i; sleep 0.1; done", progress_timeout_s=0.4
     )
     assert result == ProcessResult(0, None)
+
+
+async def test_the_supervisor_has_the_tasks_environment_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """The task's parent is its supervisor, whose /proc/<pid>/environ the task may read:
+    it holds exactly the task's environment, nothing of this process's."""
+    output = Output()
+    process = await start(tmp_path, "echo started; sleep 100", output)
+    await output.until(b"started")
+    supervisor = environment_of(process.pid)
+    process.stop("done")
+    await asyncio.wait_for(process.wait(), 10)
+    assert supervisor == {"PATH": os.defpath, "GREETING": "hello"}
+
+
+def environment_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().decode()
+    return dict(entry.split("=", 1) for entry in raw.split("\0") if entry)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root switches users")
+async def test_a_task_user_runs_the_task_and_a_stop_still_ends_it(open_dir: Path) -> None:
+    """With a task user, the task (and what it starts) runs as that user while the
+    supervisor above it stays the executor's, and a stop ends the whole group."""
+    nobody = choose_task_user("nobody", euid=0)
+    assert nobody is not None
+    nobody.give(open_dir)
+    spec = ProcessSpec(
+        argv=["/bin/sh", "-c", "id -u; id -G; sleep 100 & echo started; sleep 100"],
+        cwd=open_dir,
+        env={"PATH": os.defpath},
+        kill_grace_s=2.0,
+        user=nobody,
+    )
+    output = Output()
+    process = await TaskProcess.start(spec, output)
+    await output.until(b"started")
+    uid, groups = bytes(output.data).decode().splitlines()[:2]
+    assert int(uid) == nobody.uid
+    assert sorted(int(group) for group in groups.split()) == sorted(nobody.groups)
+    owners = {pid: process_uid(pid) for pid in live_members(process.pid)}
+    assert owners.pop(process.pid) == os.geteuid()  # the supervisor
+    assert set(owners.values()) == {nobody.uid}
+    assert len(owners) >= 2
+    process.stop("stop requested")
+    result = await asyncio.wait_for(process.wait(), 10)
+    assert result == ProcessResult(None, "stop requested")
+    assert live_members(process.pid) == []
+
+
+def process_uid(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
 
 
 async def test_a_program_that_does_not_exist(tmp_path: Path) -> None:
