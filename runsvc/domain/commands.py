@@ -1,8 +1,10 @@
 """The run commands as pure functions: check the run's state, return the events, already
 followed by what the scheduler decides next so the run is left at a fixed point.
 
-None of them changes the run it is given (they work under its undo journal); a command that
-the state does not allow raises `Conflict` (409) or `NotFound` (404).
+None of them changes the run it is given: each folds its events under the run's undo
+journal (so that later decisions see them) and the journal undoes them, unless an
+enclosing `journal(keep_inner=True)` keeps them. A command that the state does not allow
+raises `Conflict` (409), `Forbidden` (403) or `NotFound` (404).
 """
 
 from __future__ import annotations
@@ -105,14 +107,14 @@ def cancel(run: Run, now: datetime) -> list[Event]:
     if run.phase != "queued":
         hint = " (stop a running run instead)" if run.phase == "running" else ""
         raise Conflict(f"run {run.id} is {run.phase}; only a queued run can be cancelled{hint}")
-    events: list[Event] = [
+    ends: list[Event] = [
         TaskStatusChanged(task=task.name, status="cancelled", attempt=task.attempt, at=now)
         for task in sorted(run.tasks.values(), key=lambda t: t.order)
         if task.status not in FINAL
     ]
-    # The tasks' ends first, so a watcher that sees the phase sees the whole outcome.
-    events.append(RunPhaseChanged(phase="cancelled", at=now))
-    return events
+    # The tasks' ends first, so a watcher that sees the phase sees the whole outcome. Folded
+    # like every command's events (nothing is planned for a run that is no longer running).
+    return _then_plan(run, now, [*ends, RunPhaseChanged(phase="cancelled", at=now)])
 
 
 def approve(

@@ -248,10 +248,7 @@ def _decide_each(run: Run, batch: list[_Pending], now: datetime, outcome: _Outco
         except ServiceError as exc:
             outcome.refused.append((pending, exc))
             continue
-        # Most commands leave their events folded (see `Run.journal(keep_inner=...)`);
-        # one that decided without folding (cancel) is folded here.
-        if run.version == version:
-            for event in events:
-                apply_event(run, event, version=run.version + 1)
-        assert run.version == version + len(events), "a command folded part of its events"
+        # Every command folds its events under its own journal, which this batch's journal
+        # keeps (`Run.journal(keep_inner=True)`): they are not folded a second time.
+        assert run.version == version + len(events), "a command did not fold its events"
         outcome.decided.append((pending, events))

@@ -18,7 +18,7 @@ from runsvc.domain.events import TaskStatusChanged
 from runsvc.domain.fold import apply_event, rebuild_indexes
 from runsvc.domain.model import FINAL, Run
 from runsvc.domain.scheduler import decide, retry_policy
-from tests.unit.histories import History
+from tests.unit.histories import T0, History
 from tests.unit.strategies import run_configs
 
 Step = tuple[str, str, float]  # (action, task, seconds since start)
@@ -261,6 +261,16 @@ def test_kept_decisions_equal_their_folded_events_and_are_undone(
     """Under `journal(keep_inner=True)` (how the service decides a batch of commands), a
     command leaves the run exactly as folding its events would, the next command sees
     that, a refused command leaves nothing, and the outer journal restores the run."""
+    queued = History(config, admitted=False).state
+    before = encode_run(queued)
+    with queued.journal(keep_inner=True):
+        events = commands.cancel(queued, T0)
+        expected = decode_run(before)
+        for event in events:
+            expected = apply_event(expected, event, version=expected.version + 1)
+        assert encode_run(queued) == encode_run(expected)
+    assert encode_run(queued) == before
+
     history = History(config, environment={"BRANCH": "main"})
     rng = random.Random(seed)
     for _ in range(40):
