@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from aiohttp import web
 
 from runsvc.domain.errors import NotFound
@@ -16,7 +14,8 @@ from runsvc.wire.api import CreatedToken, CreateTokenRequest, TokenList
 
 async def create_token_handler(request: web.Request) -> web.Response:
     body = await decode_body(request, CreateTokenRequest)
-    issued = await issue(request.app[SERVICE].pool, body, now=datetime.now(UTC))
+    service = request.app[SERVICE]
+    issued = await issue(service.pool, body, now=service.clock())
     created = CreatedToken(
         token=issued.token,
         id=issued.id,

@@ -135,6 +135,16 @@ async def test_a_deep_data_directory_keeps_its_socket_private() -> None:
     assert not await asyncio.to_thread(socket_dir.exists)
 
 
+async def assert_only_the_password_lets_in(dsn: str) -> None:
+    """Through the same socket: no password and a wrong one are refused, `dsn`'s works."""
+    socket_dir = dsn.rsplit("host=", 1)[1]
+    for who in ("postgres", "postgres:guessed"):
+        with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError):
+            await asyncpg.connect(f"postgresql://{who}@/postgres?host={socket_dir}")
+    connection = await asyncpg.connect(dsn)
+    await connection.close()
+
+
 async def test_reaching_the_socket_is_not_enough_to_connect() -> None:
     """The embedded server asks for the superuser's password (SCRAM), kept in a 0600 file
     of the data directory: a process that reaches the socket without it is refused, also
@@ -147,12 +157,7 @@ async def test_reaching_the_socket_is_not_enough_to_connect() -> None:
         password = server.password_path.read_text().strip()
         assert f"postgres:{password}@" in dsn
         assert stat.S_IMODE(server.password_path.stat().st_mode) == 0o600
-        socket_dir = dsn.rsplit("host=", 1)[1]
-        for who in ("postgres", "postgres:guessed"):
-            with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError):
-                await asyncpg.connect(f"postgresql://{who}@/postgres?host={socket_dir}")
-        connection = await asyncpg.connect(dsn)
-        await connection.close()
+        await assert_only_the_password_lets_in(dsn)
     finally:
         await asyncio.to_thread(server.stop)
 
@@ -164,11 +169,7 @@ async def test_reaching_the_socket_is_not_enough_to_connect() -> None:
     dsn = await asyncio.to_thread(server.start)
     try:
         assert "trust" not in hba.read_text().split("# TYPE", 1)[-1]
-        socket_dir = dsn.rsplit("host=", 1)[1]
-        with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError):
-            await asyncpg.connect(f"postgresql://postgres@/postgres?host={socket_dir}")
-        connection = await asyncpg.connect(dsn)
-        await connection.close()
+        await assert_only_the_password_lets_in(dsn)
     finally:
         await asyncio.to_thread(server.stop)
         shutil.rmtree(root, ignore_errors=True)
