@@ -20,6 +20,7 @@ from runsvc.domain.events import (
     CarriedTask,
     Event,
     RunCreated,
+    RunOutputDeleted,
     RunPhaseChanged,
     RunStopRequested,
     TaskApproved,
@@ -251,6 +252,16 @@ def lose_attempt(
         emit(run, events, outcome)
         plan(run, now, events)
     return events
+
+
+def record_output_deleted(
+    run: Run, now: datetime, *, older_than: datetime, logs: int, artifacts: int
+) -> list[Event]:
+    """Retention removed the run's logs and artifacts; recorded once."""
+    if run.output_deleted_at is not None:
+        return []
+    deleted = RunOutputDeleted(at=now, older_than=older_than, logs=logs, artifacts=artifacts)
+    return _then_plan(run, now, [deleted])
 
 
 def tick(run: Run, now: datetime) -> list[Event]:

@@ -9,6 +9,7 @@ that run; such a task's output is kept while any run using it is younger than th
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import datetime
 
@@ -16,8 +17,8 @@ import msgspec
 import structlog
 
 from projections.index_queries import carried_into_younger_runs, ended_before
-from runsvc.domain.events import SYSTEM, Event, RunOutputDeleted
-from runsvc.domain.model import Run
+from runsvc.domain import commands
+from runsvc.domain.events import SYSTEM
 from runsvc.infra.objectstore import ObjectStore
 from runsvc.service.runs import RunService
 from runsvc.service.task_logs import artifact_prefix, drop_chunks
@@ -70,11 +71,9 @@ async def _collect_run(
         artifacts += await objects.delete_prefix(artifact_prefix(task_id))
     await drop_chunks(runs.pool, [t for t in task_ids if t not in protected])
 
-    def record(current: Run, now: datetime) -> list[Event]:
-        if current.output_deleted_at is not None:
-            return []
-        return [RunOutputDeleted(at=now, older_than=older_than, logs=logs, artifacts=artifacts)]
-
+    record = functools.partial(
+        commands.record_output_deleted, older_than=older_than, logs=logs, artifacts=artifacts
+    )
     await runs.execute(run_id, record, Caller(SYSTEM))
     await runs.pool.execute(
         "INSERT INTO output_deleted (run_id) VALUES ($1) ON CONFLICT DO NOTHING", run_id
