@@ -16,7 +16,7 @@ from eventlog.records import RecordedEvent
 from runsvc.domain.errors import BadRequest, ServiceError
 from runsvc.domain.events import UnknownEvent, stream_of
 from runsvc.http.keys import HUB, SETTINGS, STORE
-from runsvc.http.routing import Endpoint, decode_query, json_response
+from runsvc.http.routing import WEBSOCKET_PROTOCOL, Endpoint, decode_query, json_response
 from runsvc.service.auth import Permission
 from runsvc.wire.api import EventOut, EventPage
 
@@ -143,7 +143,9 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
         )
     # No per-message deflate: every message would be compressed again for every
     # subscriber (the encoding cache cannot share it), and events are small JSON.
-    ws = web.WebSocketResponse(heartbeat=20.0, autoping=True, compress=False)
+    ws = web.WebSocketResponse(
+        heartbeat=20.0, autoping=True, compress=False, protocols=(WEBSOCKET_PROTOCOL,)
+    )
     sockets.add(ws)
     try:
         await ws.prepare(request)

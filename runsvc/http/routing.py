@@ -126,16 +126,32 @@ def _nul_at(value: Any, path: str) -> str | None:
     return None
 
 
+# Browsers cannot set headers on a websocket upgrade except the subprotocols they offer,
+# so a browser offers `runsvc` (which the server picks) and `bearer.<token>` (never
+# echoed back). Tokens are `rsv_` and URL-safe base64: every character is allowed there.
+WEBSOCKET_PROTOCOL = "runsvc"
+_BEARER_PROTOCOL = "bearer."
+
+
 def bearer_token(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    # Browsers cannot set headers on a websocket upgrade; allow the token as a parameter
-    # there only.
     if request.headers.get("Upgrade", "").lower() == "websocket":
-        return request.query.get("token")
+        return _websocket_token(request)
     return None
+
+
+def _websocket_token(request: web.Request) -> str | None:
+    """The token a websocket upgrade offers as a subprotocol or, as the first version of
+    the API had it, as the `token` query parameter (kept for its clients; a URL ends up
+    in proxies' logs, so new clients should not use it)."""
+    for offered in request.headers.getall("Sec-WebSocket-Protocol", []):
+        for protocol in (p.strip() for p in offered.split(",")):
+            if protocol.startswith(_BEARER_PROTOCOL) and len(protocol) > len(_BEARER_PROTOCOL):
+                return protocol[len(_BEARER_PROTOCOL) :]
+    return request.query.get("token")
 
 
 def principal(request: web.Request) -> Principal:

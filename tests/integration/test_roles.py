@@ -153,3 +153,25 @@ async def test_websocket_token_as_a_query_parameter(service: Service) -> None:
     page = await service.client.get(f"/api/v1/events?token={service.tokens['reader']}")
     assert page.status == 401
     assert (await page.json())["code"] == "unauthorized"
+
+
+async def test_websocket_token_as_a_subprotocol(service: Service) -> None:
+    """A browser can keep the token out of the URL by offering it as a subprotocol
+    `bearer.<token>` beside `runsvc`: the same role checks apply, and the server picks
+    `runsvc`, never echoing the token back. Other endpoints ignore the header."""
+    reader = service.tokens["reader"]
+    ws = await service.client.ws_connect(
+        "/api/v1/events/ws", protocols=("runsvc", f"bearer.{reader}")
+    )
+    assert ws.protocol == "runsvc"
+    await ws.close()
+    for token, status in ((service.tokens["executor"], 403), (UNKNOWN_TOKENS["unknown"], 401)):
+        with pytest.raises(WSServerHandshakeError) as refused:
+            await service.client.ws_connect(
+                "/api/v1/events/ws", protocols=("runsvc", f"bearer.{token}")
+            )
+        assert refused.value.status == status
+    page = await service.client.get(
+        "/api/v1/events", headers={"Sec-WebSocket-Protocol": f"runsvc, bearer.{reader}"}
+    )
+    assert page.status == 401
