@@ -31,6 +31,14 @@ class ChannelListener:
     def connected(self) -> bool:
         return self._connection is not None and not self._connection.is_closed()
 
+    @property
+    def server_pid(self) -> int | None:
+        """The PostgreSQL backend listening for this process, while connected."""
+        connection = self._connection
+        if connection is None or connection.is_closed():
+            return None
+        return int(connection.get_server_pid())
+
     async def start(self) -> None:
         await self._connect()
         self._task = asyncio.create_task(self._supervise(), name=f"listen-{self._channel}")

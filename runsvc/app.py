@@ -30,6 +30,7 @@ from runsvc.http.keys import (
     LOG_LISTENER,
     OBJECTS,
     PROJECTIONS,
+    REVOCATIONS,
     SERVICE,
     SETTINGS,
     SNAPSHOTTER,
@@ -71,6 +72,7 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
         revocations = RevocationListener(database.dsn, verifier)
         await revocations.start()
         app[VERIFIER] = verifier
+        app[REVOCATIONS] = revocations
         try:
             yield
         finally:

@@ -19,6 +19,7 @@ from runsvc.service.auth import TokenVerifier
 from runsvc.service.leases import LeaseService
 from runsvc.service.runs import RunService
 from runsvc.service.snapshotter import Snapshotter
+from runsvc.service.tokens import RevocationListener
 
 
 class Projections(list[ProjectionRunner]):
@@ -30,6 +31,7 @@ DATABASE = web.AppKey("database", Database)
 STORE = web.AppKey("store", EventStore)
 HUB = web.AppKey("hub", EventHub)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
+REVOCATIONS = web.AppKey("revocations", RevocationListener)
 PROJECTIONS = web.AppKey("projections", Projections)
 SERVICE = web.AppKey("service", RunService)
 OBJECTS = web.AppKey("objects", ObjectStore)

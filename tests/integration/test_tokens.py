@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from runsvc.domain.events import TaskStatusChanged, stream_of
-from runsvc.http.keys import SERVICE, STORE
+from runsvc.http.keys import REVOCATIONS, SERVICE, STORE
 from runsvc.infra.objectstore import ObjectStoreConfig
 from runsvc.infra.settings import Settings
 from runsvc.service.auth import create_token
@@ -139,6 +139,27 @@ async def test_a_revocation_reaches_every_process_at_once(long_cache: Settings) 
         assert revoked.status == 204
         assert await status_with(first, issued.token) == 401
         assert await refused_within(second, issued.token, 10.0)
+
+
+async def test_revocations_missed_while_not_listening_are_not_trusted(
+    long_cache: Settings,
+) -> None:
+    """While the listening connection is down (PostgreSQL restarted, a network cut) a
+    revocation's announcement reaches nobody. On reconnecting, the process forgets every
+    token it cached, so one revoked meanwhile is checked against the table and refused
+    instead of being trusted for the rest of its hour in the cache."""
+    async with running(long_cache) as service:
+        pool = service.app[SERVICE].pool
+        issued = await create_token(pool, role="reader", name="missed")
+        assert await status_with(service, issued.token) == 200  # cached for an hour
+        # A revocation whose announcement is lost: committed without a NOTIFY.
+        await pool.execute("UPDATE tokens SET revoked_at = now() WHERE id = $1", issued.id)
+        assert await status_with(service, issued.token) == 200  # the cache trusts it
+        listener = service.app[REVOCATIONS]
+        reconnects = listener.reconnects
+        assert await pool.fetchval("SELECT pg_terminate_backend($1)", listener.server_pid)
+        assert await refused_within(service, issued.token, 10.0)
+        assert listener.reconnects > reconnects
 
 
 async def test_an_expired_token_is_refused_even_from_the_cache(long_cache: Settings) -> None:
