@@ -10,6 +10,7 @@ its group's run number and, in the transaction of its events, its idempotency ke
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -88,17 +89,18 @@ class RunService:
         counter = await counters.next_counter(self.pool, request.group)
         run_id = new_run_id()
         now = self.clock()
+        decide = functools.partial(
+            off_loop_if,
+            big,
+            commands.create_run,
+            request,
+            run_id=run_id,
+            counter=counter,
+            now=now,
+            submitted_by=caller.actor.id,
+        )
         if request.idempotency_key is None and request.concurrency_key is None:
-            events = await off_loop_if(
-                big,
-                commands.create_run,
-                request,
-                run_id=run_id,
-                counter=counter,
-                now=now,
-                admitted=True,
-                submitted_by=caller.actor.id,
-            )
+            events = await decide(admitted=True)
             positions = await self.store.append(
                 stream_of(run_id), events, NO_STREAM, meta=caller.metadata(now), scope=request.group
             )
@@ -112,14 +114,7 @@ class RunService:
             admitted = True
             if request.concurrency_key is not None:
                 admitted = await self.slots.take(connection, request.concurrency_key, run_id)
-            events = commands.create_run(
-                request,
-                run_id=run_id,
-                counter=counter,
-                now=now,
-                admitted=admitted,
-                submitted_by=caller.actor.id,
-            )
+            events = await decide(admitted=admitted)
             positions = await self.store.append_in_transaction(
                 connection,
                 stream_of(run_id),
