@@ -22,7 +22,6 @@ from runsvc.cli import (
     watch,
 )
 from runsvc.cli.connection import EXIT_USAGE
-from runsvc.infra.logs import configure_logging
 
 EXIT_CODES = """\
 exit codes:
@@ -66,8 +65,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    # Commands other than `serve` (which configures its own) only speak up when it matters.
-    configure_logging("auto", "warning")
     code: int = args.handler(args)
     return code
 

@@ -8,27 +8,38 @@ booleans (as YAML 1.2 and JSON do), so `on:` stays a key.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
-import yaml
+
+if TYPE_CHECKING:
+    import yaml
 
 T = TypeVar("T")
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans."""
+@functools.cache
+def _loader() -> type[yaml.SafeLoader]:
+    """SafeLoader with YAML 1.2 booleans. PyYAML loads when a file is read: most commands
+    read none, and start sooner without it."""
+    import yaml
 
+    class Loader(yaml.SafeLoader):
+        pass
 
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:bool",
+        re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+        list("tTfF"),
+    )
+    return Loader
 
 
 class DocumentError(ValueError):
@@ -39,10 +50,12 @@ class Document:
     """A parsed file and the position of each of its values."""
 
     def __init__(self, text: str, name: str) -> None:
+        import yaml
+
         self.name = name
         try:
-            self.root = yaml.compose(text, Loader=_Loader)
-            self.data: Any = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+            self.root = yaml.compose(text, Loader=_loader())
+            self.data: Any = yaml.load(text, Loader=_loader())  # a SafeLoader subclass
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{name}:{mark.line + 1}" if mark is not None else name
@@ -59,6 +72,8 @@ class Document:
     def line_of(self, path: str) -> int | None:
         """The 1-based line of the value at `path` (`config.tasks[3].depends[0]`), or of
         the nearest enclosing value that exists."""
+        import yaml
+
         node = self.root
         if node is None:
             return None

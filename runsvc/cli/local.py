@@ -38,6 +38,10 @@ def run_with_database(
     args: argparse.Namespace, work: Callable[[Settings, Database], Awaitable[T]]
 ) -> T:
     settings = local_settings(args)
+    from runsvc.infra.logs import configure_logging
+
+    # The server's modules this runs speak up only when it matters.
+    configure_logging("auto", "warning")
 
     async def main() -> T:
         from runsvc.resources import open_database

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runsvc.infra.logs import configure_logging
 from runsvc.infra.settings import Settings, environment_variables, load_settings
 
 if TYPE_CHECKING:
@@ -48,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"runsvc: {exc}", file=sys.stderr)
         return 2
+    from runsvc.infra.logs import configure_logging
+
     configure_logging(settings.log_format, settings.log_level)
     # The whole server (aiohttp, asyncpg, the S3 client) loads only for `serve`: the
     # client commands start without it.

@@ -12,6 +12,7 @@ an answer and retrying cannot change it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,14 +24,13 @@ from typing import Final, Self, TypeVar
 
 import aiohttp
 import msgspec
-import structlog
 from yarl import URL
 
 from runsvc.wire.api import ErrorBody, Problem
 
 T = TypeVar("T")
 
-log = structlog.get_logger("runsvc.client")
+log = logging.getLogger("runsvc.client")
 
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -307,11 +307,13 @@ class ApiClient:
                 raise error
             log.info(
                 "retrying request",
-                method=method,
-                path=outgoing.url.path,
-                error=str(error),
-                failures=failures,
-                pause_s=round(pause, 3),
+                extra={
+                    "method": method,
+                    "path": outgoing.url.path,
+                    "error": str(error),
+                    "failures": failures,
+                    "pause_s": round(pause, 3),
+                },
             )
             if self.on_retry is not None:
                 self.on_retry(error, failures, pause)

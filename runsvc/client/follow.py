@@ -12,12 +12,12 @@ role) is an answer, not a failure: it is raised, not retried.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator, Sequence
 from typing import Final
 
 import aiohttp
 import msgspec
-import structlog
 
 from runsvc.client.base import (
     ApiClient,
@@ -30,7 +30,7 @@ from runsvc.client.base import (
 )
 from runsvc.wire.api import EventOut
 
-log = structlog.get_logger("runsvc.client")
+log = logging.getLogger("runsvc.client")
 
 SUBSCRIBE_PATH: Final = "/api/v1/events/ws"
 # Our pings find a dead connection (a vanished server, a silent network) even while no
@@ -105,10 +105,12 @@ async def follow_events(
         pause = policy.backoff(failures)
         log.info(
             "event stream interrupted; resuming",
-            after=position,
-            reason=reason,
-            failures=failures,
-            pause_s=round(pause, 3),
+            extra={
+                "after": position,
+                "reason": reason,
+                "failures": failures,
+                "pause_s": round(pause, 3),
+            },
         )
         if hook is not None:
             hook(ConnectionFailed(reason), failures, pause)

@@ -129,7 +129,7 @@ class _Attempt:
 
 class Agent:
     """Claims and runs tasks until `shutdown()`. The caller owns the client's connection
-    and the signal handlers (see `runsvc.cli.executor`)."""
+    and the signal handlers (see `runsvc.cli.executing`)."""
 
     def __init__(
         self,
