@@ -239,10 +239,16 @@ class EventStore:
     # -- reading
 
     async def read_stream(
-        self, stream: str, *, from_version: int = 1, to_version: int | None = None
+        self,
+        stream: str,
+        *,
+        from_version: int = 1,
+        to_version: int | None = None,
+        connection: asyncpg.Connection | None = None,
     ) -> list[RecordedEvent]:
         """The events of `stream` from `from_version` to `to_version` (inclusive), in
-        order. Raises `StreamNotFound` when the stream has no events at all."""
+        order. Raises `StreamNotFound` when the stream has no events at all. Read on
+        `connection` when given (a caller inside a transaction), else on a pooled one."""
 
         async def read(connection: asyncpg.Connection) -> list[asyncpg.Record]:
             rows: list[asyncpg.Record] = await connection.fetch(
@@ -261,7 +267,8 @@ class EventStore:
                 raise StreamNotFound(stream)
             return rows
 
-        return [_recorded(row) for row in await self._with_connection(read)]
+        rows = await (read(connection) if connection else self._with_connection(read))
+        return [_recorded(row) for row in rows]
 
     async def stream_version(self, stream: str) -> int:
         """The version of `stream`: the number of events in it, 0 if it does not exist."""

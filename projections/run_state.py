@@ -268,7 +268,7 @@ async def stored_state(pool: asyncpg.Pool, run_id: str) -> tuple[int, bytes] | N
     return None if row is None else (row["version"], bytes(row["state"]))
 
 
-async def stored_run(pool: asyncpg.Pool, run_id: str) -> Run | None:
+async def stored_run(pool: asyncpg.Pool | asyncpg.Connection, run_id: str) -> Run | None:
     """The run as the projection last folded it; the caller reads the events after it."""
     state = await pool.fetchval("SELECT state FROM run_state WHERE run_id = $1", run_id)
     return decode_run(bytes(state)) if state is not None else None

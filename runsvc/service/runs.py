@@ -130,7 +130,7 @@ class RunService:
         if run_id is None:
             return None
         try:
-            run = await self.load(run_id)
+            run = await self.writer.read_committed(connection, run_id)
         except NotFound:
             return None  # its creation never committed
         return None if run.phase in TERMINAL_PHASES else run

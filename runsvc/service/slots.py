@@ -37,7 +37,7 @@ class ConcurrencySlots:
         active = await connection.fetchval(
             "SELECT run_id FROM concurrency_slots WHERE key = $1 AND active", key
         )
-        if active is not None and not await self._still_active(active):
+        if active is not None and not await self._still_active(connection, active):
             await connection.execute("DELETE FROM concurrency_slots WHERE run_id = $1", active)
             active = None
         await connection.execute(
@@ -48,9 +48,10 @@ class ConcurrencySlots:
         )
         return active is None
 
-    async def _still_active(self, run_id: str) -> bool:
+    async def _still_active(self, connection: asyncpg.Connection, run_id: str) -> bool:
         try:
-            return (await self.writer.load(run_id)).phase not in TERMINAL_PHASES
+            run = await self.writer.read_committed(connection, run_id)
+            return run.phase not in TERMINAL_PHASES
         except NotFound:
             return False
 
@@ -74,7 +75,7 @@ class ConcurrencySlots:
                 if next_id is None:
                     return
                 try:
-                    queued = await self.writer.load(next_id)
+                    queued = await self.writer.read_committed(connection, next_id)
                 except NotFound:
                     queued = None
                 if queued is None or queued.phase != "queued":

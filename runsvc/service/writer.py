@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+import asyncpg
+
 from eventlog.errors import StreamNotFound, VersionConflict
 from eventlog.records import Metadata
 from eventlog.store import EventStore
@@ -93,6 +95,27 @@ class RunWriter:
             run = apply(run, recorded)
         assert run is not None
         self.remember(run)
+        return run
+
+    async def read_committed(self, connection: asyncpg.Connection, run_id: str) -> Run:
+        """The run as committed, read on `connection` alone: for a caller holding a lock
+        in a transaction there. Such a caller must wait for nothing else (a pooled
+        connection, this process's lock of the run): creates waiting on its lock may hold
+        every pooled connection, and a command on the run may be waiting for one.
+        Raises NotFound."""
+        run = await stored_run(connection, run_id)
+        try:
+            tail = await self.store.read_stream(
+                stream_of(run_id),
+                from_version=(run.version if run else 0) + 1,
+                connection=connection,
+            )
+        except StreamNotFound:
+            raise NotFound(f"no run {run_id}") from None
+        for recorded in tail:
+            run = apply(run, recorded)
+        if run is None:
+            raise NotFound(f"no run {run_id}")
         return run
 
     def remember(self, run: Run) -> None:

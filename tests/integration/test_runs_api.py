@@ -4,16 +4,20 @@ under concurrency, actions, history and audit, simulation, timers."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from runsvc.domain import commands
 from runsvc.domain.events import SYSTEM, Actor, stream_of
 from runsvc.domain.fold import fold
 from runsvc.domain.view import run_view
 from runsvc.http.keys import PROJECTIONS, SERVICE, STORE
+from runsvc.infra.objectstore import ObjectStoreConfig
 from runsvc.service.timers import tick_due
 from runsvc.service.writer import Caller
-from tests.fixtures.service import Service
+from tests.fixtures.service import Service, service_settings, start_service
 
 PIPELINE: dict[str, Any] = {
     "tasks": [
@@ -141,6 +145,28 @@ async def test_twenty_concurrent_creates_with_one_idempotency_key_give_one_run(
     await service.client.post(f"/api/v1/runs/{run_id}/stop", headers=service.auth())
     fresh = await create(service, idempotency_key="deploy-42")
     assert fresh["id"] != run_id
+
+
+@pytest.mark.parametrize("key", ["idempotency_key", "concurrency_key"])
+async def test_creates_waiting_on_one_key_cannot_starve_its_holder(
+    database_dsn: str, tmp_path: Path, object_store_config: ObjectStoreConfig, key: str
+) -> None:
+    """Creates with one key wait for its lock each on a pooled connection. The create
+    holding the lock must read the key's run (is it still going?) without a second
+    pooled connection: with every one held by a waiter, it would wait for ever, and the
+    waiters for it (seen as a suite that hung in teardown). A pool of four, a run that
+    holds the key, and sixteen creates with the same key at once: all are answered."""
+    settings = service_settings(database_dsn, tmp_path, object_store_config, db_pool_size=4)
+    async for service in start_service(settings):
+        holder = await create(service, **{key: "shared"})
+        async with asyncio.timeout(60):  # a deadlock stays put; this only ends the test
+            created = await asyncio.gather(*(create(service, **{key: "shared"}) for _ in range(16)))
+        ids = {run["id"] for run in created}
+        if key == "idempotency_key":
+            assert ids == {holder["id"]}
+        else:
+            assert len(ids) == 16
+            assert holder["id"] not in ids
 
 
 async def test_concurrency_key_queues_runs_first_in_first_out(service: Service) -> None:
