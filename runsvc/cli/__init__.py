@@ -1,14 +1,12 @@
-"""The `runsvc` command line.
-
-Exit codes: 0 success; 1 the run failed or was stopped; 2 usage error; 3 server or
-network error; 4 not found.
-"""
+"""The `runsvc` command line. Exit codes: see EXIT_CODES (and README.md)."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from runsvc.cli import (
     completion,
@@ -22,14 +20,16 @@ from runsvc.cli import (
     watch,
 )
 from runsvc.cli.connection import EXIT_USAGE
+from runsvc.domain.suggest import did_you_mean
 
 EXIT_CODES = """\
 exit codes:
   0  success
   1  the run failed or was stopped
-  2  usage error
-  3  server or network error
+  2  the command line, a file or the request is invalid (bad flags, a 400 or 409)
+  3  the server failed or could not be reached (5xx, 429, no answer)
   4  not found
+  5  not allowed: the token is missing, unknown or its role may not do this
 
 client commands take the server and token from --server/--token, RUNSVC_SERVER/
 RUNSVC_TOKEN, or the file `runsvc login` writes; they print tables for people and,
@@ -37,8 +37,23 @@ with --format json, one JSON object (or JSON lines for streams) for scripts.
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, with the command probably meant when one is misspelt (Python
+    3.12 and later can do this themselves; 3.11 cannot)."""
+
+    def error(self, message: str) -> NoReturn:
+        match = _INVALID_CHOICE.search(message)
+        if match:
+            message += did_you_mean(match.group(1), _CHOICE.findall(match.group(2)))
+        super().error(message)
+
+
+_INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
+_CHOICE = re.compile(r"'([^']*)'")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="runsvc",
         description="An event-sourced run service: runs are DAGs of tasks.",
         epilog=EXIT_CODES,
@@ -65,7 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    code: int = args.handler(args)
+    try:
+        code: int = args.handler(args)
+    except SystemExit as exc:  # a command that cannot start says why and exits
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     return code
 
 

@@ -24,12 +24,19 @@ from runsvc.client import (
     ApiClient,
     ApiError,
     ConnectionFailed,
+    ForbiddenError,
     NotFoundError,
     RunsClient,
     UnauthorizedError,
 )
 
-EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_SERVER, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
+# The exit codes, as `runsvc --help` and README.md list them.
+EXIT_OK = 0
+EXIT_RUN_FAILED = 1  # the run failed or was stopped
+EXIT_USAGE = 2  # the command line, a file or the request is invalid (any 4xx below)
+EXIT_SERVER = 3  # the server failed or could not be reached (5xx, 429, no answer)
+EXIT_NOT_FOUND = 4
+EXIT_NOT_ALLOWED = 5  # 401, 403
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 
 
@@ -79,9 +86,16 @@ def server_and_token(args: argparse.Namespace) -> tuple[str, str | None]:
 def remote(args: argparse.Namespace, work: Callable[[RunsClient], Awaitable[int]]) -> int:
     """Run `work` with a client of the chosen server; map failures to exit codes."""
     server, token = server_and_token(args)
+    try:
+        api = ApiClient(server, token)
+    except ValueError:
+        source = "--server" if args.server else "the server (RUNSVC_SERVER or runsvc login)"
+        return _fail(
+            EXIT_USAGE, f"{source}: {server!r} is not an http(s) URL", "e.g. http://127.0.0.1:8080"
+        )
 
     async def main() -> int:
-        async with ApiClient(server, token) as api:
+        async with api:
             return await work(RunsClient(api))
 
     return guarded(lambda: asyncio.run(main()), server=server)
@@ -100,10 +114,13 @@ def guarded(call: Callable[[], int], *, server: str | None = None) -> int:
         return _fail(EXIT_SERVER, exc.message, hint if server else None)
     except UnauthorizedError as exc:
         hint = "the token comes from --token, RUNSVC_TOKEN or runsvc login"
-        return _fail(EXIT_SERVER, exc.message, hint)
+        return _fail(EXIT_NOT_ALLOWED, exc.message, hint)
+    except ForbiddenError as exc:
+        return _fail(EXIT_NOT_ALLOWED, exc.message)
     except ApiError as exc:
         details = [f"{detail.path}: {detail.message}" for detail in exc.details]
-        return _fail(EXIT_SERVER, exc.message, *details)
+        server_side = exc.status >= 500 or exc.status == 429
+        return _fail(EXIT_SERVER if server_side else EXIT_USAGE, exc.message, *details)
     except (DocumentError, UsageError) as exc:
         return _fail(EXIT_USAGE, str(exc))
     except KeyboardInterrupt:

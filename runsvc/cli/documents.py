@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
+from runsvc.domain.suggest import unknown_field_hint
+
 if TYPE_CHECKING:
     import yaml
 
@@ -104,4 +106,5 @@ class Document:
             match = re.search(r" - at `\$(.*)`$", text)
             path = match.group(1).lstrip(".") if match else ""
             message = text[: match.start()] if match else text
+            message += unknown_field_hint(message, type_, match.group(1) if match else "")
             raise DocumentError(f"{self.where(path)}: {path or 'document'}: {message}") from exc

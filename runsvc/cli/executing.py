@@ -14,6 +14,7 @@ from pathlib import Path
 
 import structlog
 
+from runsvc.cli.connection import DEFAULT_SERVER, EXIT_NOT_ALLOWED, EXIT_OK, EXIT_USAGE
 from runsvc.client import ApiClient, ExecutorClient
 from runsvc.executor import Agent, AgentConfig, AgentError
 from runsvc.executor.credential import (
@@ -26,15 +27,11 @@ from runsvc.executor.hardening import make_undumpable
 from runsvc.executor.taskuser import TaskUser, TaskUserError, choose_task_user, open_work_root
 from runsvc.infra.logs import configure_logging
 
-EXIT_OK, EXIT_USAGE, EXIT_SERVER = 0, 2, 3
-
 log = structlog.get_logger("runsvc.executor")
 
 
 def run_executor(args: argparse.Namespace) -> int:
-    server = args.server or os.environ.get("RUNSVC_SERVER")
-    if not server:
-        return _usage("--server (or RUNSVC_SERVER) is required")
+    server = args.server or os.environ.get("RUNSVC_SERVER") or DEFAULT_SERVER
     try:
         task_user = choose_task_user(_setting(args.task_user, "RUNSVC_TASK_USER"))
         token = _token(args, task_user)
@@ -136,7 +133,7 @@ async def _serve(api: ApiClient, config: AgentConfig) -> int:
             await agent.run()
         except AgentError as exc:
             print(f"runsvc executor: {exc}", file=sys.stderr)
-            return EXIT_SERVER
+            return EXIT_NOT_ALLOWED
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

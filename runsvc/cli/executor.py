@@ -43,7 +43,11 @@ def register(commands: Any) -> None:
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--server", metavar="URL", help="the server's base URL")
+    parser.add_argument(
+        "--server",
+        metavar="URL",
+        help="the server's base URL (env RUNSVC_SERVER; default http://127.0.0.1:8080)",
+    )
     parser.add_argument("--token", help="an executor token (better: --token-file or RUNSVC_TOKEN)")
     parser.add_argument(
         "--token-file",

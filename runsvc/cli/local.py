@@ -38,6 +38,8 @@ def run_with_database(
     args: argparse.Namespace, work: Callable[[Settings, Database], Awaitable[T]]
 ) -> T:
     settings = local_settings(args)
+    if settings.database_url is None:
+        _require_data_dir(settings.data_dir)
     from runsvc.infra.logs import configure_logging
 
     # The server's modules this runs speak up only when it matters.
@@ -50,6 +52,20 @@ def run_with_database(
             return await work(settings, database)
 
     return asyncio.run(main())
+
+
+def _require_data_dir(data_dir: Path) -> None:
+    """Refuse to work on a data directory `runsvc serve` never made: attaching would create
+    a new, empty database there, and a token made in it works nowhere (exit 2)."""
+    from runsvc.infra.postgres import EmbeddedPostgres
+
+    if not (EmbeddedPostgres(data_dir).pgdata / "PG_VERSION").is_file():
+        print(
+            f"runsvc: no runsvc data directory at {data_dir.absolute()}; run this where "
+            "`runsvc serve` keeps its data, or give --data-dir or --database-url",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_USAGE)
 
 
 def register(commands: Any) -> None:

@@ -45,6 +45,9 @@ class RunFile:
             raise DocumentError(f"{self.document.where('')}: expected a mapping at the top")
         self.data: dict[str, Any] = data
         self.bare = "config" not in data
+        # Request paths whose values came from the command line, and the flag each came
+        # from: a refusal of one names the flag, not a line of the file.
+        self.from_flags: dict[str, str] = {}
 
     def create_request(
         self,
@@ -62,6 +65,10 @@ class RunFile:
             fields["name"] = name
         if environment:
             fields["environment"] = {**fields.get("environment", {}), **environment}
+            self.from_flags.update({f"environment.{key}": "--env" for key in environment})
+        self.from_flags.update(
+            {f: f"--{f.replace('_', '-')}" for f, v in (("group", group), ("name", name)) if v}
+        )
         if idempotency_key is not None:
             fields["idempotency_key"] = idempotency_key
         for field in ("group", "name"):
@@ -79,6 +86,8 @@ class RunFile:
         for task, outcome in outcomes.items():
             if outcome not in OUTCOMES:
                 raise UsageError(f"--outcome {task}={outcome}: one of {', '.join(OUTCOMES)}")
+        self.from_flags.update({f"outcomes.{task}": "--outcome" for task in outcomes})
+        self.from_flags.update({f"environment.{key}": "--env" for key in environment})
         if self.bare:
             return SimulationRequest(
                 config=self.document.decode(RunConfig),
@@ -103,6 +112,6 @@ class RunFile:
             path = detail.path
             if self.bare and (path == "config" or path.startswith("config.")):
                 path = path.removeprefix("config").removeprefix(".")
-            where = self.document.where(path)
+            where = self.from_flags.get(detail.path) or self.document.where(path)
             details.append(Problem(path=f"{where}: {detail.path}", message=detail.message))
         return BadRequestError(error.status, error.code, error.message, details)

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from runsvc.domain.config import Approval, Retry, RunConfig, TaskConfig, parse_duration
 from runsvc.domain.errors import BadRequest, Problem
 from runsvc.domain.requests import CreateRunRequest
+from runsvc.domain.suggest import did_you_mean
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 GROUP_SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -65,7 +66,7 @@ def validate_config(
         for d_index, dependency in enumerate(task.dependencies()):
             path = f"{root}.tasks[{index}].depends[{d_index}]"
             if dependency.task not in names:
-                add(path, f"unknown task {dependency.task!r}")
+                add(path, f"unknown task {dependency.task!r}{did_you_mean(dependency.task, names)}")
             elif dependency.task == task.name:
                 add(path, "a task cannot depend on itself")
             if not dependency.on:

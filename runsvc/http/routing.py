@@ -12,6 +12,7 @@ import msgspec
 from aiohttp import web
 
 from runsvc.domain.errors import BadRequest, Forbidden, Problem, Unauthorized, Unavailable
+from runsvc.domain.suggest import unknown_field_hint
 from runsvc.http.keys import AUTH_LIMITER, SETTINGS, VERIFIER
 from runsvc.infra.deadline import NoAnswer, finish_within
 from runsvc.service.auth import Permission, Principal
@@ -161,14 +162,19 @@ def principal(request: web.Request) -> Principal:
 _PATH = re.compile(r" - at `\$(.*)`$")
 
 
-def problem_from(exc: msgspec.ValidationError | msgspec.DecodeError, root: str) -> Problem:
-    """msgspec's message and its `$.a.b[0]` path as a Problem, the path put under `root`."""
+def problem_from(
+    exc: msgspec.ValidationError | msgspec.DecodeError, root: str, type_: type[Any] | None = None
+) -> Problem:
+    """msgspec's message and its `$.a.b[0]` path as a Problem, the path put under `root`;
+    an unknown field of `type_` gets the field probably meant."""
     text = str(exc)
     suffix = ""
     match = _PATH.search(text)
     if match:
         suffix = match.group(1)
         text = text[: match.start()]
+    if type_ is not None:
+        text += unknown_field_hint(text, type_, suffix)
     return Problem(path=(root + suffix).lstrip(".") or root or "body", message=text)
 
 
@@ -180,7 +186,7 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
     try:
         decoded = msgspec.json.decode(raw, type=type_)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        problem = problem_from(exc, "")
+        problem = problem_from(exc, "", type_)
         raise BadRequest(f"invalid request body: {problem.message}", [problem]) from exc
     # JSON can carry NUL only as the escape; PostgreSQL text cannot hold it at all.
     if b"\\u0000" in raw:

@@ -27,6 +27,7 @@ from runsvc.domain.requests import (
     SimulationRequest,
 )
 from runsvc.domain.simulate import SimulationResult, simulate
+from runsvc.domain.suggest import did_you_mean
 from runsvc.domain.validation import raise_problems, validate_config
 from runsvc.domain.view import RunView, run_view
 from runsvc.http.events import event_out
@@ -210,7 +211,8 @@ async def simulate_run(request: web.Request) -> web.Response:
     names = {t.name for t in body.config.tasks}
     for name in body.outcomes:
         if name not in names:
-            problems.append(Problem(path=f"outcomes.{name}", message=f"unknown task {name!r}"))
+            unknown = f"unknown task {name!r}{did_you_mean(name, names)}"
+            problems.append(Problem(path=f"outcomes.{name}", message=unknown))
     raise_problems(problems)
     # A preview of a large config takes a while of pure CPU; in a thread the event loop
     # keeps serving everyone else meanwhile.

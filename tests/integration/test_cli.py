@@ -214,10 +214,8 @@ def test_help_lists_exit_codes_and_every_command_has_an_example(
     `--help` with an example, and asking for help exits 0."""
     assert main(["--help"]) == 0
     top = capsys.readouterr().out
-    for line in ("0  success", "1  the run failed or was stopped", "2  usage error"):
-        assert line in top
-    assert "3  server or network error" in top
-    assert "4  not found" in top
+    for code in range(6):
+        assert re.search(rf"^  {code}  \S", top, re.M), code
     leaves = [
         path
         for path, parser in _commands(build_parser())
@@ -276,12 +274,13 @@ async def test_bad_files_and_arguments_name_the_line_and_exit_2(cli: Cli, tmp_pa
 # -- server and connection errors ------------------------------------------------------
 
 
-async def test_refusals_print_the_server_message_and_exit_3(
+async def test_refusals_print_the_server_message_with_the_documented_exit_code(
     cli: Cli, cli_cluster: Cluster, tmp_path: Path
 ) -> None:
-    """A config with a cycle is refused (400): the server's message is printed with the
-    detail's path and the line of the file it points at. An unknown token, a role that
-    may not submit, a conflicting action and an unreachable server exit 3 as well."""
+    """A config with a cycle is refused (400, exit 2): the server's message is printed
+    with the detail's path and the line of the file it points at. An unknown token and a
+    role that may not submit exit 5; an unreachable server 3; a server that is not an
+    http(s) URL is a usage error naming the flag."""
     cycle = tmp_path / "cycle.yaml"
     cycle.write_text(
         "group: /cli/refused\nname: cycle\nconfig:\n  tasks:\n"
@@ -299,9 +298,11 @@ async def test_refusals_print_the_server_message_and_exit_3(
         cli("runs", "list", RUNSVC_TOKEN="rsv_unknown_token"),
         cli("submit", "examples/fanout.yaml", RUNSVC_TOKEN=reader.stdout.strip()),
         cli("runs", "list", "--server", "http://127.0.0.1:9"),
+        cli("runs", "list", "--server", "127.0.0.1:8080"),
+        cli("simulate", "examples/ci.yaml", "--outcome", "tset=failure"),
     )
-    assert [o.code for o in outcomes] == [3] * 5, [o.stderr for o in outcomes]
-    submit, simulate, unknown, forbidden, unreachable = (o.stderr for o in outcomes)
+    assert [o.code for o in outcomes] == [2, 2, 5, 5, 3, 2, 2], [o.stderr for o in outcomes]
+    submit, simulate, unknown, forbidden, unreachable, no_url, typo = (o.stderr for o in outcomes)
     for text in (submit, simulate):
         assert text.startswith("error: invalid run: cycle")
         # tasks[1] is b, whose `depends` is on line 10 of the file.
@@ -311,6 +312,9 @@ async def test_refusals_print_the_server_message_and_exit_3(
     assert forbidden.startswith("error: ")
     assert "reader" in forbidden
     assert "http://127.0.0.1:9" in unreachable
+    assert no_url.startswith("error: --server: '127.0.0.1:8080' is not an http(s) URL")
+    # The task name came from the command line: no line of the file is to blame.
+    assert "  --outcome: outcomes.tset: unknown task 'tset' (did you mean 'test'?)" in typo
     for text in outcomes:
         assert "Traceback" not in text.stderr
 
@@ -572,7 +576,7 @@ async def test_stop_cancel_and_idempotent_submit(cli: Cli, tmp_path: Path) -> No
     assert f"run {first['id']} finished: stopped" in stopped.stdout
     assert f"run {queued['id']} cancelled" in cancelled.stdout
     refused = await cli("stop", first["id"])
-    assert refused.code == 3
+    assert refused.code == 2  # a 409: the request does not fit the run any more
     assert refused.stderr.startswith("error: run ")
 
 
@@ -653,16 +657,22 @@ async def test_tokens_are_created_listed_and_revoked_from_the_command_line(
     row = next(line for line in listed.stdout.splitlines() if line.startswith(token_id))
     assert row.split()[1:4] == ["cli-farm", "executor", "os=linux"]
     assert secret not in listed.stdout
-    assert (await cli("runs", "list", RUNSVC_TOKEN=token)).code == 3  # an executor may not read
+    assert (await cli("runs", "list", RUNSVC_TOKEN=token)).code == 5  # an executor may not read
     revoked = await cli("token", "revoke", token_id, *database)
     assert (revoked.code, revoked.stdout) == (0, f"revoked {token_id}\n")
     refused = await cli("runs", "list", RUNSVC_TOKEN=token)
-    assert refused.code == 3
+    assert refused.code == 5
     assert "unknown token" in refused.stderr
     again = await cli("token", "revoke", token_id, *database)
     assert (again.code, again.stdout) == (0, f"{token_id} was already revoked\n")
     missing = await cli("token", "revoke", "nope", *database)
     assert missing.code == 4
+    # Where `runsvc serve` never ran, nothing is created and no useless token printed.
+    nowhere = cli.home / "not-a-data-dir"
+    stray = await cli("token", "create", "--role", "reader", "--data-dir", str(nowhere))
+    assert (stray.code, stray.stdout) == (2, "")
+    assert "no runsvc data directory" in stray.stderr
+    assert not nowhere.exists()
     bad = await cli("token", "create", "--role", "reader", "--labels", "os=linux", *database)
     assert bad.code == 2
     assert "labels: only executor tokens have labels" in bad.stderr

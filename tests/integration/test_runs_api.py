@@ -112,6 +112,15 @@ async def test_create_get_list_and_errors(service: Service) -> None:
     )
     assert unknown_field.status == 400
     assert "colour" in (await unknown_field.json())["message"]
+    typo = await client.post(
+        "/api/v1/runs",
+        json=body(config={"tasks": [{"name": "a", "run": "x", "timout": "1m"}]}),
+        headers=service.auth(),
+    )
+    assert (await typo.json())["details"][0] == {
+        "path": "config.tasks[0]",
+        "message": "Object contains unknown field `timout` (did you mean 'timeout'?)",
+    }
     malformed = await client.post("/api/v1/runs", data=b"{not json", headers=service.auth())
     assert malformed.status == 400
     missing = await client.get("/api/v1/runs/NOPE", headers=service.auth())

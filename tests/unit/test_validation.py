@@ -40,7 +40,7 @@ def test_every_problem_is_reported_with_its_path() -> None:
     found = problems(
         task("a", timeout="5 minutes"),
         task("a"),
-        task("b", "nope", {"task": "a", "on": ["sometimes"]}),
+        task("b", "nope", {"task": "a", "on": ["sometimes"]}, "bb"),
         task("bad name!"),
         task("c", foreach=[], max_parallel=0),
         max_parallel=0,
@@ -49,6 +49,7 @@ def test_every_problem_is_reported_with_its_path() -> None:
     assert found["config.tasks[0].timeout"].startswith("invalid duration")
     assert "duplicate task name 'a'" in found["config.tasks[1].name"]
     assert found["config.tasks[2].depends[0]"] == "unknown task 'nope'"
+    assert found["config.tasks[2].depends[2]"] == "unknown task 'bb' (did you mean 'b'?)"
     assert "'sometimes' is not one of" in found["config.tasks[2].depends[1].on[0]"]
     assert "names are" in found["config.tasks[3].name"]
     assert found["config.tasks[4].foreach"] == "must list at least one item"
