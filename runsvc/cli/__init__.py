@@ -16,6 +16,7 @@ from runsvc.cli import (
     executor,
     local,
     runs,
+    schema,
     serve,
     snapshot,
     streams,
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     executor.register(commands)
     local.register(commands)
     snapshot.register(commands)
+    schema.register(commands)
     completion.register(commands, parser)
     return parser
 

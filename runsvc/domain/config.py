@@ -251,8 +251,14 @@ class RunConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_de
     ] = None
 
 
+# A duration's syntax in parts, so that the JSON Schema states the same syntax as a pattern.
+_NUMBER = r"\d+(?:\.\d+)?"
+_UNIT = "ms|s|m|h|d"
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION = re.compile(rf"({_NUMBER})({_UNIT})")
+DURATION_PATTERN = rf"^\s*(?:{_NUMBER}(?:{_UNIT}))+\s*$"
+"""The texts `parse_duration` reads (with ASCII digits), as a JSON Schema pattern; it also
+matches what it refuses by value: zero where a timeout must be longer, more than 366d."""
 
 
 MAX_DURATION = timedelta(days=366)
