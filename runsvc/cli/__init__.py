@@ -14,6 +14,7 @@ from runsvc.cli import (
     executor,
     local,
     runs,
+    schema,
     serve,
     snapshot,
     streams,
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     executor.register(commands)
     local.register(commands)
     snapshot.register(commands)
+    schema.register(commands)
     completion.register(commands, parser)
     return parser
 

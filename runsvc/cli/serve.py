@@ -7,10 +7,11 @@ import asyncio
 import gc
 import signal
 import sys
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runsvc.infra.settings import Settings, environment_variables, load_settings
+from runsvc.infra.settings import Settings, load_settings, variables
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -20,8 +21,19 @@ example:
   runsvc serve                       # embedded PostgreSQL and S3 under ./.runsvc
   RUNSVC_DATABASE_URL=postgresql://db/runsvc runsvc serve --host 0.0.0.0
 
-environment:
-""" + "\n".join(f"  {var:<28} {field}" for field, var in environment_variables().items())
+environment (default in brackets; the flags above win over it):
+"""
+
+
+def environment_help(width: int = 88) -> str:
+    """Each variable with its default, and its meaning wrapped beneath it."""
+    lines = []
+    for variable in variables():
+        lines.append(f"  {variable.name} [{variable.default}]")
+        lines += textwrap.wrap(
+            variable.meaning, width, initial_indent=" " * 6, subsequent_indent=" " * 6
+        )
+    return "\n".join(lines)
 
 
 def register(commands: Any) -> None:
@@ -29,7 +41,7 @@ def register(commands: Any) -> None:
         "serve",
         help="run the service",
         description="Run the HTTP API, projections, timers and the snapshotter.",
-        epilog=EXAMPLE,
+        epilog=EXAMPLE + environment_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")

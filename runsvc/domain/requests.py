@@ -3,23 +3,63 @@ refused). Their rules beyond shape are in `runsvc.domain.validation`."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 
 from runsvc.domain.config import RunConfig
 
 
 class CreateRunRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    group: str
-    name: str
-    config: RunConfig
-    idempotency_key: str | None = None
-    concurrency_key: str | None = None
-    annotations: dict[str, str] = msgspec.field(default_factory=dict)
-    static_environment: dict[str, str] = msgspec.field(default_factory=dict)
-    environment: dict[str, str] = msgspec.field(default_factory=dict)
-    setup_errors: list[str] = msgspec.field(default_factory=list)
+    """A run to create: where it belongs, its tasks and the environment they see. A run
+    file for `runsvc submit` holds these fields, or the config alone."""
+
+    group: Annotated[
+        str,
+        Meta(
+            description="Where the run belongs: an absolute path of names, like "
+            "/org/project/branch."
+        ),
+    ]
+    name: Annotated[str, Meta(description="The run's name: 1-100 characters of A-Z a-z 0-9 _ . -")]
+    config: Annotated[RunConfig, Meta(description="The tasks and the run-wide settings.")]
+    idempotency_key: Annotated[
+        str | None,
+        Meta(
+            description="A create with the key of a run that has not ended returns that "
+            "run instead of a new one (1-200 characters)."
+        ),
+    ] = None
+    concurrency_key: Annotated[
+        str | None,
+        Meta(
+            description="At most one run with this key runs at a time; the others wait, "
+            "queued, oldest first (1-200 characters)."
+        ),
+    ] = None
+    annotations: Annotated[
+        dict[str, str],
+        Meta(description="Strings for people and tools; the service does not use them."),
+    ] = msgspec.field(default_factory=dict)
+    static_environment: Annotated[
+        dict[str, str],
+        Meta(description="Variables of every task; kept when the run is recreated."),
+    ] = msgspec.field(default_factory=dict)
+    environment: Annotated[
+        dict[str, str],
+        Meta(
+            description="Variables of every task, over static_environment; a recreation "
+            "may replace them."
+        ),
+    ] = msgspec.field(default_factory=dict)
+    setup_errors: Annotated[
+        list[str],
+        Meta(
+            description="Problems a tool found before submitting; any makes the run end at "
+            "once in phase setuperror, and nothing runs."
+        ),
+    ] = msgspec.field(default_factory=list)
 
 
 class RecreateRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

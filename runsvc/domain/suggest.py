@@ -56,6 +56,8 @@ def _flat(types: list[msgspec.inspect.Type]) -> list[msgspec.inspect.Type]:
     for t in types:
         if isinstance(t, msgspec.inspect.UnionType):
             flat.extend(_flat(list(t.types)))
+        elif isinstance(t, msgspec.inspect.Metadata):  # a field with a description
+            flat.extend(_flat([t.type]))
         else:
             flat.append(t)
     return flat

@@ -16,6 +16,8 @@ GROUP_SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 # What a shell and execve accept as a variable name; anything else fails at the executor.
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,199}$")
 CONDITIONS = frozenset({"success", "failure", "skipped"})
+ON_LOST = ("retry", "fail")
+FOREACH_STRATEGIES = ("parallel", "sequence")
 MAX_KEY = 200
 MAX_ENVIRONMENT = 1000
 MAX_ATTEMPTS = 100
@@ -95,11 +97,11 @@ def _task(task: TaskConfig, path: str, report: _Problems) -> None:
     _mapping(task.env, f"{path}.env", env_problems, env=True)
     for problem in env_problems:
         report(problem.path, problem.message)
-    if task.on_lost not in ("retry", "fail"):
+    if task.on_lost not in ON_LOST:
         report(f"{path}.on_lost", "must be retry or fail")
     if not 1 <= task.max_lost <= MAX_LOST:
         report(f"{path}.max_lost", f"must be between 1 and {MAX_LOST}")
-    if task.foreach_strategy not in ("parallel", "sequence"):
+    if task.foreach_strategy not in FOREACH_STRATEGIES:
         report(f"{path}.foreach_strategy", "must be parallel or sequence")
     if task.foreach is not None and not task.foreach:
         report(f"{path}.foreach", "must list at least one item")

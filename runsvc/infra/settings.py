@@ -6,65 +6,198 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated, NamedTuple
 
 import msgspec
+from msgspec import Meta
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Every knob of `runsvc serve`. Defaults give the embedded single-machine setup."""
+    """Every knob of `runsvc serve`. Defaults give the embedded single-machine setup; each
+    description is what `runsvc serve --help` says of the field's variable."""
 
-    data_dir: Path = Path(".runsvc")
-    database_url: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8080
-    log_format: str = "auto"  # auto | json | console
-    log_level: str = "info"
-    db_pool_size: int = 20
-    max_event_bytes: int = 1024 * 1024
-    max_body_bytes: int = 4 * 1024 * 1024
-    max_page_size: int = 1000
-    max_subscribers: int = 2000
-    # Events held for one websocket subscriber before it is served from storage instead.
-    subscriber_buffer: int = 1000
-    max_tasks: int = 10_000
-    s3_endpoint: str | None = None
-    s3_bucket: str = "runsvc"
-    s3_region: str = "us-east-1"
-    s3_access_key: str = "runsvc"
-    s3_secret_key: str = "runsvc"
-    snapshot_interval_s: float = 600.0
-    snapshot_keep: int = 5
-    readiness_max_lag: int = 10_000
-    bootstrap_admin_token: bool = True
-    lease_ttl_s: float = 30.0
-    heartbeat_interval_s: float = 10.0
-    max_claim_wait_s: float = 60.0
-    # How often a process looks for due timers (timeouts) and runs its housekeeping.
-    timer_interval_s: float = 1.0
-    # What one attempt may store: its log (output past it is refused with 413) and each
-    # artifact file.
-    max_log_bytes: int = 64 * 1024 * 1024
-    max_artifact_bytes: int = 1024 * 1024 * 1024
-    shutdown_grace_s: float = 10.0
-    # How long a request may take before it is answered 503 (a hung database or object
-    # store must not hang its clients); long polls, websockets and streamed bodies are
-    # bounded by their own limits instead.
-    request_timeout_s: float = 30.0
-    # Unknown (well-formed) tokens one client address may present per 10 s before its
-    # unknown tokens get 429s until the 10 s are over (0: no limit).
-    auth_failure_limit: int = 100
-    # How long a verified token is trusted without asking the database again. Revocations
-    # reach every process at once regardless (they are announced); this bounds how stale
-    # anything else about a token can be.
-    token_cache_s: float = 10.0
-    # Open connections per process (fewer if the descriptor limit cannot hold them): at
-    # the cap the oldest idle connection is closed, or the newcomer gets a 503.
-    max_connections: int = 10_000
-    # How long an idle connection (keep-alive, or one that never sent a request) stays.
-    keepalive_timeout_s: float = 15.0
-    # PostgreSQL's statement_timeout on the service's connections: no runaway query holds
-    # a connection for longer (0 turns it off). Bulk work (restoring a dump) lifts it.
-    statement_timeout_s: float = 60.0
+    data_dir: Annotated[
+        Path,
+        Meta(
+            description="where the embedded servers keep their data and the first admin "
+            "token is written"
+        ),
+    ] = Path(".runsvc")
+    database_url: Annotated[
+        str | None,
+        Meta(
+            description="PostgreSQL DSN, e.g. postgresql://runsvc:secret@db.internal/runsvc; "
+            "unset: an embedded server in the data directory"
+        ),
+    ] = None
+    host: Annotated[
+        str,
+        Meta(description="address to listen on; 0.0.0.0 for every interface"),
+    ] = "127.0.0.1"
+    port: Annotated[int, Meta(description="port to listen on")] = 8080
+    log_format: Annotated[
+        str,
+        Meta(
+            description="json, console, or auto: console when stderr is a terminal, JSON otherwise"
+        ),
+    ] = "auto"
+    log_level: Annotated[str, Meta(description="debug, info, warning or error")] = "info"
+    db_pool_size: Annotated[
+        int,
+        Meta(
+            description="pooled database connections per process (each process also keeps "
+            "3 listening connections)"
+        ),
+    ] = 20
+    max_event_bytes: Annotated[
+        int,
+        Meta(
+            description="largest single event the log accepts (1 MiB); a run's whole "
+            "config is one event, so this bounds a config (413 beyond it)"
+        ),
+    ] = 1024 * 1024
+    max_body_bytes: Annotated[
+        int,
+        Meta(
+            description="largest request body (4 MiB; 413 beyond it); artifact uploads are "
+            "streamed and exempt"
+        ),
+    ] = 4 * 1024 * 1024
+    max_page_size: Annotated[
+        int,
+        Meta(description="largest `limit` for listing runs and reading the event log"),
+    ] = 1000
+    max_subscribers: Annotated[
+        int,
+        Meta(description="websocket subscribers per process; more are refused with 503"),
+    ] = 2000
+    subscriber_buffer: Annotated[
+        int,
+        Meta(
+            description="events held for one websocket subscriber; one that falls further "
+            "behind is served from the database until it catches up"
+        ),
+    ] = 1000
+    max_tasks: Annotated[int, Meta(description="tasks per run, foreach items included")] = 10_000
+    s3_endpoint: Annotated[
+        str | None,
+        Meta(
+            description="S3 endpoint URL, e.g. https://s3.eu-west-1.amazonaws.com; unset: an "
+            "embedded SeaweedFS in the data directory"
+        ),
+    ] = None
+    s3_bucket: Annotated[
+        str, Meta(description="bucket for logs, artifacts and index dumps; created if missing")
+    ] = "runsvc"
+    s3_region: Annotated[str, Meta(description="region of the S3 endpoint")] = "us-east-1"
+    s3_access_key: Annotated[
+        str,
+        Meta(
+            description="access key for RUNSVC_S3_ENDPOINT; the embedded SeaweedFS uses the "
+            "keys it made instead"
+        ),
+    ] = "runsvc"
+    s3_secret_key: Annotated[
+        str, Meta(description="secret key for RUNSVC_S3_ENDPOINT, likewise")
+    ] = "runsvc"
+    snapshot_interval_s: Annotated[
+        float, Meta(description="seconds between dumps of the run index to object storage")
+    ] = 600.0
+    snapshot_keep: Annotated[int, Meta(description="index dumps kept; older ones are deleted")] = 5
+    readiness_max_lag: Annotated[
+        int,
+        Meta(description="log positions a projection may trail before /readyz reports not ready"),
+    ] = 10_000
+    bootstrap_admin_token: Annotated[
+        bool,
+        Meta(
+            description="on a start that finds no token, create an admin token and write it "
+            "to the data directory; false never does"
+        ),
+    ] = True
+    lease_ttl_s: Annotated[
+        float,
+        Meta(
+            description="seconds an executor's lease lasts without a heartbeat; then its "
+            "attempt is lost"
+        ),
+    ] = 30.0
+    heartbeat_interval_s: Annotated[
+        float,
+        Meta(
+            description="seconds between the heartbeats executors are asked for; keep it "
+            "well under the lease TTL"
+        ),
+    ] = 10.0
+    max_claim_wait_s: Annotated[
+        float,
+        Meta(description="longest an executor's claim may wait for a ready task, in seconds"),
+    ] = 60.0
+    timer_interval_s: Annotated[
+        float,
+        Meta(
+            description="seconds between a process's looks for due timeouts and its "
+            "housekeeping (expired leases, stale claims, log archiving)"
+        ),
+    ] = 1.0
+    max_log_bytes: Annotated[
+        int,
+        Meta(
+            description="what one attempt's log may hold (64 MiB); what fits is kept, the "
+            "rest is refused with 413 and the executor stops sending"
+        ),
+    ] = 64 * 1024 * 1024
+    max_artifact_bytes: Annotated[
+        int,
+        Meta(description="largest artifact file (1 GiB); a bigger upload is a 413"),
+    ] = 1024 * 1024 * 1024
+    shutdown_grace_s: Annotated[
+        float,
+        Meta(description="on SIGTERM, seconds open requests get to finish"),
+    ] = 10.0
+    # A hung database or object store must not hang its clients; long polls, websockets
+    # and streamed bodies are bounded by their own limits instead.
+    request_timeout_s: Annotated[
+        float,
+        Meta(description="seconds a request may take; past it the answer is 503 with Retry-After"),
+    ] = 30.0
+    auth_failure_limit: Annotated[
+        int,
+        Meta(
+            description="unknown tokens one client address may present per 10 s before it "
+            "gets 429s until the 10 s are over (0: no limit); raise it behind a proxy"
+        ),
+    ] = 100
+    # Revocations reach every process at once regardless (they are announced); this
+    # bounds how stale anything else about a token can be.
+    token_cache_s: Annotated[
+        float,
+        Meta(
+            description="seconds a process trusts a verified token before asking the database again"
+        ),
+    ] = 10.0
+    max_connections: Annotated[
+        int,
+        Meta(
+            description="open connections per process (fewer if the descriptor limit cannot "
+            "hold them); at the cap the oldest idle one is closed, or the newcomer gets a 503"
+        ),
+    ] = 10_000
+    keepalive_timeout_s: Annotated[
+        float,
+        Meta(
+            description="seconds an idle connection, or one that has not sent a request "
+            "yet, stays open"
+        ),
+    ] = 15.0
+    # No runaway query holds a connection for longer; bulk work (restoring a dump) lifts it.
+    statement_timeout_s: Annotated[
+        float,
+        Meta(
+            description="PostgreSQL statement_timeout on the service's connections, in "
+            "seconds (0: off)"
+        ),
+    ] = 60.0
 
     @property
     def embedded_database(self) -> bool:
@@ -114,9 +247,34 @@ _ENV: dict[str, str] = {
 }
 
 
-def environment_variables() -> dict[str, str]:
-    """Field name -> environment variable, for `--help` and the README."""
-    return dict(_ENV)
+class Variable(NamedTuple):
+    """An environment variable of `runsvc serve`, as its `--help` lists it."""
+
+    name: str
+    default: str
+    meaning: str
+
+
+def variables() -> list[Variable]:
+    """Every variable with its default and meaning, in the order of the Settings fields,
+    whose defaults and descriptions are the only place they are written."""
+    found = []
+    for field in msgspec.structs.fields(Settings):
+        meta = next(m for m in field.type.__metadata__ if isinstance(m, Meta))
+        assert meta.description, f"Settings.{field.name} needs a description"
+        found.append(Variable(_ENV[field.name], _shown(field.default), meta.description))
+    return found
+
+
+def _shown(default: object) -> str:
+    """A default as one would set it in the environment."""
+    if default is None:
+        return "unset"
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    return str(default)
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

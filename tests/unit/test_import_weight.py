@@ -44,6 +44,7 @@ def test_client_modules_load_no_server_driver(module: str) -> None:
         ["runs", "list", "--server", "http://127.0.0.1:9", "--token", "rsv_x"],
         ["events", "--server", "http://127.0.0.1:9", "--token", "rsv_x"],
         ["submit", "--help"],
+        ["schema"],
     ],
 )
 def test_client_commands_load_no_server_driver(argv: list[str]) -> None:
