@@ -64,6 +64,7 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
         if embedded is not None:
             log.info("stopping embedded postgresql")
             await asyncio.to_thread(embedded.stop)
+            log.info("embedded postgresql stopped")
 
 
 @asynccontextmanager

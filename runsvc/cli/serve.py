@@ -76,7 +76,9 @@ async def _serve(app: web.Application, settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(ThrottledLoopErrors())
     stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    # A closed terminal (SIGHUP) stops the service as cleanly as Ctrl-C or SIGTERM: the
+    # embedded servers, in sessions of their own, do not hear it and are stopped last.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(signum, stop.set)
     async with listening(app, settings):
         collect_garbage_for_a_server()

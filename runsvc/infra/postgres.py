@@ -14,7 +14,11 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from runsvc.infra.warden import Warden, owner_alive, record_owner, watch_over
+
 _SYSTEM_USER = "embedded_postgres"
+# Fast shutdown: sessions are disconnected, committed work is kept.
+_STOP = ["-w", "-t", "60", "-m", "fast", "stop"]
 
 
 def _postgres_bin_path() -> Path:
@@ -59,6 +63,7 @@ class EmbeddedPostgres:
         self._started_here = False
         self._socket_dir: Path | None = None
         self._password: str | None = None
+        self._warden: Warden | None = None
 
     @property
     def password_path(self) -> Path:
@@ -78,10 +83,14 @@ class EmbeddedPostgres:
         bin_path = _postgres_bin_path()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         user = self._prepare_permissions(bin_path)
+        self._stand_down()  # a server this object started and that died since
         running = self._running_socket_dir()
         if running is not None:
             self._socket_dir = running
             self._password = self._read_password()
+            if not owner_alive(self.owner_path):
+                # Left by an owner that is gone: ours now, to stop when we stop.
+                self._own(bin_path, user)
             return self.dsn
         password = self._read_password() or self._new_password()
         if not (self.pgdata / "PG_VERSION").exists():
@@ -90,12 +99,15 @@ class EmbeddedPostgres:
         options = f"-c listen_addresses='' -k {socket_dir}"
         for name, value in self.settings.items():
             options += f" -c {name}={value}"
+        # In a session of its own: a signal to our process group (a closed terminal,
+        # Ctrl-C) is for us, who stop the server once nothing uses it any more.
         self._pg_ctl(
             bin_path,
             user,
             ["-w", "-t", "60", "-l", str(self.pgdata / "server.log"), "-o", options, "start"],
+            new_session=True,
         )
-        self._started_here = True
+        self._own(bin_path, user)
         self._socket_dir = socket_dir
         if _trusting(self.pgdata / "pg_hba.conf"):
             # A data directory from before passwords: set one, then require it.
@@ -108,8 +120,10 @@ class EmbeddedPostgres:
         disconnected, committed work is kept)."""
         if not self._started_here:
             return
-        self._pg_ctl(_postgres_bin_path(), self._user(), ["-w", "-t", "60", "-m", "fast", "stop"])
+        self._pg_ctl(_postgres_bin_path(), self._user(), _STOP)
         self._started_here = False
+        self._stand_down()
+        self.owner_path.unlink(missing_ok=True)
         if self._socket_dir is not None and self._socket_dir != self.pgdata:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
         self._socket_dir = None
@@ -128,7 +142,25 @@ class EmbeddedPostgres:
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
+    @property
+    def owner_path(self) -> Path:
+        """Who started the running server (see `runsvc.infra.warden`)."""
+        return self.data_dir / "pg.owner"
+
     # -- internals
+
+    def _own(self, bin_path: Path, user: str | None) -> None:
+        """Make the running server this process's: recorded as its owner, stopped by a
+        warden should this process die without stopping it."""
+        self._started_here = True
+        record_owner(self.owner_path)
+        argv = [str(bin_path / "pg_ctl"), "-D", str(self.pgdata), *_STOP]
+        self._warden = watch_over(stop_argv=argv, user=user)
+
+    def _stand_down(self) -> None:
+        if self._warden is not None:
+            self._warden.stand_down()
+            self._warden = None
 
     def _user(self) -> str | None:
         return _SYSTEM_USER if os.geteuid() == 0 else None
@@ -233,8 +265,12 @@ class EmbeddedPostgres:
         hba.write_text(_TRUST.sub(r"\1scram-sha-256", hba.read_text()))
         self._pg_ctl(bin_path, user, ["reload"])
 
-    def _pg_ctl(self, bin_path: Path, user: str | None, args: list[str]) -> None:
-        self._run(bin_path, user, "pg_ctl", ["-D", str(self.pgdata), *args])
+    def _pg_ctl(
+        self, bin_path: Path, user: str | None, args: list[str], *, new_session: bool = False
+    ) -> None:
+        self._run(
+            bin_path, user, "pg_ctl", ["-D", str(self.pgdata), *args], new_session=new_session
+        )
 
     def _run(
         self,
@@ -243,6 +279,8 @@ class EmbeddedPostgres:
         program: str,
         args: list[str],
         stdin: str | None = None,
+        *,
+        new_session: bool = False,
     ) -> None:
         # Output goes to a file rather than a pipe: pg_ctl's server inherits the pipe and
         # would keep it open, so reading it to the end would hang.
@@ -256,6 +294,7 @@ class EmbeddedPostgres:
                 user=user,
                 check=False,
                 timeout=120,
+                start_new_session=new_session,
             )
             if result.returncode != 0:
                 output.seek(0)

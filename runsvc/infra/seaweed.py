@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from runsvc.infra.warden import Warden, watch_over
+
 # `weed mini`'s built-in maintenance worker dials the admin server at its HTTP port plus
 # this offset, whatever `-admin.port.grpc` says (4.48); the admin gRPC port must match.
 _ADMIN_GRPC_OFFSET = 10000
@@ -128,6 +130,7 @@ class EmbeddedSeaweed:
         self._ports: dict[str, int] | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._attached_port: int | None = None
+        self._warden: Warden | None = None
         self._credentials: S3Credentials | None = None
 
     @property
@@ -230,6 +233,11 @@ class EmbeddedSeaweed:
                 # the server in order, instead of killing both at once.
                 start_new_session=True,
             )
+        # Should this process die without stopping it, the warden does (a warden of a
+        # server that died is not needed any more).
+        if self._warden is not None:
+            self._warden.stand_down()
+        self._warden = watch_over(pid=self._process.pid)
         # The owner's pid too: a server whose owner still runs is in use, not stale.
         self.pid_path.write_text(f"{self._process.pid} {os.getpid()} {self._ports['s3']}\n")
         try:
@@ -257,6 +265,9 @@ class EmbeddedSeaweed:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        if self._warden is not None:
+            self._warden.stand_down()
+            self._warden = None
         # Another server may have replaced ours on this directory since (a stale-server
         # cleanup by a later start).
         if self._recorded()[0] == process.pid:

@@ -5,6 +5,7 @@ of seconds (503s that say so) rather than one that lasts until someone restarts 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -33,10 +34,23 @@ async def keep_alive(
             continue
         log.warning("embedded server is down; starting it again", server=name)
         try:
-            await restart()
+            await _uncancelled(restart())
         except Exception as exc:  # whatever the cause: log it, back off, try again
             delay = min(delay * 2, MAX_BACKOFF_S)
             log.error("embedded server did not start", server=name, error=str(exc), retry_s=delay)
             continue
         log.info("embedded server started again", server=name)
         delay = interval
+
+
+async def _uncancelled(start: Awaitable[object]) -> None:
+    """Await `start` to its end even when cancelled (then re-raise): a start runs in a
+    worker thread that a cancellation does not stop, and would start the server after
+    the owner, done cancelling its supervisor, stopped it."""
+    starting = asyncio.ensure_future(start)
+    try:
+        await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await starting
+        raise
