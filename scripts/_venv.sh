@@ -11,11 +11,14 @@ if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
 
-stamp="$venv/.runsvc-installed"
+# What to install besides the runtime: `venv_extras=dev` (scripts/test) adds the tools.
+extras="${venv_extras:-}"
+stamp="$venv/.runsvc-installed${extras:+-$extras}"
 if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
-    echo "installing runsvc and its dependencies into $venv" >&2
+    echo "installing runsvc${extras:+ with its $extras tools} into $venv" >&2
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$repo[dev]" >&2
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        -e "$repo${extras:+[$extras]}" >&2
     touch "$stamp"
 fi
 export PATH="$venv/bin:$PATH"
