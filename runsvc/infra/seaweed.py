@@ -264,7 +264,7 @@ class EmbeddedSeaweed:
         # weed leaves its local sockets behind: its gRPC ones in /tmp whatever TMPDIR
         # says, named by port, and the HTTP ones where _sockets() put them.
         assert self._ports is not None
-        for port in [*self._ports.values(), self._ports["admin"] + _ADMIN_GRPC_OFFSET]:
+        for port in self._ports.values():
             for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 path.unlink(missing_ok=True)
         for path in self._sockets().values():
@@ -352,7 +352,7 @@ class EmbeddedSeaweed:
             f"-filer.port={ports['filer']}",
             f"-filer.port.grpc={ports['filer_grpc']}",
             f"-admin.port={ports['admin']}",
-            f"-admin.port.grpc={ports['admin'] + _ADMIN_GRPC_OFFSET}",
+            f"-admin.port.grpc={ports['admin_grpc']}",
             # Only S3 is wanted: no UI, WebDAV, Iceberg or Lance listeners.
             "-admin.ui=false",
             "-webdav=false",
@@ -555,6 +555,7 @@ def _choose_ports(s3_port: int | None) -> dict[str, int]:
         for name in _OTHER_LISTENERS:
             ports[name] = bind(0)
         ports["admin"] = _admin_port(bind)
+        ports["admin_grpc"] = ports["admin"] + _ADMIN_GRPC_OFFSET
     return ports
 
 
