@@ -19,15 +19,20 @@ So the S3 gateway requires a key pair, generated on the first start into
 `credentials.json` and read again by every later start and by processes that attach.
 The master's and filer's HTTP APIs, which would go around S3, are switched off
 (`-disableHttp`), and the volume server serves a blob only with a token signed by a key
-from `security.toml` that the master, filer and S3 gateway share. The data directory is
-its owner's alone (mode 0700, weed runs with umask 077, key files are created 0600).
-What stays open is weed's gRPC listeners; docs/operations.md says what that allows.
+from `security.toml` that the master, filer and S3 gateway share. Every gRPC listener
+(master, volume server, filer, S3 gateway, admin server; on its port and on its Unix
+socket in /tmp) is mutual TLS: it talks only to a client with a certificate from a CA
+made on this start, whose private key is never written down. The data directory is its
+owner's alone (mode 0700, weed runs with umask 077, key and certificate files are
+created 0600), so only its owner and root hold keys the store accepts. What stays open
+(read-only status pages and metrics) is in docs/operations.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -42,6 +47,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 
@@ -71,16 +77,30 @@ _OTHER_LISTENERS = (
 # A proxy from the environment must not stand between us and a loopback server.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-# Files in the data directory. Only the credentials outlive a server: the identities and
-# the JWT keys are written anew from them (and from fresh randomness) on every start.
+# Files in the data directory. Only the credentials outlive a server: the identities, the
+# JWT keys and the gRPC certificates are written anew from them (and from fresh randomness)
+# on every start.
 _CREDENTIALS = "credentials.json"
 _IDENTITIES = "s3-identities.json"
 _SECURITY = "security.toml"
+_TLS = "tls"
 
 # security.toml's signing keys: writes and reads on the volume server, writes and reads on
 # the filer's HTTP API (off anyway; its write key also guards the filer's IAM gRPC service,
 # which could otherwise add S3 identities).
 _JWT_KEYS = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
+
+# security.toml's gRPC sections (weed 4.48): each component presents its section's
+# certificate both when it serves and when it dials another; the S3 gateway, the
+# start-up code and `weed shell` dial with `client`, the maintenance worker with `worker`.
+# Only the first five serve gRPC.
+_GRPC_SERVERS = ("master", "volume", "filer", "s3", "admin")
+_GRPC_COMPONENTS = (*_GRPC_SERVERS, "worker", "client")
+
+# The certificates must outlast the server: weed cannot get new ones once the CA's key is
+# gone, and an expired one would cut its components off from each other. Nothing is
+# gained by a shorter life, as the next start replaces the CA they chain to.
+_TLS_VALIDITY = timedelta(days=3650)
 
 # What the S3 identity may do: everything, as the single user of its own store.
 _ACTIONS = ("Admin", "Read", "Write", "List", "Tagging")
@@ -275,7 +295,7 @@ class EmbeddedSeaweed:
         # weed leaves its local sockets behind: its gRPC ones in /tmp whatever TMPDIR
         # says, named by port, and the HTTP ones where _sockets() put them.
         assert self._ports is not None
-        for port in [*self._ports.values(), self._ports["admin"] + _ADMIN_GRPC_OFFSET]:
+        for port in self._ports.values():
             for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 path.unlink(missing_ok=True)
         for path in self._sockets().values():
@@ -311,14 +331,17 @@ class EmbeddedSeaweed:
     # -- internals
 
     def _write_configuration(self, credentials: S3Credentials) -> None:
-        """The S3 identity weed accepts, and fresh JWT signing keys in security.toml,
-        which weed reads from the data directory (-config_dir, and its working directory).
+        """The S3 identity weed accepts, and in security.toml, which weed reads from the
+        data directory (-config_dir, and its working directory), fresh JWT signing keys
+        and gRPC certificates.
 
         With the keys set, the volume server serves and stores a blob only for a request
         carrying a token the master or filer signed for that very blob, so a local
-        process cannot reach the data around the S3 gateway's authentication. Tokens
-        last seconds and nothing stored depends on the keys, so new ones on every start
-        cost nothing and leave no long-lived secret behind."""
+        process cannot reach the data around the S3 gateway's authentication. With the
+        certificates, every gRPC listener (which would hand out such tokens, list, delete
+        and read, see `_write_certificates`) talks only to a client holding one. Tokens
+        last seconds and nothing stored depends on the keys or certificates, so new ones
+        on every start cost nothing and leave no long-lived secret behind."""
         identities = {
             "identities": [
                 {
@@ -332,7 +355,41 @@ class EmbeddedSeaweed:
         }
         _write_private(self.data_dir / _IDENTITIES, json.dumps(identities))
         security = "".join(f'[{name}]\nkey = "{secrets.token_hex(32)}"\n\n' for name in _JWT_KEYS)
+        security += self._write_certificates()
         _write_private(self.data_dir / _SECURITY, security)
+
+    def _write_certificates(self) -> str:
+        """A fresh private CA, a certificate and key for each of weed's gRPC components
+        signed by it, written to the data directory; returns security.toml's [grpc]
+        sections naming them.
+
+        weed's gRPC is mutual TLS once these are set: a listener completes a handshake
+        only with a client whose certificate chains to the CA. The CA's key is never
+        written and is gone when this returns, so no certificate can be made for this
+        server after the start; a client needs one of the keys written here, which only
+        the data directory's owner can read."""
+        directory = self.data_dir / _TLS
+        directory.mkdir(mode=0o700, exist_ok=True)
+        ca, certificates = _grpc_certificates(_GRPC_COMPONENTS)
+        _write_private(directory / "ca.crt", ca)
+        sections = [f"[grpc]\nca = {_toml_string(directory / 'ca.crt')}\n"]
+        # Every server is dialed by several others (the master by the volume server, the
+        # filer and the S3 gateway, each of them by the admin server and the worker), so
+        # each lets in all of weed's own names. The CA signs nothing else today; the list
+        # keeps out anything it might be made to sign later.
+        allowed = ",".join(_common_name(name) for name in _GRPC_COMPONENTS)
+        for name, (certificate, key) in certificates.items():
+            _write_private(directory / f"{name}.crt", certificate)
+            _write_private(directory / f"{name}.key", key)
+            section = (
+                f"[grpc.{name}]\n"
+                f"cert = {_toml_string(directory / f'{name}.crt')}\n"
+                f"key = {_toml_string(directory / f'{name}.key')}\n"
+            )
+            if name in _GRPC_SERVERS:
+                section += f'allowed_commonNames = "{allowed}"\n'
+            sections.append(section)
+        return "\n".join(sections)
 
     def _sockets(self) -> dict[str, Path]:
         """The filer's and S3 gateway's HTTP sockets, in the private data directory
@@ -363,7 +420,7 @@ class EmbeddedSeaweed:
             f"-filer.port={ports['filer']}",
             f"-filer.port.grpc={ports['filer_grpc']}",
             f"-admin.port={ports['admin']}",
-            f"-admin.port.grpc={ports['admin'] + _ADMIN_GRPC_OFFSET}",
+            f"-admin.port.grpc={ports['admin_grpc']}",
             # Only S3 is wanted: no UI, WebDAV, Iceberg or Lance listeners.
             "-admin.ui=false",
             "-webdav=false",
@@ -549,6 +606,116 @@ def _write_private(path: Path, text: str, *, replace: bool = True) -> None:
         partial.unlink(missing_ok=True)
 
 
+def _common_name(component: str) -> str:
+    return f"weed-{component}"
+
+
+def _toml_string(path: Path) -> str:
+    """`path` as a TOML basic string; JSON's escapes are a subset of TOML's."""
+    return json.dumps(str(path))
+
+
+def _grpc_certificates(components: tuple[str, ...]) -> tuple[str, dict[str, tuple[str, str]]]:
+    """A new CA's certificate, and for each component a certificate (for 127.0.0.1 and
+    localhost, good for serving and for dialing) and its key, signed by that CA; all PEM.
+    ECDSA P-256 keys take well under a millisecond each, so a start does not wait."""
+    # Tens of milliseconds to import, which only a start that launches weed should pay.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    # A clock stepped back a little must not make the certificates not yet valid.
+    now = datetime.now(UTC) - timedelta(hours=1)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "runsvc weed gRPC CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + _TLS_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    issued = {}
+    for component in components:
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, _common_name(component))])
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + _TLS_VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+            # weed does not check host names, but a client that does (a test, curl)
+            # finds the server's names here.
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [
+                        x509.DNSName("localhost"),
+                        x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
+                    ]
+                ),
+                critical=False,
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        issued[component] = (
+            certificate.public_bytes(serialization.Encoding.PEM).decode(),
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ).decode(),
+        )
+    return ca.public_bytes(serialization.Encoding.PEM).decode(), issued
+
+
 def _choose_ports(s3_port: int | None) -> dict[str, int]:
     """Free loopback ports for every listener. Every probe socket stays bound until all
     ports are chosen, so no two listeners get the same port."""
@@ -566,6 +733,7 @@ def _choose_ports(s3_port: int | None) -> dict[str, int]:
         for name in _OTHER_LISTENERS:
             ports[name] = bind(0)
         ports["admin"] = _admin_port(bind)
+        ports["admin_grpc"] = ports["admin"] + _ADMIN_GRPC_OFFSET
     return ports
 
 

