@@ -1,19 +1,26 @@
 """What the benchmarks that run real `runsvc` processes share: a free port, waiting for a
-server to answer, and stopping everything they started."""
+server to answer, a whole service on embedded stores, and stopping everything they
+started."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
-from collections.abc import Sequence
+import sys
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
+from runsvc.infra.postgres import EmbeddedPostgres
 from runsvc.infra.seaweed import EmbeddedSeaweed
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def service_environment(
@@ -69,3 +76,39 @@ def stop_all(processes: Sequence[subprocess.Popen[bytes]]) -> None:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@dataclass
+class Served:
+    """A `runsvc serve` on embedded stores: its URL, the database's DSN, and the processes
+    started (the server first; a benchmark may add its own to be stopped with it)."""
+
+    url: str
+    dsn: str
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def served(root: Path, **settings: str) -> AsyncIterator[Served]:
+    """An embedded PostgreSQL and SeaweedFS under `root` and a `runsvc serve` on them
+    (with `settings`, RUNSVC_* names), its output in `root/serve.log`; ready when
+    entered, everything stopped on exit."""
+    postgres = EmbeddedPostgres(root / "pg")
+    dsn = await asyncio.to_thread(postgres.start)
+    seaweed = EmbeddedSeaweed(root / "s3")
+    await seaweed.astart()
+    port = free_port()
+    service = Served(url=f"http://127.0.0.1:{port}", dsn=dsn)
+    env = service_environment(dsn, seaweed, root, **settings)
+    try:
+        with (root / "serve.log").open("wb") as log:
+            command = [sys.executable, "-m", "runsvc", "serve", "--port", str(port)]
+            service.processes.append(
+                subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
+            )
+        await wait_ready(service.url)
+        yield service
+    finally:
+        stop_all(service.processes)
+        await seaweed.astop()
+        await asyncio.to_thread(postgres.stop)

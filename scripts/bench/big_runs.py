@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,11 +28,9 @@ sys.path.append(str(HERE))
 
 import aiohttp
 import asyncpg
-from _processes import free_port, service_environment, stop_all, wait_ready
+from _processes import served
 from _report import emit, note
 
-from runsvc.infra.postgres import EmbeddedPostgres
-from runsvc.infra.seaweed import EmbeddedSeaweed
 from runsvc.service.auth import create_token
 
 
@@ -110,26 +107,13 @@ def rss_mb(pid: int) -> float:
 
 
 async def bench(args: argparse.Namespace, root: Path) -> None:
-    postgres = EmbeddedPostgres(root / "pg")
-    dsn = await asyncio.to_thread(postgres.start)
-    seaweed = EmbeddedSeaweed(root / "s3")
-    await seaweed.astart()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = service_environment(
-        dsn,
-        seaweed,
-        root,
-        RUNSVC_MAX_BODY_BYTES=str(64 * 1024 * 1024),
-        RUNSVC_MAX_EVENT_BYTES=str(16 * 1024 * 1024),
-    )
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        with (root / "serve.log").open("wb") as log:
-            command = [sys.executable, "-m", "runsvc", "serve", "--port", str(port)]
-            processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log))
-        await wait_ready(url)
-        connection = await asyncpg.connect(dsn)
+    big_bodies = {
+        "RUNSVC_MAX_BODY_BYTES": str(64 * 1024 * 1024),
+        "RUNSVC_MAX_EVENT_BYTES": str(16 * 1024 * 1024),
+    }
+    async with served(root, **big_bodies) as service:
+        url, processes = service.url, service.processes
+        connection = await asyncpg.connect(service.dsn)
         token = (await create_token(connection, role="admin", name="bench")).token
         await connection.close()
         headers = {"Authorization": f"Bearer {token}"}
@@ -173,10 +157,6 @@ async def bench(args: argparse.Namespace, root: Path) -> None:
                 target="value <= 350 (the caches' budgets: 128 + 64 + 64 MB, and slack)",
             )
         probing.cancel()
-    finally:
-        stop_all(processes)
-        await seaweed.astop()
-        await asyncio.to_thread(postgres.stop)
 
 
 def main() -> None:

@@ -27,11 +27,9 @@ sys.path[0] = str(ROOT)
 sys.path.append(str(HERE))
 
 import asyncpg
-from _processes import free_port, service_environment, stop_all, wait_ready
+from _processes import served
 from _report import emit, note
 
-from runsvc.infra.postgres import EmbeddedPostgres
-from runsvc.infra.seaweed import EmbeddedSeaweed
 from runsvc.service.auth import create_token
 
 BASELINE = [sys.executable, "-c", "import aiohttp, msgspec"]
@@ -56,30 +54,14 @@ def compare(name: str, command: list[str], env: dict[str, str], repeat: int) -> 
 
 
 async def bench(args: argparse.Namespace, root: Path) -> None:
-    postgres = EmbeddedPostgres(root / "pg")
-    dsn = await asyncio.to_thread(postgres.start)
-    seaweed = EmbeddedSeaweed(root / "s3")
-    await seaweed.astart()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = service_environment(dsn, seaweed, root)
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        with (root / "serve.log").open("wb") as log:
-            command = [sys.executable, "-m", "runsvc", "serve", "--port", str(port)]
-            processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log))
-        await wait_ready(url)
-        connection = await asyncpg.connect(dsn)
+    async with served(root) as service:
+        connection = await asyncpg.connect(service.dsn)
         token = (await create_token(connection, role="reader", name="bench")).token
         await connection.close()
         client_env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSVC_")}
-        client_env.update(RUNSVC_SERVER=url, RUNSVC_TOKEN=token)
+        client_env.update(RUNSVC_SERVER=service.url, RUNSVC_TOKEN=token)
         compare("runsvc --help", [RUNSVC, "--help"], client_env, args.repeat)
         compare("runsvc runs list", [RUNSVC, "runs", "list"], client_env, args.repeat)
-    finally:
-        stop_all(processes)
-        await seaweed.astop()
-        await asyncio.to_thread(postgres.stop)
 
 
 def main() -> None:
