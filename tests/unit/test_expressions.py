@@ -1,0 +1,336 @@
+"""The expression language of run files: grammar, evaluation and static checks."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runsvc.domain.expressions import (
+    MAX_DEPTH,
+    MAX_EXPRESSION_LENGTH,
+    EnvVar,
+    ExpressionSyntaxError,
+    Item,
+    Reference,
+    RunField,
+    Segment,
+    TaskOutput,
+    TaskResult,
+    Template,
+    parse,
+)
+from runsvc.domain.expressions.nodes import (
+    And,
+    Call,
+    Compare,
+    Constant,
+    Node,
+    Not,
+    Or,
+    Ref,
+)
+
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def expression(text: str) -> Node:
+    """The tree of the one expression in `text`."""
+    single = parse(text).single
+    assert single is not None
+    return single.expression
+
+
+def syntax_error(text: str) -> str:
+    with pytest.raises(ExpressionSyntaxError) as refused:
+        parse(text)
+    return str(refused.value)
+
+
+# -- grammar: what parses, into what
+
+
+def test_text_without_expressions_is_one_literal_part() -> None:
+    """Text around and between segments is kept as it is, `}}` and `$` included."""
+    assert parse("").parts == ()
+    assert parse("make }} $HOME {x}").parts == ("make }} $HOME {x}",)
+    template = parse("v${{ env.A }}-${{ env.B }}")
+    assert template.parts[0] == "v"
+    assert template.parts[2] == "-"
+    assert [s.source for s in template.segments] == ["${{ env.A }}", "${{ env.B }}"]
+    assert template.single is None
+
+
+def test_a_lone_expression_is_single_and_surrounding_whitespace_is_text() -> None:
+    """Only a string that is exactly one `${{ … }}` may evaluate to a non-string."""
+    assert isinstance(parse("${{ item }}").single, Segment)
+    assert parse(" ${{ item }}").single is None
+
+
+@pytest.mark.parametrize(
+    ("text", "reference"),
+    [
+        ("tasks.build.result", TaskResult("build")),
+        ("tasks.build.outputs.version", TaskOutput("build", "version")),
+        ("tasks.build-linux.outputs.x_1", TaskOutput("build-linux", "x_1")),
+        ("tasks.1st.result", TaskResult("1st")),
+        ("tasks['v1.2'].outputs['a.b']", TaskOutput("v1.2", "a.b")),
+        ("tasks['it''s'].result", TaskResult("it's")),
+        ("env.VERSION", EnvVar("VERSION")),
+        ("env['VERSION']", EnvVar("VERSION")),
+        ("item", Item()),
+        ("run.id", RunField("id")),
+        ("run.group", RunField("group")),
+        ("tasks . build . result", TaskResult("build")),
+    ],
+)
+def test_references(text: str, reference: Reference) -> None:
+    """Dotted and bracketed selectors name the same thing; spaces around dots are fine."""
+    assert expression("${{ " + text + " }}") == Ref(reference, 4)
+
+
+def test_a_reference_prints_as_it_would_be_written() -> None:
+    """Messages name a reference in the form that parses back to it."""
+    for reference in (
+        TaskOutput("build", "version"),
+        TaskOutput("v1.2", "it's"),
+        TaskResult("a b"),
+        EnvVar("X"),
+        Item(),
+        RunField("group"),
+    ):
+        assert expression("${{ " + str(reference) + " }}") == Ref(reference, 4)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("'it''s'", "it's"),
+        ("''", ""),
+        ("'}}'", "}}"),
+        ("'${{'", "${{"),
+        ("0", 0),
+        ("-12", -12),
+        ("2.5", 2.5),
+        ("1e3", 1000.0),
+        ("-1.5E-2", -0.015),
+        ("true", True),
+        ("false", False),
+        ("null", None),
+    ],
+)
+def test_literals(text: str, value: object) -> None:
+    """Strings as in GitHub Actions; numbers as in JSON (an integer unless written with a
+    fraction or exponent)."""
+    node = expression("${{ " + text + " }}")
+    assert isinstance(node, Constant)
+    assert node.value == value
+    assert type(node.value) is type(value)
+
+
+def test_precedence_not_then_comparison_then_and_then_or() -> None:
+    """`!a == b || c && d` is `((!a) == b) || (c && d)`."""
+    node = expression("${{ !item == 'x' || env.C && env.D }}")
+    assert isinstance(node, Or)
+    left, right = node.operands
+    assert isinstance(left, Compare)
+    assert left.equal
+    assert isinstance(left.left, Not)
+    assert isinstance(right, And)
+    assert len(right.operands) == 2
+
+
+def test_parentheses_group_and_chains_stay_flat() -> None:
+    """A chain of `&&` is one node whatever its length, so its depth does not grow."""
+    node = expression("${{ (item || env.A) && env.B && env.C && run.id != 'x' }}")
+    assert isinstance(node, And)
+    assert len(node.operands) == 4
+    assert isinstance(node.operands[0], Or)
+    assert isinstance(node.operands[3], Compare)
+    assert not node.operands[3].equal
+
+
+def test_calls_parse_whatever_their_name() -> None:
+    """The parser knows a call's shape; `check` knows the functions."""
+    node = expression("${{ toJSON(fromJSON(env.A)) }}")
+    assert isinstance(node, Call)
+    assert node.function == "toJSON"
+    assert isinstance(node.arguments[0], Call)
+    assert expression("${{ nope() }}") == Call("nope", (), 4)
+    assert expression("${{ f(1, 'a') }}") == Call("f", (Constant(1, 6), Constant("a", 9)), 4)
+
+
+def test_an_expression_may_span_lines_and_strings_may_hold_close() -> None:
+    """The lexer, not a search for `}}`, ends an expression."""
+    template = parse("echo ${{\n  fromJSON('{\"a\": {}}')\n}} done")
+    assert template.parts[-1] == " done"
+    node = template.segments[0].expression
+    assert isinstance(node, Call)
+    assert node.arguments[0] == Constant('{"a": {}}', 20)
+
+
+# -- grammar: what is refused, and where
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("${{ }}", "column 1: empty expression"),
+        ("a ${{ env.A", "column 3: ${{ is not closed by }}"),
+        ("${{ 'abc }}", "column 5: unterminated string"),
+        ("${{ 01 }}", "column 5: invalid number"),
+        ("${{ 1.5.2 }}", "column 5: invalid number"),
+        ("${{ 2x }}", "column 5: invalid number"),
+        ("${{ - }}", "column 5: invalid number"),
+        ("${{ 1e999 }}", "column 5: number out of range"),
+        ("${{ env.A = 'x' }}", "column 11: use == to compare"),
+        ("${{ item & item }}", "column 10: use && for and"),
+        ("${{ item | item }}", "column 10: use || for or"),
+        ("${{ item ; }}", "column 10: unexpected character ';'"),
+        ("${{ item item }}", "column 10: unexpected 'item'; expected an operator or }}"),
+        ("${{ (item }}", "column 11: unexpected end of expression }}; expected ')'"),
+        ("${{ item == }}", "column 13: unexpected end of expression }}; expected a value"),
+        ("${{ f(1,) }}", "column 9: unexpected ')'; expected a value"),
+        ("${{ f(1 2) }}", "column 9: unexpected number 2; expected ')'"),
+        (
+            "${{ 1 == 2 != 3 }}",
+            "column 12: comparisons do not chain; put one of them in parentheses",
+        ),
+        ("${{ build }}", "column 5: unknown name 'build'"),
+        ("${{ itme }}", "column 5: unknown name 'itme' (did you mean 'item'?)"),
+        ("${{ True }}", "column 5: unknown name 'True' (did you mean 'true'?)"),
+        ("${{ tasks }}", "column 11: expected tasks.<name>.result or tasks.<name>.outputs.<key>"),
+        ("${{ tasks.b }}", "column 13: expected tasks.<name>.result"),
+        (
+            "${{ tasks.b.output.v }}",
+            "column 13: a task has no field 'output' (did you mean 'outputs'?)",
+        ),
+        ("${{ tasks.b.outputs }}", "column 21: expected tasks.<name>.result"),
+        ("${{ tasks[b].result }}", "column 11: expected tasks.<name>.result"),
+        ("${{ tasks['b'.result }}", "column 14: unexpected '.'; expected ']'"),
+        ("${{ env.'A' }}", "column 9: expected env.<NAME>"),
+        ("${{ run.ID }}", "column 9: run has no field 'ID' (did you mean 'id'?)"),
+        ("${{ item.name }}", "column 9: item has no fields"),
+        ("${{ tasks.b.result.x }}", "column 19: tasks.b.result has no fields"),
+        ("${{ env.A['b'] }}", "column 10: env.A has no fields"),
+        ("${{ 'a' }} ${{ ) }}", "column 16: unexpected ')'; expected a value"),
+        ("run: |\n  make\n  echo ${{ env.X == }}", "line 3, column 21: unexpected end"),
+    ],
+)
+def test_syntax_errors_say_what_and_where(text: str, message: str) -> None:
+    """Columns are 1-based characters of the whole string; a text of several lines gets
+    a line as well. The first mistake is reported."""
+    assert syntax_error(text).startswith(message)
+
+
+def test_an_error_carries_its_offset_and_reason() -> None:
+    with pytest.raises(ExpressionSyntaxError) as refused:
+        parse("ab\ncd ${{ x }}")
+    assert refused.value.offset == 10
+    assert refused.value.location == "line 2, column 8"
+    assert refused.value.reason.startswith("unknown name 'x'")
+
+
+def test_an_expression_longer_than_the_limit_is_refused() -> None:
+    """The limit counts from `${{` to `}}`; text around expressions is not limited."""
+    longest = "${{ '" + "x" * (MAX_EXPRESSION_LENGTH - 9) + "' }}"
+    assert len(longest) == MAX_EXPRESSION_LENGTH
+    assert parse("x" * 10_000 + longest).single is None
+    too_long = "${{ '" + "x" * (MAX_EXPRESSION_LENGTH - 8) + "' }}"
+    assert syntax_error("abc " + too_long) == (
+        f"column 5: an expression may be at most {MAX_EXPRESSION_LENGTH} characters long"
+    )
+
+
+@pytest.mark.parametrize(("opening", "closing"), [("(", ")"), ("!", ""), ("toJSON(", ")")])
+def test_nesting_deeper_than_the_limit_is_refused(opening: str, closing: str) -> None:
+    """Parentheses, `!` and calls count alike; the top of the expression is a level."""
+    deepest = MAX_DEPTH - 1
+    parse("${{ " + opening * deepest + "item" + closing * deepest + " }}")
+    deeper = MAX_DEPTH
+    assert "nested too deeply" in syntax_error(
+        "${{ " + opening * deeper + "item" + closing * deeper + " }}"
+    )
+
+
+def test_a_long_chain_of_operators_is_not_nesting() -> None:
+    """`&&`, `||` chains and comparisons inside them cost no depth."""
+    chain = " || ".join(["item == 'x' && env.A"] * 40)
+    node = expression("${{ " + chain + " }}")
+    assert isinstance(node, Or)
+    assert len(node.operands) == 40
+
+
+# -- grammar: properties
+
+_PIECES = st.sampled_from(
+    [
+        "${{",
+        "}}",
+        "'",
+        "''",
+        "(",
+        ")",
+        "[",
+        "]",
+        ".",
+        ",",
+        "!",
+        "==",
+        "!=",
+        "&&",
+        "||",
+        "=",
+        "&",
+        "|",
+        "-",
+        "0",
+        "1.5",
+        "1e9",
+        "1e999",
+        "tasks",
+        "env",
+        "item",
+        "run",
+        "result",
+        "outputs",
+        "id",
+        "group",
+        "true",
+        "null",
+        "fromJSON",
+        "x",
+        " ",
+        "\n",
+        "é",
+    ]
+)
+
+
+def outcome(text: str) -> Template | ExpressionSyntaxError:
+    try:
+        return parse(text)
+    except ExpressionSyntaxError as refused:
+        return refused
+
+
+@SETTINGS
+@given(st.one_of(st.text(), st.lists(_PIECES, max_size=40).map("".join)))
+def test_parse_raises_nothing_but_its_own_error(text: str) -> None:
+    """Any string at all parses or is refused with an `ExpressionSyntaxError` whose
+    offset lies inside the string; what parses keeps every character."""
+    parsed = outcome(text)
+    if isinstance(parsed, ExpressionSyntaxError):
+        assert 0 <= parsed.offset <= len(text)
+    else:
+        assert "".join(p if isinstance(p, str) else p.source for p in parsed.parts) == text
+
+
+@SETTINGS
+@given(st.integers(min_value=0, max_value=200), st.sampled_from(["(", "!", "toJSON("]))
+def test_deep_nesting_never_recurses_past_the_limit(depth: int, opening: str) -> None:
+    """Nesting of any depth ends in a template or in the limit's error, never in a
+    RecursionError."""
+    closing = ")" if opening.endswith("(") else ""
+    parsed = outcome("${{ " + opening * depth + "item" + closing * depth + " }}")
+    assert isinstance(parsed, Template) == (depth < MAX_DEPTH)
