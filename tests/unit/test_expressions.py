@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -9,7 +12,11 @@ from hypothesis import strategies as st
 from runsvc.domain.expressions import (
     MAX_DEPTH,
     MAX_EXPRESSION_LENGTH,
+    MAX_JSON_DEPTH,
+    Context,
     EnvVar,
+    EvaluationError,
+    ExpressionError,
     ExpressionSyntaxError,
     Item,
     Reference,
@@ -18,7 +25,13 @@ from runsvc.domain.expressions import (
     TaskOutput,
     TaskResult,
     Template,
+    Unresolved,
+    Value,
+    evaluate,
+    holds,
+    is_truthy,
     parse,
+    render,
 )
 from runsvc.domain.expressions.nodes import (
     And,
@@ -334,3 +347,298 @@ def test_deep_nesting_never_recurses_past_the_limit(depth: int, opening: str) ->
     closing = ")" if opening.endswith("(") else ""
     parsed = outcome("${{ " + opening * depth + "item" + closing * depth + " }}")
     assert isinstance(parsed, Template) == (depth < MAX_DEPTH)
+
+
+# -- evaluation
+
+CONTEXT = Context(
+    run_id="0193a0c2-run",
+    run_group="/acme/shop",
+    env={"BRANCH": "main", "EMPTY": "", "N": "3", "FALSE": "false", "LIST": '["a", "b"]'},
+    results={"build": "success", "lint": "failed"},
+    outputs={"build": {"version": "1.2.3", "meta": '{"b": [1, 2.5], "a": null}', "empty": ""}},
+    item="linux",
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        # references
+        ("${{ env.BRANCH }}", "main"),
+        ("${{ env['BRANCH'] }}", "main"),
+        ("${{ env.UNSET }}", None),
+        ("${{ tasks.build.result }}", "success"),
+        ("${{ tasks.build.outputs.version }}", "1.2.3"),
+        ("${{ item }}", "linux"),
+        ("${{ run.id }}", "0193a0c2-run"),
+        ("${{ run.group }}", "/acme/shop"),
+        # a lone expression keeps its type; text around it makes a string
+        ("${{ true }}", True),
+        ("${{ 2 }}", 2),
+        ("${{ null }}", None),
+        ("${{ fromJSON(env.LIST) }}", ["a", "b"]),
+        ("v${{ tasks.build.outputs.version }}", "v1.2.3"),
+        ("${{ env.BRANCH }}-${{ item }}", "main-linux"),
+        ("[${{ null }}|${{ env.UNSET }}|${{ true }}|${{ 2.5 }}|${{ 1e16 }}]", "[||true|2.5|1e16]"),
+        ("${{ fromJSON(env.LIST) }} ", '["a","b"] '),
+        ("plain text", "plain text"),
+        ("", ""),
+        # equality: no conversion
+        ("${{ env.BRANCH == 'main' }}", True),
+        ("${{ env.BRANCH == 'Main' }}", False),
+        ("${{ env.BRANCH != 'main' }}", False),
+        ("${{ env.N == 3 }}", False),
+        ("${{ env.N == '3' }}", True),
+        ("${{ fromJSON(env.N) == 3 }}", True),
+        ("${{ fromJSON(env.N) == 3.0 }}", True),
+        ("${{ env.FALSE == false }}", False),
+        ("${{ fromJSON(env.FALSE) == false }}", True),
+        ("${{ 1 == true }}", False),
+        ("${{ 0 == false }}", False),
+        ("${{ null == false }}", False),
+        ("${{ env.UNSET == null }}", True),
+        ("${{ env.UNSET != 'main' }}", True),
+        ("${{ env.EMPTY == '' }}", True),
+        ('${{ fromJSON(env.LIST) == fromJSON(\'["a","b"]\') }}', True),
+        ("${{ fromJSON('{\"a\": 1}') == fromJSON('{\"a\": 1.0}') }}", True),
+        ("${{ fromJSON('[1]') == fromJSON('[true]') }}", False),
+        ("${{ fromJSON('{\"a\": 1}') == fromJSON('{\"b\": 1}') }}", False),
+        # ! gives a boolean; && and || give an operand
+        ("${{ !env.EMPTY }}", True),
+        ("${{ !env.FALSE }}", False),
+        ("${{ !!item }}", True),
+        ("${{ env.UNSET || 'staging' }}", "staging"),
+        ("${{ env.BRANCH || 'staging' }}", "main"),
+        ("${{ env.EMPTY || null || 0 }}", 0),
+        ("${{ item && env.BRANCH }}", "main"),
+        ("${{ env.EMPTY && item }}", ""),
+        ("${{ env.BRANCH == 'main' && tasks.build.result == 'success' }}", True),
+        ("${{ tasks.lint.result == 'success' || tasks.build.result == 'success' }}", True),
+        ("${{ !(env.BRANCH == 'main') }}", False),
+        # functions
+        ("${{ toJSON(fromJSON(tasks.build.outputs.meta)) }}", '{"a":null,"b":[1,2.5]}'),
+        ("${{ toJSON(env.BRANCH) }}", '"main"'),
+        ("${{ toJSON(env.UNSET) }}", "null"),
+        ("${{ toJSON('it''s \u00e9') }}", '"it\'s \u00e9"'),
+        ("${{ fromJSON(' \"x\" ') }}", "x"),
+    ],
+)
+def test_evaluation(text: str, value: Value) -> None:
+    """Each row is one rule of the package docstring."""
+    result = evaluate(parse(text), CONTEXT)
+    assert result == value
+    assert type(result) is type(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "truth"),
+    [
+        (False, False),
+        (None, False),
+        ("", False),
+        (0, False),
+        (0.0, False),
+        (True, True),
+        ("false", True),
+        ("0", True),
+        (" ", True),
+        (-1, True),
+        ([], True),
+        ({}, True),
+    ],
+)
+def test_truth(value: Value, truth: bool) -> None:
+    assert is_truthy(value) is truth
+
+
+def test_render_and_holds_are_for_strings_and_conditions() -> None:
+    """`render` writes any value as text (`run`, `env`), `holds` asks whether it is true
+    (`when`)."""
+    assert render(parse("${{ fromJSON(env.LIST) }}"), CONTEXT) == '["a","b"]'
+    assert render(parse("${{ env.UNSET }}"), CONTEXT) == ""
+    assert render(parse("${{ 1 == 1 }}"), CONTEXT) == "true"
+    assert holds(parse("${{ env.BRANCH == 'main' }}"), CONTEXT)
+    assert not holds(parse("${{ env.EMPTY }}"), CONTEXT)
+    assert holds(parse("${{ env.FALSE }}"), CONTEXT)
+
+
+@pytest.mark.parametrize(
+    ("text", "reference", "message"),
+    [
+        (
+            "${{ tasks.build.outputs.nope }}",
+            TaskOutput("build", "nope"),
+            "tasks.build.outputs.nope was never set: task 'build' set no such output",
+        ),
+        (
+            "x ${{ tasks.deploy.outputs['url.v2'] }}",
+            TaskOutput("deploy", "url.v2"),
+            "tasks.deploy.outputs['url.v2'] was never set: task 'deploy' set no such output",
+        ),
+        (
+            "${{ tasks.test.result == 'success' }}",
+            TaskResult("test"),
+            "tasks.test.result is not known: task 'test' has not ended",
+        ),
+    ],
+)
+def test_an_unresolved_reference_is_named(text: str, reference: Reference, message: str) -> None:
+    with pytest.raises(Unresolved) as unresolved:
+        evaluate(parse(text), CONTEXT)
+    assert unresolved.value.reference == reference
+    assert str(unresolved.value) == message
+
+
+def test_item_outside_a_foreach_child_is_unresolved() -> None:
+    """An item may be any value, null and false included; only its absence is unresolved."""
+    outside = Context()
+    with pytest.raises(Unresolved, match="item is only defined in a child of a foreach task"):
+        evaluate(parse("${{ item }}"), outside)
+    for item in (None, False, 0, ""):
+        assert evaluate(parse("${{ item }}"), Context(item=item)) == item
+
+
+def test_operands_that_do_not_decide_are_not_evaluated() -> None:
+    """`&&` and `||` stop early, so an unresolved reference after the deciding operand
+    raises nothing."""
+    assert evaluate(parse("${{ true || tasks.x.outputs.y }}"), CONTEXT) is True
+    assert evaluate(parse("${{ false && tasks.x.outputs.y }}"), CONTEXT) is False
+    with pytest.raises(Unresolved):
+        evaluate(parse("${{ false || tasks.x.outputs.y }}"), CONTEXT)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("${{ fromJSON('nope') }}", "column 5: fromJSON: not JSON"),
+        ("${{ fromJSON(1) }}", "column 5: fromJSON: takes a string, got a number"),
+        ("${{ fromJSON(env.UNSET) }}", "column 5: fromJSON: takes a string, got null"),
+        ("${{ fromJSON('1e999') }}", "column 5: fromJSON: not JSON"),
+        ("ab ${{ toJSON() }}", "column 8: toJSON takes 1 argument, got 0"),
+        ("${{ toJSON(1, 2) }}", "column 5: toJSON takes 1 argument, got 2"),
+        ("${{ fromJson(env.LIST) }}", "column 5: unknown function 'fromJson'"),
+    ],
+)
+def test_functions_that_fail_say_which_and_where(text: str, message: str) -> None:
+    """The message names the function and where its call starts."""
+    with pytest.raises(EvaluationError) as failed:
+        evaluate(parse(text), CONTEXT)
+    assert str(failed.value).startswith(message)
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 1000, 100_000])
+def test_from_json_refuses_json_nested_too_deep(depth: int) -> None:
+    """Equality and `toJSON` recurse into values, so `fromJSON` bounds their depth like
+    the parser bounds an expression's; msgspec's own limit is not reached first."""
+    context = Context(env={"J": "[" * depth + "]" * depth})
+    with pytest.raises(EvaluationError, match=f"nested more than {MAX_JSON_DEPTH} levels"):
+        evaluate(parse("${{ fromJSON(env.J) }}"), context)
+    deepest = Context(env={"J": "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH})
+    assert render(parse("${{ fromJSON(env.J) }}"), deepest) == deepest.env["J"]
+
+
+# -- evaluation: properties
+
+_LEAVES = st.sampled_from(
+    [
+        "item",
+        "env.A",
+        "env.J",
+        "env.UNSET",
+        "tasks.a.result",
+        "tasks.a.outputs.x",
+        "tasks.a.outputs.missing",
+        "run.id",
+        "run.group",
+        "'a'",
+        "''",
+        "0",
+        "1.5",
+        "-2",
+        "true",
+        "false",
+        "null",
+        "fromJSON(env.J)",
+        "toJSON(item)",
+    ]
+)
+_EXPRESSIONS = st.recursive(
+    _LEAVES,
+    lambda inner: st.one_of(
+        inner.map(lambda e: f"!{e}"),
+        inner.map(lambda e: f"toJSON({e})"),
+        inner.map(lambda e: f"fromJSON({e})"),
+        st.tuples(inner, st.sampled_from(["==", "!=", "&&", "||"]), inner).map(
+            lambda t: f"({t[0]} {t[1]} {t[2]})"
+        ),
+    ),
+    max_leaves=12,
+)
+_TEMPLATES = st.lists(
+    st.one_of(
+        st.text(alphabet="ab -\n", max_size=4), _EXPRESSIONS.map(lambda e: f"${{{{ {e} }}}}")
+    ),
+    min_size=1,
+    max_size=4,
+).map("".join)
+_JSON: st.SearchStrategy[Any] = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+_CONTEXTS = st.builds(
+    Context,
+    run_id=st.text(max_size=8),
+    run_group=st.just("/g"),
+    env=st.dictionaries(
+        st.sampled_from(["A", "J"]),
+        st.one_of(st.text(max_size=6), _JSON.map(msgspec.json.encode).map(bytes.decode)),
+    ),
+    results=st.dictionaries(st.just("a"), st.sampled_from(["success", "failed", "skipped"])),
+    outputs=st.dictionaries(st.just("a"), st.dictionaries(st.just("x"), st.text(max_size=6))),
+    item=st.one_of(st.just(msgspec.UNSET), _JSON),
+)
+
+
+def outcome_of(text: str, context: Context) -> tuple[str, str]:
+    """What evaluating `text` gives, as comparable text: the value's type and JSON, or
+    the error's type and message."""
+    try:
+        value = evaluate(parse(text), context)
+    except ExpressionError as refused:
+        return type(refused).__name__, str(refused)
+    return type(value).__name__, msgspec.json.encode(value).decode()
+
+
+@SETTINGS
+@given(_TEMPLATES, _CONTEXTS)
+def test_evaluation_is_deterministic(text: str, context: Context) -> None:
+    """The same template in the same context gives the same value or the same error,
+    also when the context's maps were built in another order, and raises nothing but
+    the package's errors."""
+    reordered = msgspec.structs.replace(
+        context,
+        env=dict(reversed(context.env.items())),
+        outputs={k: dict(reversed(v.items())) for k, v in reversed(context.outputs.items())},
+    )
+    first = outcome_of(text, context)
+    assert outcome_of(text, context) == first
+    assert outcome_of(text, reordered) == first
+
+
+@SETTINGS
+@given(_JSON)
+def test_to_json_of_from_json_round_trips_canonical_json(value: Any) -> None:
+    """For canonical JSON (what `toJSON` writes), `toJSON(fromJSON(s))` is `s`, and
+    `fromJSON` gives back a value equal to the one written."""
+    canonical = msgspec.json.encode(value, order="sorted").decode()
+    context = Context(env={"J": canonical})
+    assert evaluate(parse("${{ toJSON(fromJSON(env.J)) }}"), context) == canonical
+    assert evaluate(parse("${{ toJSON(fromJSON(toJSON(fromJSON(env.J)))) }}"), context) == canonical
+    same = parse("${{ fromJSON(env.J) == fromJSON(toJSON(fromJSON(env.J))) }}")
+    assert evaluate(same, context) is True

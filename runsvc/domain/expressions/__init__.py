@@ -41,11 +41,43 @@ may stand between the tokens of an expression):
 - Limits: an expression (from `${{` to `}}`) is at most 1000 characters, and nests at
   most 32 levels of parentheses, `!` and calls.
 
+Values are JSON's: strings, numbers, booleans, null, arrays and objects. References are
+strings (`item` is the foreach item as given), `env.X` of an unset variable is null.
+
+Evaluation (`evaluate`, in a `Context`), deterministic and side-effect free:
+
+- A template that is exactly one `${{ … }}`, nothing around it, has its expression's
+  value, of any type (a `foreach` list from `fromJSON`). Any other template is a string:
+  its text with each value written in — a string as it is, null as nothing, anything
+  else as its JSON (`true`, `2`, `["a","b"]`). `render` always gives that string.
+- `==` and `!=` compare without converting: a string equals only the same string (case
+  counts: `'Main' != 'main'`), so `'1' != 1` and `'true' != true`; numbers compare by
+  value (`1 == 1.0`); arrays and objects item by item. Compare a number in an output as
+  `fromJSON(tasks.t.outputs.n) == 3`, or as a string, `tasks.t.outputs.n == '3'`.
+- Truth (for `!`, `&&`, `||` and `when`, see `holds`): false, null, `''` and 0 are false;
+  everything else is true, including the strings `'false'` and `'0'` and empty arrays.
+- `!` gives a boolean. `a && b` gives a when a is false, else b; `a || b` gives a when
+  a is true, else b (`env.TARGET || 'staging'`). Both stop at the first operand that
+  decides, so the rest is not evaluated.
+- `fromJSON(s)` reads a string of JSON (at most 64 levels deep); `toJSON(v)` writes
+  canonical JSON (no spaces, object keys sorted), so `toJSON(fromJSON(s))` is `s` for a
+  canonical `s`.
+- A reference without a value raises `Unresolved`, naming it: an output the task never
+  set, the result of a task that has not ended, `item` outside a foreach child. A
+  function that fails (`fromJSON('nope')`, an unknown function) raises
+  `EvaluationError`.
+
 Errors: every error is an `ExpressionError`. `parse` raises only `ExpressionSyntaxError`,
 which says where (`column 7`, or `line 3, column 7` in a text of several lines).
 """
 
-from runsvc.domain.expressions.errors import ExpressionError, ExpressionSyntaxError
+from runsvc.domain.expressions.errors import (
+    EvaluationError,
+    ExpressionError,
+    ExpressionSyntaxError,
+    Unresolved,
+)
+from runsvc.domain.expressions.evaluator import Context, evaluate, holds, render
 from runsvc.domain.expressions.lexer import MAX_EXPRESSION_LENGTH
 from runsvc.domain.expressions.nodes import (
     EnvVar,
@@ -58,11 +90,15 @@ from runsvc.domain.expressions.nodes import (
     Template,
 )
 from runsvc.domain.expressions.parser import MAX_DEPTH, parse
+from runsvc.domain.expressions.values import MAX_JSON_DEPTH, Value, is_truthy
 
 __all__ = [
     "MAX_DEPTH",
     "MAX_EXPRESSION_LENGTH",
+    "MAX_JSON_DEPTH",
+    "Context",
     "EnvVar",
+    "EvaluationError",
     "ExpressionError",
     "ExpressionSyntaxError",
     "Item",
@@ -72,5 +108,11 @@ __all__ = [
     "TaskOutput",
     "TaskResult",
     "Template",
+    "Unresolved",
+    "Value",
+    "evaluate",
+    "holds",
+    "is_truthy",
     "parse",
+    "render",
 ]
