@@ -27,10 +27,13 @@ from runsvc.domain.expressions import (
     Template,
     Unresolved,
     Value,
+    check,
     evaluate,
     holds,
     is_truthy,
     parse,
+    referenced_tasks,
+    references,
     render,
 )
 from runsvc.domain.expressions.nodes import (
@@ -642,3 +645,113 @@ def test_to_json_of_from_json_round_trips_canonical_json(value: Any) -> None:
     assert evaluate(parse("${{ toJSON(fromJSON(toJSON(fromJSON(env.J)))) }}"), context) == canonical
     same = parse("${{ fromJSON(env.J) == fromJSON(toJSON(fromJSON(env.J))) }}")
     assert evaluate(same, context) is True
+
+
+# -- static checks
+
+TASKS = {"checkout", "build", "test", "deploy", "v1.2"}
+
+
+def problems(text: str, *ancestors: str, in_foreach: bool = False) -> list[str]:
+    return check(parse(text), ancestors=set(ancestors), known_tasks=TASKS, in_foreach=in_foreach)
+
+
+def test_references_are_listed_once_in_order() -> None:
+    """What validation needs to know which tasks, outputs and variables a template reads."""
+    template = parse(
+        "${{ tasks.build.outputs.v }} ${{ env.A || tasks['v1.2'].result }} "
+        "${{ toJSON(item) == tasks.build.outputs.v && run.id }}"
+    )
+    assert references(template) == [
+        TaskOutput("build", "v"),
+        EnvVar("A"),
+        TaskResult("v1.2"),
+        Item(),
+        RunField("id"),
+    ]
+    assert referenced_tasks(template) == {"build", "v1.2"}
+    assert references(parse("no expressions")) == []
+
+
+def test_a_template_that_reads_its_dependencies_has_no_problems() -> None:
+    """Indirect dependencies count: `checkout` is an ancestor through `build`."""
+    text = (
+        "${{ tasks.build.outputs.version }} ${{ tasks.checkout.result == 'success' }} "
+        "${{ toJSON(fromJSON(env.X)) }} ${{ item }} ${{ run.group }}"
+    )
+    assert problems(text, "build", "checkout", in_foreach=True) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("${{ tasks.biuld.result }}", "column 5: unknown task 'biuld' (did you mean 'build'?)"),
+        ("${{ tasks.nothing.outputs.x }}", "column 5: unknown task 'nothing'"),
+        (
+            "${{ tasks.deploy.outputs.url }}",
+            "column 5: task 'deploy' is not a dependency of this task, direct or indirect",
+        ),
+        ("echo ${{ item }}", "column 10: item is only defined in a task with foreach"),
+        (
+            "${{ fromJson(env.X) }}",
+            "column 5: unknown function 'fromJson' (did you mean 'fromJSON'?); "
+            "the functions are fromJSON and toJSON",
+        ),
+        (
+            "${{ len(env.X) }}",
+            "column 5: unknown function 'len'; the functions are fromJSON and toJSON",
+        ),
+        ("${{ toJSON() }}", "column 5: toJSON takes 1 argument, got 0"),
+        ("${{ fromJSON(env.X, 1) }}", "column 5: fromJSON takes 1 argument, got 2"),
+        (
+            "make\n  ${{ env.A && tasks.tset.result }}",
+            "line 2, column 16: unknown task 'tset' (did you mean 'test'?)",
+        ),
+    ],
+)
+def test_each_problem_says_what_and_where(text: str, problem: str) -> None:
+    assert problems(text, "build", "checkout") == [problem]
+
+
+def test_every_problem_is_reported_once() -> None:
+    """All problems of a template at once, in order; the same problem found again later
+    is not repeated, so a script that reads ten outputs of a wrong task says so once."""
+    text = (
+        "${{ tasks.deploy.outputs.a }} ${{ item }} ${{ tasks.deploy.outputs.b }} "
+        "${{ nope(item) }} ${{ tasks.x.result }}"
+    )
+    assert problems(text, "build") == [
+        "column 5: task 'deploy' is not a dependency of this task, direct or indirect",
+        "column 35: item is only defined in a task with foreach",
+        "column 77: unknown function 'nope'; the functions are fromJSON and toJSON",
+        "column 95: unknown task 'x'",
+    ]
+
+
+def test_a_task_that_is_no_ancestor_cannot_be_read_even_if_it_is_this_one() -> None:
+    """A task's own result does not exist while it runs; `ancestors` never holds it."""
+    assert problems("${{ tasks.test.result }}", "build") == [
+        "column 5: task 'test' is not a dependency of this task, direct or indirect"
+    ]
+
+
+_MISCALLED = st.tuples(_TEMPLATES, st.sampled_from(["toJSON(", "tojson(", "toJSON(1, "])).map(
+    lambda t: t[0].replace("toJSON(", t[1])
+)
+
+
+@SETTINGS
+@given(_MISCALLED)
+def test_check_and_evaluation_agree_on_the_functions(text: str) -> None:
+    """`check` finds a miscalled function exactly when there is one, and what it passes
+    never meets an unknown function or a wrong argument count when evaluated."""
+    parsed = outcome(text)
+    if isinstance(parsed, ExpressionSyntaxError):
+        return
+    found = check(parsed, ancestors={"a"}, known_tasks={"a"}, in_foreach=True)
+    miscalled = any(s in text for s in ("tojson(", "toJSON(1, "))
+    assert bool(found) == miscalled
+    if not found:
+        result = outcome_of(text, Context(item=1))
+        assert "unknown function" not in result[1]
+        assert "argument" not in result[1]

@@ -34,8 +34,8 @@ may stand between the tokens of an expression):
   `['v1.2']` for one with other characters (a task named `v1.2` is `tasks['v1.2']`).
 - Precedence, tightest first: `!`, then `==` `!=`, then `&&`, then `||`. Comparisons
   do not chain (`a == b == c` is refused); `(a == b) == c` says what is meant.
-- The parser accepts a call of any name, as it accepts any task name; the functions
-  are `fromJSON(string)` and `toJSON(value)`.
+- The parser accepts a call of any name, as it accepts any task name; `check` reports
+  one that is not a function. The functions are `fromJSON(string)` and `toJSON(value)`.
 - Nothing else is in the language: no attribute access beyond the references above, no
   indexing of values, no arithmetic, no evaluation of Python.
 - Limits: an expression (from `${{` to `}}`) is at most 1000 characters, and nests at
@@ -67,10 +67,18 @@ Evaluation (`evaluate`, in a `Context`), deterministic and side-effect free:
   function that fails (`fromJSON('nope')`, an unknown function) raises
   `EvaluationError`.
 
+Static checks, before a run starts: `references` lists what a template refers to, and
+`check` reports, each with where it stands: an unknown task (with the name meant), a
+task that is not a dependency (direct or indirect) of the task the template belongs to,
+`item` outside a foreach task, an unknown function (with the name meant) and a call
+with the wrong number of arguments. A template that passes can still meet `Unresolved`
+when it runs: a dependency that failed or was skipped may not have set its outputs.
+
 Errors: every error is an `ExpressionError`. `parse` raises only `ExpressionSyntaxError`,
 which says where (`column 7`, or `line 3, column 7` in a text of several lines).
 """
 
+from runsvc.domain.expressions.checks import check, referenced_tasks, references
 from runsvc.domain.expressions.errors import (
     EvaluationError,
     ExpressionError,
@@ -110,9 +118,12 @@ __all__ = [
     "Template",
     "Unresolved",
     "Value",
+    "check",
     "evaluate",
     "holds",
     "is_truthy",
     "parse",
+    "referenced_tasks",
+    "references",
     "render",
 ]
