@@ -226,6 +226,8 @@ def test_an_expression_may_span_lines_and_strings_may_hold_close() -> None:
         ("${{ tasks['b'.result }}", "column 14: unexpected '.'; expected ']'"),
         ("${{ env.'A' }}", "column 9: expected env.<NAME>"),
         ("${{ run.ID }}", "column 9: run has no field 'ID' (did you mean 'id'?)"),
+        ("${{ run['id'] }}", "column 8: expected run.id or run.group"),
+        ("${{ tasks.b['result'] }}", "column 12: expected tasks.<name>.result"),
         ("${{ item.name }}", "column 9: item has no fields"),
         ("${{ tasks.b.result.x }}", "column 19: tasks.b.result has no fields"),
         ("${{ env.A['b'] }}", "column 10: env.A has no fields"),

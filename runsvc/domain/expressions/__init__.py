@@ -24,7 +24,10 @@ may stand between the tokens of an expression):
     name        = ( letter | "_" ) { letter | digit | "_" | "-" } ;
     string      = "'" { any character but "'" | "''" } "'" ;
     number      = [ "-" ] int [ "." digits ] [ ( "e" | "E" ) [ "+" | "-" ] digits ] ;
-    int         = "0" | nonzero { digit } ;
+    int         = "0" | ( digit - "0" ) { digit } ;
+    digits      = digit { digit } ;
+    letter      = "A" | … | "Z" | "a" | … | "z" ;   (* ASCII only, as are digits *)
+    digit       = "0" | … | "9" ;
 
 - `text` is any run of characters that does not start `${{`; an expression ends at the
   first `}}` outside a string. To write `${{` itself: `${{ '${{' }}`.
@@ -41,8 +44,10 @@ may stand between the tokens of an expression):
 - Limits: an expression (from `${{` to `}}`) is at most 1000 characters, and nests at
   most 32 levels of parentheses, `!` and calls.
 
-Values are JSON's: strings, numbers, booleans, null, arrays and objects. References are
-strings (`item` is the foreach item as given), `env.X` of an unset variable is null.
+Values are JSON's: strings, numbers, booleans, null, arrays and objects. A reference's
+value is a string, as the `Context` gives it (a task's result is how it ended, such as
+`success` or `failed`), except `item`, the foreach item as given, and `env.X` of an
+unset variable, which is null.
 
 Evaluation (`evaluate`, in a `Context`), deterministic and side-effect free:
 

@@ -32,6 +32,7 @@ recursion of the parser, of evaluation and of the checks."""
 ROOTS = ("tasks", "env", "item", "run")
 KEYWORDS = {"true": True, "false": False, "null": None}
 RUN_FIELDS = ("id", "group")
+TASK_FIELDS = ("result", "outputs")
 _USAGE = {
     "tasks": "tasks.<name>.result or tasks.<name>.outputs.<key>",
     "env": "env.<NAME>",
@@ -170,31 +171,16 @@ class _Parser:
         if root == "item":
             reference = Item()
         elif root == "env":
-            reference = EnvVar(self._selector(root)[0])
+            reference = EnvVar(self._key(root))
         elif root == "run":
-            field, offset = self._selector(root)
-            if field == "id":
-                reference = RunField("id")
-            elif field == "group":
-                reference = RunField("group")
-            else:
-                raise self._error(
-                    f"run has no field {field!r}{hint(field, RUN_FIELDS)}; use {_USAGE[root]}",
-                    offset,
-                )
+            field = self._field(root, RUN_FIELDS)
+            reference = RunField("id" if field == "id" else "group")
         elif root == "tasks":
-            task = self._selector(root)[0]
-            field, offset = self._selector(root)
-            if field == "result":
+            task = self._key(root)
+            if self._field(root, TASK_FIELDS) == "result":
                 reference = TaskResult(task)
-            elif field == "outputs":
-                reference = TaskOutput(task, self._selector(root)[0])
             else:
-                known = ("result", "outputs")
-                raise self._error(
-                    f"a task has no field {field!r}{hint(field, known)}; use {_USAGE[root]}",
-                    offset,
-                )
+                reference = TaskOutput(task, self._key(root))
         else:
             raise self._error(
                 f"unknown name {root!r}{hint(root, (*ROOTS, *KEYWORDS))}; "
@@ -205,20 +191,36 @@ class _Parser:
             raise self._error(f"{reference} has no fields")
         return reference
 
-    def _selector(self, root: str) -> tuple[str, int]:
-        """The key of `.key` or `['key']`, and where it starts."""
+    def _key(self, root: str) -> str:
+        """A name chosen by the run file (a task, an output, a variable): `.key`, or
+        `['key']` for one a dotted selector cannot spell."""
         if self._at("."):
             self._advance()
             if self._token.kind == "name":
-                token = self._advance()
-                return token.text, token.offset
+                return self._advance().text
         elif self._at("["):
             self._advance()
             if self._token.kind == "string":
-                token = self._advance()
+                key = str(self._advance().value)
                 self._expect("]")
-                return str(token.value), token.offset
+                return key
         raise self._error(f"expected {_USAGE[root]}")
+
+    def _field(self, root: str, fields: tuple[str, ...]) -> str:
+        """One of the language's own words after a dot (`.result`, `.id`)."""
+        if not self._at("."):
+            raise self._error(f"expected {_USAGE[root]}")
+        self._advance()
+        token = self._token
+        if token.kind != "name":
+            raise self._error(f"expected {_USAGE[root]}")
+        if token.text not in fields:
+            owner = "a task" if root == "tasks" else root
+            raise self._error(
+                f"{owner} has no field {token.text!r}{hint(token.text, fields)}; use {_USAGE[root]}"
+            )
+        self._advance()
+        return token.text
 
     def _expect(self, operator: str) -> None:
         if not self._at(operator):
