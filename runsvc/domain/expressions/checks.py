@@ -1,0 +1,85 @@
+"""What can be known of a template before a run starts: what it refers to, and whether
+those references and calls can work where the template stands."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from runsvc.domain.expressions.errors import where
+from runsvc.domain.expressions.nodes import (
+    Call,
+    Item,
+    Node,
+    Ref,
+    Reference,
+    TaskOutput,
+    TaskResult,
+    Template,
+    walk,
+)
+from runsvc.domain.expressions.suggest import hint
+from runsvc.domain.expressions.values import FUNCTIONS
+
+
+def references(template: Template) -> list[Reference]:
+    """Every reference of the template, each once, in the order they first appear."""
+    found: dict[Reference, None] = {}
+    for node in _nodes(template):
+        if isinstance(node, Ref):
+            found.setdefault(node.reference)
+    return list(found)
+
+
+def referenced_tasks(template: Template) -> set[str]:
+    """The tasks whose result or outputs the template reads."""
+    return {r.task for r in references(template) if isinstance(r, TaskResult | TaskOutput)}
+
+
+def check(
+    template: Template, *, ancestors: set[str], known_tasks: set[str], in_foreach: bool
+) -> list[str]:
+    """The problems of a template in a task whose (direct and indirect) dependencies are
+    `ancestors`, in a run of `known_tasks`; `in_foreach` when the template is evaluated
+    for each item (not in the `foreach` field itself, where there is no item yet).
+    Each message says where; a problem found again later in the template is not
+    repeated."""
+    problems: dict[str, str] = {}
+    for node in _nodes(template):
+        problem = _problem(
+            node, ancestors=ancestors, known_tasks=known_tasks, in_foreach=in_foreach
+        )
+        if problem is not None and problem not in problems:
+            problems[problem] = f"{where(template.text, node.offset)}: {problem}"
+    return list(problems.values())
+
+
+def _problem(
+    node: Node, *, ancestors: set[str], known_tasks: set[str], in_foreach: bool
+) -> str | None:
+    if isinstance(node, Call):
+        if node.function not in FUNCTIONS:
+            return (
+                f"unknown function {node.function!r}{hint(node.function, FUNCTIONS)}; "
+                f"the functions are {' and '.join(FUNCTIONS)}"
+            )
+        if len(node.arguments) != 1:
+            return f"{node.function} takes 1 argument, got {len(node.arguments)}"
+        return None
+    if not isinstance(node, Ref):
+        return None
+    reference = node.reference
+    if isinstance(reference, Item) and not in_foreach:
+        return "item is only defined in a task with foreach"
+    if isinstance(reference, TaskResult | TaskOutput):
+        task = reference.task
+        if task not in known_tasks:
+            return f"unknown task {task!r}{hint(task, known_tasks)}"
+        if task not in ancestors:
+            # Its result and outputs may not exist yet when this task runs.
+            return f"task {task!r} is not a dependency of this task, direct or indirect"
+    return None
+
+
+def _nodes(template: Template) -> Iterator[Node]:
+    for segment in template.segments:
+        yield from walk(segment.expression)
