@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import os
 import re
@@ -227,6 +228,13 @@ def test_help_lists_exit_codes_and_every_command_has_an_example(
         text = capsys.readouterr().out
         assert "example" in text, path
         assert f"runsvc {path[0]}" in text, path
+
+
+async def test_version_is_the_installed_distributions(cli: Cli) -> None:
+    """`runsvc --version` prints the version the installed package's metadata holds."""
+    outcome = await cli("--version")
+    assert outcome.code == 0, outcome.stderr
+    assert outcome.stdout == f"runsvc {importlib.metadata.version('runsvc')}\n"
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
