@@ -94,6 +94,9 @@ def register(commands: Any) -> None:
     listing.add_argument("--phase", choices=get_args(Phase))
     listing.add_argument("--result", choices=get_args(Result))
     listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument(
+        "--cursor", help="the page after the one that printed it (pass the same filters)"
+    )
     listing.set_defaults(handler=run_list)
     show = _command(
         actions, "show", "one run with its tasks", "runsvc runs show 01M88X6GBAY22NRY9DMZC54X7B"
@@ -224,7 +227,11 @@ def run_simulate(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     async def work(runs: RunsClient) -> int:
         page = await runs.list(
-            group=args.group, phase=args.phase, result=args.result, limit=args.limit
+            group=args.group,
+            phase=args.phase,
+            result=args.result,
+            limit=args.limit,
+            cursor=args.cursor,
         )
         if args.format == "json":
             emit_json(page)
@@ -244,7 +251,7 @@ def run_list(args: argparse.Namespace) -> int:
         ]
         print(table(["ID", "GROUP", "NAME", "#", "PHASE", "RESULT", "CREATED", "TOOK"], rows))
         if page.next_cursor:
-            print(f"(more: raise --limit, or page with the API's cursor {page.next_cursor})")
+            print(f"(more: the next page with the same flags and --cursor {page.next_cursor})")
         return EXIT_OK
 
     return remote(args, work)

@@ -684,3 +684,33 @@ async def test_tokens_are_created_listed_and_revoked_from_the_command_line(
     bad = await cli("token", "create", "--role", "reader", "--labels", "os=linux", *database)
     assert bad.code == 2
     assert "labels: only executor tokens have labels" in bad.stderr
+
+
+# -- paging and filtering runs ---------------------------------------------------------
+
+
+async def test_runs_list_pages_on_with_the_cursor_it_names(cli: Cli, tmp_path: Path) -> None:
+    """A page that is not the last names `--cursor X`; the same listing with it prints the
+    next page, which names none when it is the last."""
+    config = tmp_path / "one.yaml"
+    config.write_text("tasks:\n  - name: one\n    run: 'true'\n")
+    made = [
+        (await submitted(cli, str(config), "--group", "/cli/paging", "--name", f"r{n}"))["id"]
+        for n in range(3)
+    ]
+    listing = ("runs", "list", "--group", "/cli/paging", "--limit", "2")
+    first = await eventually(cli, lambda o: made[-1] in o.stdout, *listing)
+    assert [line.split()[0] for line in first.stdout.splitlines()[1:3]] == made[:0:-1]
+    hint = re.search(r"^\(more: .*--cursor (\S+)\)$", first.stdout, re.M)
+    assert hint, first.stdout
+    second = await cli(*listing, "--cursor", hint[1])
+    assert second.code == 0, second.stderr
+    rows = second.stdout.splitlines()
+    assert [line.split()[0] for line in rows[1:]] == made[:1]
+    assert "--cursor" not in second.stdout
+    as_json = await cli(*listing, "--cursor", hint[1], "--format", "json")
+    assert [r["id"] for r in as_json.json()["runs"]] == made[:1]
+    bad = await cli(*listing, "--cursor", "not-a-cursor")
+    assert bad.code == 2
+    assert "cursor" in bad.stderr
+
