@@ -43,9 +43,15 @@ def register(commands: Any) -> None:
     events.add_argument("--run")
     events.add_argument("--group")
     events.add_argument("--types", help="comma-separated event types")
-    events.add_argument("--after", type=int, default=0, metavar="POSITION")
+    events.add_argument(
+        "--after",
+        type=int,
+        metavar="POSITION",
+        help="events after this position (default: the start of the log; with --follow, "
+        "its current end, so only new events are printed)",
+    )
     events.add_argument("--limit", type=int, default=100)
-    events.add_argument("--follow", "-f", action="store_true")
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     add_connection_options(events)
     events.set_defaults(handler=run_events)
 
@@ -125,16 +131,19 @@ def run_events(args: argparse.Namespace) -> int:
         # Asked once as a page even when following: a wrong filter, a token or a server
         # that is not there fails now, where following would wait and retry forever.
         page = await runs.events(
-            after=args.after,
+            after=args.after or 0,
             limit=1 if args.follow else args.limit,
             run=args.run,
             group=args.group,
             types=types,
         )
         if args.follow:
+            # Like `tail -f`: what is already there was not asked for (--after 0 asks).
+            start = args.after if args.after is not None else page.head or 0
+            print(f"following events after position {start}", file=sys.stderr, flush=True)
             async for event in follow_events(
                 runs.api,
-                after=args.after,
+                after=start,
                 run=args.run,
                 group=args.group,
                 types=types,

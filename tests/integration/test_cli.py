@@ -438,8 +438,10 @@ async def test_ci_example_waits_for_runsvc_approve_then_logs_history_and_audit(
     assert verify.stdout.startswith(f"ok: {len(events)} events")
     assert [e["version"] for e in page.json_lines()] == [1, 2, 3, 4]
 
-    # Followed, the event log first replays what is stored; then it waits for more.
-    follower = await cli.start("events", "--run", run_id, "--follow", "--format", "json")
+    # Followed from 0, the event log first replays what is stored; then it waits for more.
+    follower = await cli.start(
+        "events", "--run", run_id, "--follow", "--after", "0", "--format", "json"
+    )
     replayed: list[str] = []
     await read_until(follower.stdout, lambda _line: len(replayed) == len(events), replayed)
     assert [json.loads(e)["position"] for e in replayed] == [e["position"] for e in events]
@@ -714,3 +716,32 @@ async def test_runs_list_pages_on_with_the_cursor_it_names(cli: Cli, tmp_path: P
     assert bad.code == 2
     assert "cursor" in bad.stderr
 
+
+# -- the event log followed --------------------------------------------------------------
+
+
+async def test_events_follow_starts_at_the_end_of_the_log_unless_after_is_given(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """`events --follow` prints only what is written from then on, like `tail -f`: a run
+    waiting for an approval has events, yet the first one printed is its approval."""
+    config = tmp_path / "gated.yaml"
+    config.write_text(gated("/cli/follow-head"))
+    run = await submitted(cli, str(config), "--group", "/cli/follow-head", "--name", "gated")
+    await eventually(
+        cli, lambda o: o.json()["tasks"]["gate"]["status"] == "waiting_approval",
+        "runs", "show", run["id"], "--format", "json",
+    )  # fmt: skip
+    history = (await cli("history", run["id"], "--format", "json")).json_lines()
+    follower = await cli.start("events", "--run", run["id"], "--follow", "--format", "json")
+    try:
+        started = await read_until(follower.stderr, lambda line: "following" in line, [])
+        head = int(re.search(r"after position (\d+)", started)[1])  # type: ignore[index]
+        assert head >= history[-1]["position"]
+        assert (await cli("approve", run["id"], "gate")).code == 0
+        first = json.loads(await read_until(follower.stdout, lambda _line: True, []))
+        assert first["type"] == "task_approved"
+        assert first["position"] > head
+    finally:
+        follower.terminate()
+        await follower.wait()
