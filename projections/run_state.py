@@ -71,7 +71,8 @@ class _Folded:
 
 class RunStateProjection:
     name = "run_state"
-    version = 5
+    # 6: tasks' states and views hold when they were approved (`approved_at`).
+    version = 6
     tables: tuple[str, ...] = ("run_state", "ready_tasks", "run_timers", "carried_tasks")
     per_stream = True
     filter: EventFilter | None = EventFilter(stream_prefix=RUN_STREAM_PREFIX)
