@@ -12,6 +12,7 @@ from typing import Any, get_args
 import msgspec
 
 from runsvc.cli.connection import EXIT_OK, EXIT_RUN_FAILED, add_connection_options, remote
+from runsvc.cli.describe import approval, has_items, item_of, note
 from runsvc.cli.output import duration, emit_json, moment, table
 from runsvc.cli.run_files import RunFile, pairs
 from runsvc.cli.watch import closing_note, follow_run, outcome_code
@@ -271,22 +272,23 @@ def show_run(run: RunView, *, live: bool = True) -> str:
         + (f", position {run.queue_position} in its queue" if run.queue_position else ""),
         f"created {moment(run.created_at)}, took {took(run.started_at, run.finished_at)}",
     ]
+    items = has_items(run)
     rows = [
         (
             t.name,
+            *([item_of(t)] if items else []),
             t.status,
             t.attempt,
             took(t.started_at, t.finished_at),
             t.exit_code,
-            t.error or t.reason or "",
+            note(run, t, approvals=False),
         )
         for t in run.tasks.values()
     ]
-    return (
-        "\n".join(lines)
-        + "\n\n"
-        + table(["TASK", "STATUS", "ATTEMPT", "TOOK", "EXIT", "NOTE"], rows)
-    )
+    headers = ["TASK", *(["ITEM"] if items else []), "STATUS", "ATTEMPT", "TOOK", "EXIT", "NOTE"]
+    # Below the table rather than in NOTE, which an approved task's error may need.
+    approved = [f"{t.name} {approval(t)}" for t in run.tasks.values() if t.approved_by]
+    return "\n".join([*lines, "", table(headers, rows), *(["", *approved] if approved else [])])
 
 
 def run_show(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import TextIO
 
+from runsvc.cli.describe import approval, has_items, item_of, note
 from runsvc.cli.output import duration, table
 from runsvc.domain.fold import TERMINAL_PHASES
 from runsvc.domain.model import FINAL
@@ -71,14 +72,15 @@ def _wave_summary(run: RunView, level: dict[str, int]) -> str:
     return "waves  " + "   ".join(f"{w}: {ended[w]}/{count[w]}" for w in sorted(count))
 
 
-def _row(task: TaskView, wave: int, now: datetime) -> tuple[object, ...]:
+def _row(run: RunView, task: TaskView, wave: int, now: datetime, items: bool) -> tuple[object, ...]:
     return (
         wave,
         task.name,
+        *([item_of(task)] if items else []),
         task.status,
         task.attempt,
         duration(task.started_at, task.finished_at, now),
-        task.error or task.reason or "",
+        note(run, task),
     )
 
 
@@ -107,9 +109,10 @@ def render(run: RunView, *, height: int | None = None, now: datetime | None = No
             shown += [t for t in tasks if t.status in _SETTLED][: room - len(shown)]
             foot = [f"... and {len(tasks) - len(shown)} more tasks", *foot]
             tasks = sorted(shown, key=lambda t: (level[t.name], order[t.name]))
+    items = has_items(run)
     body = table(
-        ["WAVE", "TASK", "STATUS", "ATTEMPT", "TOOK", "NOTE"],
-        [_row(t, level[t.name], now) for t in tasks],
+        ["WAVE", "TASK", *(["ITEM"] if items else []), "STATUS", "ATTEMPT", "TOOK", "NOTE"],
+        [_row(run, t, level[t.name], now, items) for t in tasks],
     ).splitlines()
     return [*head, *body, *foot]
 
@@ -145,19 +148,25 @@ class LineScreen:
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.seen: dict[str, tuple[str, int]] = {}
+        self.approved: set[str] = set()
         self.phase = ""
 
     def show(self, run: RunView) -> None:
         now = datetime.now(UTC).strftime("%H:%M:%S")
         lines = []
         for task in run.tasks.values():
+            if task.approved_by is not None and task.name not in self.approved:
+                self.approved.add(task.name)
+                lines.append(f"{now} {task.name} {approval(task)}")
             state = (task.status, task.attempt)
             if self.seen.get(task.name) != state:
                 self.seen[task.name] = state
-                note = task.error or task.reason
+                # The approval has a line of its own (above); others are news once.
+                why = note(run, task, approvals=False)
+                item = f", item {item_of(task)}" if task.item is not None else ""
                 lines.append(
-                    f"{now} {task.name} {task.status} (attempt {task.attempt})"
-                    + (f" - {note}" if note else "")
+                    f"{now} {task.name} {task.status} (attempt {task.attempt}{item})"
+                    + (f" - {why}" if why else "")
                 )
         if run.phase != self.phase:
             self.phase = run.phase

@@ -377,8 +377,9 @@ async def test_ci_example_waits_for_runsvc_approve_then_logs_history_and_audit(
     assert waiting.returncode == 0, err.decode()
     lines = "".join(seen) + rest.decode()
     assert f"run {run_id} created: /acme/shop/main ci" in err.decode()
-    for task in ("checkout", "build", "test[3]", "report", "deploy"):
+    for task in ("checkout", "build", "report", "deploy"):
         assert f" {task} success (attempt 1)" in lines
+    assert " test[3] success (attempt 1, item 4)" in lines
     assert f"run {run_id} finished: success" in lines
     async with asyncio.timeout(WITHIN_S):
         followed, _ = await deploy_log.communicate()
@@ -481,11 +482,12 @@ async def test_nightly_example_retries_until_it_succeeds(cli: Cli) -> None:
 
 async def test_fanout_example_runs_every_partition(cli: Cli) -> None:
     """examples/fanout.yaml with `--wait`: every partition is processed, merged and
-    published; the lines show each item as it ends; exit 0."""
+    published; the lines show each item, with its value, as it ends; exit 0."""
     outcome = await cli("submit", "examples/fanout.yaml", "--wait")
     assert outcome.code == 0, outcome.stdout + outcome.stderr
-    for item in range(6):
-        assert f" process[{item}] success (attempt 1)" in outcome.stdout
+    regions = ["eu-west", "eu-north", "us-east", "us-west", "ap-south", "ap-east"]
+    for index, region in enumerate(regions):
+        assert f" process[{index}] success (attempt 1, item {region})" in outcome.stdout
     assert re.search(r"publish success \(attempt 1\)\n.*finished \(success\)", outcome.stdout)
     run_id = re.search(r"^run (\w+) created", outcome.stderr)[1]  # type: ignore[index]
     logs = await cli("logs", run_id, "process[3]")
@@ -745,3 +747,71 @@ async def test_events_follow_starts_at_the_end_of_the_log_unless_after_is_given(
     finally:
         follower.terminate()
         await follower.wait()
+
+
+# -- what a run's tasks say --------------------------------------------------------------
+
+EXPLAINED = """\
+tasks:
+  - name: prepare
+    run: echo prepared
+  - name: flaky
+    depends: [prepare]
+    run: echo boom; exit 3
+  - name: after
+    depends: [flaky]
+    run: echo after
+  - name: last
+    depends: [after]
+    run: echo last
+  - name: shards
+    foreach: [eu-west, us-east]
+    run: echo "shard $RUNSVC_ITEM"
+  - name: gate
+    depends: [shards]
+    approval: true
+    run: echo gate
+"""
+
+
+async def test_watch_and_show_say_why_skipped_who_approved_when_and_each_item(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """A skip two steps below a failure names the failure that started it; an approval
+    says who gave it, when and with what comment; a foreach child shows its item. In the
+    lines of `submit --wait` and in `runs show`."""
+    config = tmp_path / "explained.yaml"
+    config.write_text(EXPLAINED)
+    waiting = await cli.start(
+        "submit", str(config), "--group", "/cli/explained", "--name", "e", "--wait"
+    )
+    seen: list[str] = []
+    await read_until(waiting.stdout, lambda line: "gate waiting_approval" in line, seen)
+    run_id = re.search(r"run (\w+) running", "".join(seen))[1]  # type: ignore[index]
+    assert (await cli("approve", run_id, "gate", "--comment", "ship it")).code == 0
+    async with asyncio.timeout(WITHIN_S):
+        rest, err = await waiting.communicate()
+    assert waiting.returncode == 1, err.decode()
+    lines = "".join(seen) + rest.decode()
+    assert " shards[0] success (attempt 1, item eu-west)" in lines
+    assert " shards[1] success (attempt 1, item us-east)" in lines
+    when = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+    assert re.search(rf" gate approved by e2e-admin at {when}: \"ship it\"\n", lines)
+    assert " after skipped (attempt 0) - flaky ended failed; needs success\n" in lines
+    assert (
+        " last skipped (attempt 0) - after ended skipped; needs success (because flaky failed)\n"
+    ) in lines
+
+    show = await eventually(
+        cli, lambda o: "phase finished" in o.stdout, "runs", "show", run_id
+    )  # fmt: skip
+    assert show.stdout.splitlines()[4].split() == [
+        "TASK", "ITEM", "STATUS", "ATTEMPT", "TOOK", "EXIT", "NOTE"
+    ]  # fmt: skip
+    assert re.search(r"^shards\[1\]\s+us-east\s+success\s+1\b", show.stdout, re.M)
+    assert re.search(r"^last\s+skipped\s+0\s+-\s+after ended skipped; needs success "
+                     r"\(because flaky failed\)$", show.stdout, re.M)  # fmt: skip
+    assert re.search(rf"^gate approved by e2e-admin at {when}: \"ship it\"$", show.stdout, re.M)
+    as_json = (await cli("runs", "show", run_id, "--format", "json")).json()
+    assert as_json["tasks"]["gate"]["approved_at"] is not None
+    assert as_json["tasks"]["shards[0]"]["item"] == "eu-west"
