@@ -94,6 +94,11 @@ def register(commands: Any) -> None:
     listing.add_argument("--group", help="this group and everything below it")
     listing.add_argument("--phase", choices=get_args(Phase))
     listing.add_argument("--result", choices=get_args(Result))
+    listing.add_argument(
+        "--waiting-approval",
+        action="store_true",
+        help="only runs with a task waiting for an approval (runsvc approve ID TASK)",
+    )
     listing.add_argument("--limit", type=int, default=50)
     listing.add_argument(
         "--cursor", help="the page after the one that printed it (pass the same filters)"
@@ -231,6 +236,7 @@ def run_list(args: argparse.Namespace) -> int:
             group=args.group,
             phase=args.phase,
             result=args.result,
+            waiting_approval=True if args.waiting_approval else None,
             limit=args.limit,
             cursor=args.cursor,
         )

@@ -58,7 +58,13 @@ def _segment(value: str) -> str:
 
 
 def _params(**values: object) -> dict[str, str]:
-    return {key: str(value) for key, value in values.items() if value is not None}
+    return {key: _text(value) for key, value in values.items() if value is not None}
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool):  # as the server reads them (str() would say True)
+        return "true" if value else "false"
+    return str(value)
 
 
 class RunsClient:
@@ -90,12 +96,21 @@ class RunsClient:
         group: str | None = None,
         phase: Phase | None = None,
         result: Result | None = None,
+        waiting_approval: bool | None = None,
         limit: int | None = None,
         cursor: str | None = None,
     ) -> IndexPage:
-        """One page of the index, newest first; `group` matches the path and below it.
-        Pass the page's `next_cursor` back as `cursor` for the next one."""
-        params = _params(group=group, phase=phase, result=result, limit=limit, cursor=cursor)
+        """One page of the index, newest first; `group` matches the path and below it,
+        `waiting_approval` keeps runs that have (or have not) a task waiting for an
+        approval. Pass the page's `next_cursor` back as `cursor` for the next one."""
+        params = _params(
+            group=group,
+            phase=phase,
+            result=result,
+            waiting_approval=waiting_approval,
+            limit=limit,
+            cursor=cursor,
+        )
         return await self.api.call("GET", RUNS, into=IndexPage, params=params)
 
     async def iterate(
@@ -104,6 +119,7 @@ class RunsClient:
         group: str | None = None,
         phase: Phase | None = None,
         result: Result | None = None,
+        waiting_approval: bool | None = None,
         page_size: int = 100,
     ) -> AsyncGenerator[IndexEntry, None]:
         """Every matching run, newest first, page after page. Runs created meanwhile do
@@ -112,7 +128,12 @@ class RunsClient:
         cursor: str | None = None
         while True:
             page = await self.list(
-                group=group, phase=phase, result=result, limit=page_size, cursor=cursor
+                group=group,
+                phase=phase,
+                result=result,
+                waiting_approval=waiting_approval,
+                limit=page_size,
+                cursor=cursor,
             )
             for entry in page.runs:
                 yield entry

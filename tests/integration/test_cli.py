@@ -719,6 +719,26 @@ async def test_runs_list_pages_on_with_the_cursor_it_names(cli: Cli, tmp_path: P
     assert "cursor" in bad.stderr
 
 
+async def test_runs_list_waiting_approval_lists_runs_held_at_a_gate(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """`runs list --waiting-approval` lists the runs a person has to approve something in,
+    and no other; once approved, the run drops off the list."""
+    gate, plain = tmp_path / "gated.yaml", tmp_path / "plain.yaml"
+    gate.write_text(gated("/cli/waiting"))
+    plain.write_text("tasks:\n  - name: one\n    run: 'true'\n")
+    held = await submitted(cli, str(gate), "--group", "/cli/waiting", "--name", "held")
+    free = await submitted(cli, str(plain), "--group", "/cli/waiting", "--name", "free")
+    await eventually(
+        cli, lambda o: free["id"] in o.stdout, "runs", "list", "--group", "/cli/waiting"
+    )
+    listing = ("runs", "list", "--group", "/cli/waiting", "--waiting-approval")
+    waiting = await eventually(cli, lambda o: held["id"] in o.stdout, *listing)
+    assert free["id"] not in waiting.stdout
+    assert (await cli("approve", held["id"], "gate")).code == 0
+    await eventually(cli, lambda o: held["id"] not in o.stdout, *listing)
+
+
 # -- the event log followed --------------------------------------------------------------
 
 
