@@ -58,23 +58,45 @@ def register(commands: Any) -> None:
 
 def run_logs(args: argparse.Namespace) -> int:
     async def work(runs: RunsClient) -> int:
+        # Folded from the run's events, not read from the index that trails them: a task
+        # that just ran has its attempt.
+        live = LiveRun(runs, args.run_id)
+        await live.load()
         if args.follow:
-            task = await _started(runs, args.run_id, args.task)
+            task = await _started(runs, live, args.task)
         else:
-            # Folded from the run's events, not read from the index that trails them: a
-            # task that just ran has its attempt.
-            live = LiveRun(runs, args.run_id)
-            await live.load()
             task = _task(live.view(), args.task)
-        if task.attempt == 0:
-            why = task.reason or task.status
-            raise NotFoundError(404, "not_found", f"{task.name} has not run ({why}): no output")
-        async for chunk in runs.task_logs(task.id, attempt=args.attempt, follow=args.follow):
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.buffer.flush()
+        if not task.children:
+            await _print_log(runs, task, args.attempt, args.follow)
+            return EXIT_OK
+        # A foreach task runs nothing itself: its output is its items', each under a
+        # header as `tail` prints several files, in the items' order.
+        out = sys.stdout.buffer
+        for index, name in enumerate(task.children):
+            if args.follow:
+                child = await _started(runs, live, name)
+            else:
+                child = live.view().tasks[name]
+            item = f" (item {child.item})" if child.item is not None else ""
+            out.write((b"\n" if index else b"") + f"==> {name}{item} <==\n".encode())
+            out.flush()
+            try:
+                await _print_log(runs, child, args.attempt, args.follow)
+            except NotFoundError as exc:
+                out.write(f"({exc.message})\n".encode())
+                out.flush()
         return EXIT_OK
 
     return remote(args, work)
+
+
+async def _print_log(runs: RunsClient, task: TaskView, attempt: int | None, follow: bool) -> None:
+    if task.attempt == 0:
+        why = task.reason or task.status
+        raise NotFoundError(404, "not_found", f"{task.name} has not run ({why}): no output")
+    async for chunk in runs.task_logs(task.id, attempt=attempt, follow=follow):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
 
 
 def _task(run: RunView, name: str) -> TaskView:
@@ -85,13 +107,15 @@ def _task(run: RunView, name: str) -> TaskView:
     return task
 
 
-async def _started(runs: RunsClient, run_id: str, name: str) -> TaskView:
+async def _started(runs: RunsClient, live: LiveRun, name: str) -> TaskView:
     """The task once an executor has claimed it (its log exists), or once waiting is
     pointless: it ended without running (skipped), or the run ended without it (a foreach
-    item that never came to be). Until then, the run's events are followed."""
-    live = LiveRun(runs, run_id)
-    history = await live.load()
-    events = follow_events(runs.api, after=history[-1].position, run=run_id, on_retry=reconnecting)
+    item that never came to be). Until then, the run's events are followed from where
+    `live` is, and folded into it."""
+    # Connects only when first read: a task that has started already costs nothing.
+    events = follow_events(
+        runs.api, after=live.view().position, run=live.run_id, on_retry=reconnecting
+    )
     told = False
     try:
         while True:

@@ -492,6 +492,12 @@ async def test_fanout_example_runs_every_partition(cli: Cli) -> None:
     run_id = re.search(r"^run (\w+) created", outcome.stderr)[1]  # type: ignore[index]
     logs = await cli("logs", run_id, "process[3]")
     assert logs.stdout == "processing partition us-west\n"
+    every = await cli("logs", run_id, "process")
+    assert every.code == 0, every.stderr
+    assert every.stdout == "\n".join(
+        f"==> process[{index}] (item {region}) <==\nprocessing partition {region}\n"
+        for index, region in enumerate(regions)
+    )
 
 
 # -- simulate, failures, stop and cancel --------------------------------------------------
@@ -835,3 +841,44 @@ async def test_watch_and_show_say_why_skipped_who_approved_when_and_each_item(
     as_json = (await cli("runs", "show", run_id, "--format", "json")).json()
     assert as_json["tasks"]["gate"]["approved_at"] is not None
     assert as_json["tasks"]["shards[0]"]["item"] == "eu-west"
+
+
+# -- logs of a foreach task --------------------------------------------------------------
+
+SHARDS = """\
+tasks:
+  - name: gate
+    approval: true
+    run: echo gate
+  - name: shards
+    depends: [gate]
+    foreach: [a, b, c]
+    foreach_strategy: sequence
+    run: echo "shard $RUNSVC_ITEM"; test "$RUNSVC_ITEM" != b
+"""
+
+
+async def test_logs_of_a_foreach_task_print_each_items_log_under_a_header(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """`logs RUN PARENT --follow` of a foreach task waits for it to fan out, then prints
+    each item's output under a header, in order, and says which never ran; without
+    --follow, once the run ended, the same."""
+    config = tmp_path / "shards.yaml"
+    config.write_text(SHARDS)
+    run = await submitted(cli, str(config), "--group", "/cli/shard-logs", "--name", "s")
+    follower = await cli.start("logs", run["id"], "shards", "--follow")
+    await read_until(follower.stderr, lambda line: "waiting for shards to start" in line, [])
+    assert (await cli("approve", run["id"], "gate")).code == 0
+    async with asyncio.timeout(WITHIN_S):
+        out, err = await follower.communicate()
+    assert follower.returncode == 0, err.decode()
+    expected = (
+        "==> shards[0] (item a) <==\nshard a\n\n"
+        "==> shards[1] (item b) <==\nshard b\n[runsvc] attempt failed: exit code 1\n\n"
+        "==> shards[2] (item c) <==\n(shards[2] has not run (skipped): no output)\n"
+    )
+    assert out.decode() == expected
+    assert (await cli("watch", run["id"])).code == 1
+    again = await cli("logs", run["id"], "shards")
+    assert (again.code, again.stdout) == (0, expected)
