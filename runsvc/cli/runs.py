@@ -195,7 +195,7 @@ def run_submit(args: argparse.Namespace) -> int:
             print(hint, file=sys.stderr)
         final = await follow_run(runs, run.id, json_lines=not people)
         if people:
-            print(closing_note(final))
+            print(await closing_note(runs, final))
         return outcome_code(final)
 
     return remote(args, work)

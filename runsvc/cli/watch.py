@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import sys
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -33,11 +34,16 @@ from runsvc.client.base import RetryHook
 from runsvc.domain.events import KNOWN_TYPES, Event, RunEvent, UnknownEvent
 from runsvc.domain.fold import TERMINAL_PHASES, apply_event
 from runsvc.domain.model import Run
-from runsvc.domain.view import RunView, run_view
+from runsvc.domain.view import RunView, TaskView, run_view
 from runsvc.wire.api import EventOut
 
 # How often a terminal view is redrawn while no event comes, so durations keep counting.
 TICK_S = 1.0
+# The end of a failed task's output under the summary, for this many failed tasks.
+TAIL_LINES = 20
+SHOWN_FAILURES = 3
+# A line longer than this is cut: the summary is for reading, `runsvc logs` has it all.
+LINE_BYTES = 500
 
 
 def register(commands: Any) -> None:
@@ -61,7 +67,7 @@ def run_watch(args: argparse.Namespace) -> int:
         json_lines = args.format == "json"
         final = await follow_run(runs, args.run_id, json_lines=json_lines)
         if not json_lines:
-            print(closing_note(final))
+            print(await closing_note(runs, final))
         return outcome_code(final)
 
     return remote(args, work)
@@ -71,14 +77,47 @@ def outcome_code(run: RunView) -> int:
     return EXIT_OK if run.phase == "finished" and run.result == "success" else EXIT_RUN_FAILED
 
 
-def closing_note(run: RunView) -> str:
-    """What a person reads once the run has ended, and where to look next."""
+async def closing_note(runs: RunsClient, run: RunView) -> str:
+    """What a person reads once the run has ended: for the first failed tasks, the end
+    of their output (usually the error itself), and where to look next."""
     lines = [f"run {run.id} {run.phase}: {run.result}"]
-    failed = [t.name for t in run.tasks.values() if t.status == "failed"]
-    for name in failed[:3]:
-        lines.append(f"  output of {name}: runsvc logs {run.id} {name}")
+    # A foreach task's failure is its items': those are listed, each with its output.
+    failed = [t for t in run.tasks.values() if t.status == "failed" and not t.children]
+    for task in failed[:SHOWN_FAILURES]:
+        why = f": {task.error}" if task.error else ""
+        lines.append(f"  {task.name} failed{why}")
+        lines += [f"    {line}" for line in await _tail_of(runs, task)]
+        lines.append(f"  all of its output: runsvc logs {run.id} {task.name}")
+    if len(failed) > SHOWN_FAILURES:
+        lines.append(f"  and {len(failed) - SHOWN_FAILURES} more failed tasks")
     lines.append(f"  every task: runsvc runs show {run.id}   events: runsvc history {run.id}")
     return "\n".join(lines)
+
+
+async def _tail_of(runs: RunsClient, task: TaskView) -> list[str]:
+    """The last TAIL_LINES lines of the task's latest attempt, under a line saying so."""
+    if task.attempt == 0:
+        return ["(it never ran: no output)"]
+    kept: deque[bytes] = deque(maxlen=TAIL_LINES)
+    partial = b""
+    more = False
+    try:
+        # The whole log is read to find its end (the API serves no ranges); only the
+        # last lines are kept.
+        async for chunk in runs.task_logs(task.id):
+            *whole, partial = (partial + chunk).split(b"\n")
+            partial = partial[-LINE_BYTES:]
+            more = more or len(kept) + len(whole) > TAIL_LINES
+            kept.extend(whole)
+    except ApiError as exc:  # the summary still ends the run's view; the output is extra
+        return [f"(its output could not be read: {exc.message})"]
+    if partial:
+        more = more or len(kept) == TAIL_LINES
+        kept.append(partial)
+    if not kept:
+        return ["(no output)"]
+    head = f"the last {TAIL_LINES} lines of its output:" if more else "its output:"
+    return [head, *(line[:LINE_BYTES].decode(errors="replace") for line in kept)]
 
 
 class LiveRun:

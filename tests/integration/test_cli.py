@@ -523,9 +523,9 @@ async def test_simulate_shows_what_would_run(cli: Cli) -> None:
 async def test_a_failed_run_exits_1_and_is_recreated_from_its_failures(
     cli: Cli, tmp_path: Path
 ) -> None:
-    """A bare config whose task fails on its first run: `submit --wait` exits 1 and says
-    where to read the output; `recreate --from failed` makes a new run that `watch`
-    follows to success (exit 0)."""
+    """A bare config whose task fails on its first run: `submit --wait` exits 1, prints
+    the last 20 lines of its output under the summary and says where to read the rest;
+    `recreate --from failed` makes a new run that `watch` follows to success (exit 0)."""
     marker = tmp_path / "failed-once"
     config = tmp_path / "flaky.json"
     config.write_text(
@@ -536,7 +536,8 @@ async def test_a_failed_run_exits_1_and_is_recreated_from_its_failures(
                     {
                         "name": "flaky",
                         "depends": ["prepare"],
-                        "run": 'test -f "$MARKER" || { touch "$MARKER"; echo boom; exit 3; }',
+                        "run": 'test -f "$MARKER" || { touch "$MARKER"; seq 30; '
+                        "echo boom; exit 3; }",
                     },
                 ]
             }
@@ -549,8 +550,15 @@ async def test_a_failed_run_exits_1_and_is_recreated_from_its_failures(
     assert failed.code == 1, failed.stderr
     run_id = re.search(r"^run (\w+) created", failed.stderr)[1]  # type: ignore[index]
     assert f"run {run_id} finished: failed" in failed.stdout
-    assert f"runsvc logs {run_id} flaky" in failed.stdout
-    assert (await cli("logs", run_id, "flaky")).stdout.startswith("boom\n")
+    output = [*(str(n) for n in range(1, 31)), "boom", "[runsvc] attempt failed: exit code 3"]
+    summary = failed.stdout[failed.stdout.index(f"run {run_id} finished: failed") :]
+    assert summary.splitlines()[1:24] == [
+        "  flaky failed: exit code 3",
+        "    the last 20 lines of its output:",
+        *(f"    {line}" for line in output[-20:]),
+        f"  all of its output: runsvc logs {run_id} flaky",
+    ]
+    assert (await cli("logs", run_id, "flaky")).stdout == "\n".join(output) + "\n"
 
     recreated = await cli("recreate", run_id, "--from", "failed", "--format", "json")
     assert recreated.code == 0, recreated.stderr
