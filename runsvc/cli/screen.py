@@ -84,9 +84,16 @@ def _row(run: RunView, task: TaskView, wave: int, now: datetime, items: bool) ->
     )
 
 
-def render(run: RunView, *, height: int | None = None, now: datetime | None = None) -> list[str]:
+def render(
+    run: RunView,
+    *,
+    height: int | None = None,
+    now: datetime | None = None,
+    notice: str | None = None,
+) -> list[str]:
     """The live view as lines; with `height`, at most that many (tasks that ended well
-    give way first to those that run, wait or failed)."""
+    give way first to those that run, wait or failed). A `notice` (the stream was lost)
+    takes the blank line above the tasks."""
     now = now or datetime.now(UTC)
     level = waves(run)
     done, total = progress(run)
@@ -95,7 +102,7 @@ def render(run: RunView, *, height: int | None = None, now: datetime | None = No
         f"{run.phase} / {run.result}   {_bar(done, total)}   "
         f"{duration(run.started_at, run.finished_at, now)}",
         _wave_summary(run, level),
-        "",
+        notice or "",
     ]
     # Within a wave, the config's order (the view lists tasks in it).
     order = {name: i for i, name in enumerate(run.tasks)}
@@ -120,16 +127,16 @@ def render(run: RunView, *, height: int | None = None, now: datetime | None = No
 class TerminalScreen:
     """The view redrawn in place on a terminal, fitted to its size."""
 
-    redraws = True
-
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.drawn = 0  # lines of the previous frame, to move back over
+        self.notice: str | None = None
 
     def show(self, run: RunView) -> None:
         columns, lines = shutil.get_terminal_size()
+        view = render(run, height=lines - 1, notice=self.notice)
         # One column spare: a line that fills the last column makes some terminals wrap.
-        frame = [line[: max(columns - 1, 10)] for line in render(run, height=lines - 1)]
+        frame = [line[: max(columns - 1, 10)] for line in view]
         up = f"\x1b[{self.drawn}F" if self.drawn else HIDE_CURSOR
         self.out.write(up + "".join(line + CLEAR_LINE + "\n" for line in frame) + CLEAR_BELOW)
         self.out.flush()
@@ -142,8 +149,6 @@ class TerminalScreen:
 
 class LineScreen:
     """One line per change of the run's phase or of a task's status or attempt."""
-
-    redraws = False
 
     def __init__(self, out: TextIO) -> None:
         self.out = out

@@ -16,6 +16,7 @@ import contextlib
 import sys
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -28,9 +29,8 @@ from runsvc.cli.connection import (
     remote,
 )
 from runsvc.cli.output import emit_json
-from runsvc.cli.screen import screen_for
+from runsvc.cli.screen import TerminalScreen, screen_for
 from runsvc.client import ApiError, RunsClient, follow_events
-from runsvc.client.base import RetryHook
 from runsvc.domain.events import KNOWN_TYPES, Event, RunEvent, UnknownEvent
 from runsvc.domain.fold import TERMINAL_PHASES, apply_event
 from runsvc.domain.model import Run
@@ -182,13 +182,25 @@ async def follow_run(runs: RunsClient, run_id: str, *, json_lines: bool = False)
         show(view)
         if view.phase in TERMINAL_PHASES:
             return view
-        events: asyncio.Queue[EventOut | ApiError] = asyncio.Queue()
-        redraws = screen is not None and screen.redraws
-        # A terminal view is not interrupted by messages: it is redrawn once events flow.
-        hook = None if redraws else reconnecting
-        reader = asyncio.create_task(_read(runs, run_id, history[-1].position, events, hook))
+        events: asyncio.Queue[EventOut | ApiError | StreamState] = asyncio.Queue()
+        redraws = isinstance(screen, TerminalScreen)
+        lost = False
+
+        def notice(state: StreamState) -> None:
+            nonlocal lost
+            if isinstance(screen, TerminalScreen):
+                # In the view, where a person looks, rather than as a line it would draw
+                # over: without it the clock ticks on as if all were well.
+                screen.notice = state.text()
+            elif state.error is not None:
+                reconnecting(state.error, state.failures, state.pause)
+            elif lost:
+                print("reconnected; following the run again", file=sys.stderr)
+            lost = state.error is not None
+
+        reader = asyncio.create_task(_read(runs, run_id, history[-1].position, events))
         try:
-            return await _advance(live, events, show, json_lines, ticking=redraws)
+            return await _advance(live, events, show, notice, json_lines, ticking=redraws)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -198,15 +210,38 @@ async def follow_run(runs: RunsClient, run_id: str, *, json_lines: bool = False)
             screen.close()
 
 
+@dataclass(frozen=True)
+class StreamState:
+    """The run's event stream was lost (`error`, and the follower retries after `pause`)
+    or is connected (`error` None)."""
+
+    error: ApiError | None = None
+    failures: int = 0
+    pause: float = 0.0
+
+    def text(self) -> str | None:
+        if self.error is None:
+            return None
+        lost = f"{self.error.message}; try {self.failures}"
+        return f"reconnecting… the run's event stream was lost ({lost})"
+
+
 async def _read(
     runs: RunsClient,
     run_id: str,
     after: int,
-    into: asyncio.Queue[EventOut | ApiError],
-    hook: RetryHook | None,
+    into: asyncio.Queue[EventOut | ApiError | StreamState],
 ) -> None:
+    def lost(error: ApiError, failures: int, pause: float) -> None:
+        into.put_nowait(StreamState(error, failures, pause))
+
+    def connected() -> None:
+        into.put_nowait(StreamState())
+
     try:
-        async for event in follow_events(runs.api, after=after, run=run_id, on_retry=hook):
+        async for event in follow_events(
+            runs.api, after=after, run=run_id, on_retry=lost, on_connect=connected
+        ):
             into.put_nowait(event)
     except ApiError as exc:  # a refusal (the token was revoked, say): the caller raises it
         into.put_nowait(exc)
@@ -214,8 +249,9 @@ async def _read(
 
 async def _advance(
     live: LiveRun,
-    events: asyncio.Queue[EventOut | ApiError],
+    events: asyncio.Queue[EventOut | ApiError | StreamState],
     show: Callable[[RunView], None],
+    notice: Callable[[StreamState], None],
     json_lines: bool,
     *,
     ticking: bool,
@@ -233,6 +269,9 @@ async def _advance(
         for event in batch:
             if isinstance(event, ApiError):
                 raise event
+            if isinstance(event, StreamState):
+                notice(event)
+                continue
             if json_lines:
                 emit_json(event)
             await live.apply(event)
