@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from runsvc.cli import (
+    artifacts,
     completion,
     connection,
     executor,
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.register(commands)
     watch.register(commands)
     streams.register(commands)
+    artifacts.register(commands)
     connection.register_login(commands)
     serve.register(commands)
     executor.register(commands)

@@ -5,11 +5,21 @@ foreach child."""
 from __future__ import annotations
 
 from runsvc.cli.output import moment
+from runsvc.client import NotFoundError
 from runsvc.domain.model import FINAL, OUTCOME
 from runsvc.domain.view import RunView, TaskView
 
 # A long item (a path, a JSON string) would push the note off a terminal's line.
 ITEM_WIDTH = 40
+
+
+def task_named(run: RunView, name: str) -> TaskView:
+    """The run's task `name`; not found (exit 4) with the names it has."""
+    task = run.tasks.get(name)
+    if task is None:
+        message = f"run {run.id} has no task {name!r}; it has: {', '.join(run.tasks)}"
+        raise NotFoundError(404, "not_found", message)
+    return task
 
 
 def item_of(task: TaskView) -> str:

@@ -9,11 +9,12 @@ import sys
 from typing import Any
 
 from runsvc.cli.connection import EXIT_OK, add_connection_options, reconnecting, remote
+from runsvc.cli.describe import task_named
 from runsvc.cli.output import emit_json, moment
 from runsvc.cli.watch import LiveRun
 from runsvc.client import NotFoundError, RunsClient, follow_events
 from runsvc.domain.fold import TERMINAL_PHASES, UNSTARTED
-from runsvc.domain.view import RunView, TaskView
+from runsvc.domain.view import TaskView
 from runsvc.wire.api import EventOut
 
 
@@ -65,7 +66,7 @@ def run_logs(args: argparse.Namespace) -> int:
         if args.follow:
             task = await _started(runs, live, args.task)
         else:
-            task = _task(live.view(), args.task)
+            task = task_named(live.view(), args.task)
         if not task.children:
             await _print_log(runs, task, args.attempt, args.follow)
             return EXIT_OK
@@ -99,14 +100,6 @@ async def _print_log(runs: RunsClient, task: TaskView, attempt: int | None, foll
         sys.stdout.buffer.flush()
 
 
-def _task(run: RunView, name: str) -> TaskView:
-    task = run.tasks.get(name)
-    if task is None:
-        message = f"run {run.id} has no task {name!r}; it has: {', '.join(run.tasks)}"
-        raise NotFoundError(404, "not_found", message)
-    return task
-
-
 async def _started(runs: RunsClient, live: LiveRun, name: str) -> TaskView:
     """The task once an executor has claimed it (its log exists), or once waiting is
     pointless: it ended without running (skipped), or the run ended without it (a foreach
@@ -125,7 +118,7 @@ async def _started(runs: RunsClient, live: LiveRun, name: str) -> TaskView:
             if task is not None and task.status not in UNSTARTED:
                 return task
             if run.phase in TERMINAL_PHASES:
-                return _task(run, name)
+                return task_named(run, name)
             if not told:
                 why = task.reason or task.status if task is not None else "not expanded yet"
                 print(f"waiting for {name} to start ({why})", file=sys.stderr)

@@ -890,3 +890,73 @@ async def test_logs_of_a_foreach_task_print_each_items_log_under_a_header(
     assert (await cli("watch", run["id"])).code == 1
     again = await cli("logs", run["id"], "shards")
     assert (again.code, again.stdout) == (0, expected)
+
+
+# -- artifacts ---------------------------------------------------------------------------
+
+BUILT = """\
+tasks:
+  - name: build
+    run: mkdir -p dist && echo 'app v1' > dist/app.txt && seq 100000 > dist/numbers.txt
+    artifacts: [dist]
+  - name: parts
+    foreach: [a, b]
+    run: echo "$RUNSVC_ITEM" > part.txt
+    artifacts: [part.txt]
+"""
+
+
+async def test_artifacts_are_listed_and_downloaded(cli: Cli, tmp_path: Path) -> None:
+    """`artifacts list` shows a task's files with their sizes (a foreach task's: each
+    item's), filtered by a path prefix; `artifacts get` writes one to standard output, to
+    a file or into a directory, whole; a missing path exits 4, a foreach task 2."""
+    config = tmp_path / "built.yaml"
+    config.write_text(BUILT)
+    done = await cli("submit", str(config), "--group", "/cli/artifacts", "--name", "b", "--wait")
+    assert done.code == 0, done.stdout + done.stderr
+    run_id = re.search(r"^run (\w+) created", done.stderr)[1]  # type: ignore[index]
+    numbers = "".join(f"{n}\n" for n in range(1, 100001)).encode()
+
+    listed = await cli("artifacts", "list", run_id, "build")
+    assert listed.code == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split() == ["PATH", "SIZE", "UPLOADED"]
+    assert [row.split()[:3] for row in rows] == [
+        ["dist/app.txt", "7", "B"],
+        ["dist/numbers.txt", f"{len(numbers) / 1024:.1f}", "KiB"],
+    ]
+    only = await cli("artifacts", "list", run_id, "build", "dist/app", "--format", "json")
+    assert [(a["task"], a["key"], a["size"]) for a in only.json()["artifacts"]] == [
+        ("build", "dist/app.txt", 7)
+    ]
+    items = await cli("artifacts", "list", run_id, "parts")
+    assert [row.split()[:2] for row in items.stdout.splitlines()] == [
+        ["TASK", "PATH"], ["parts[0]", "part.txt"], ["parts[1]", "part.txt"],
+    ]  # fmt: skip
+
+    printed = await cli("artifacts", "get", run_id, "build", "dist/app.txt")
+    assert (printed.code, printed.stdout) == (0, "app v1\n")
+    into = tmp_path / "downloads"
+    into.mkdir()
+    saved = await cli("artifacts", "get", run_id, "build", "dist/numbers.txt", "-o", str(into))
+    assert saved.code == 0, saved.stderr
+    assert f"saved to {into / 'numbers.txt'}" in saved.stderr
+    named = await cli(
+        "artifacts", "get", run_id, "build", "dist/numbers.txt", "-o", str(into / "n.txt")
+    )
+    assert named.code == 0, named.stderr
+    assert (into / "numbers.txt").read_bytes() == (into / "n.txt").read_bytes() == numbers
+    assert sorted(p.name for p in into.iterdir()) == ["n.txt", "numbers.txt"]
+    item = await cli("artifacts", "get", run_id, "parts[1]", "part.txt")
+    assert (item.code, item.stdout) == (0, "b\n")
+
+    missing = await cli("artifacts", "get", run_id, "build", "dist/nope.txt", "-o", str(into))
+    assert missing.code == 4
+    assert "nope.txt" in missing.stderr
+    assert sorted(p.name for p in into.iterdir()) == ["n.txt", "numbers.txt"]
+    parent = await cli("artifacts", "get", run_id, "parts", "part.txt")
+    assert parent.code == 2
+    assert "parts is a foreach task" in parent.stderr
+    none = await cli("artifacts", "list", run_id, "build", "nothing/")
+    assert (none.code, none.stdout) == (0, "")
+    assert "build has no artifacts under 'nothing/'" in none.stderr
