@@ -36,6 +36,19 @@ def group_bounds(group: str) -> tuple[str, str, str]:
     return base or "/", base + "/", base + "0"
 
 
+# Whether a run has a task waiting for an approval is run_state's to know (the index reads
+# no task events). The filter is one of these fixed clauses, not a parameter, so that it
+# stays a plain (anti) semi-join the planner can start from run_state's partial index:
+# behind `$n IS NULL OR ...` it would be checked run by run down the whole index.
+_WAITING_APPROVAL = {
+    None: "",
+    True: "AND EXISTS (SELECT 1 FROM run_state s "
+    "WHERE s.run_id = r.run_id AND s.waiting_approval > 0)",
+    False: "AND NOT EXISTS (SELECT 1 FROM run_state s "
+    "WHERE s.run_id = r.run_id AND s.waiting_approval > 0)",
+}
+
+
 async def list_runs(
     connection: asyncpg.Connection | asyncpg.Pool,
     *,
@@ -44,25 +57,29 @@ async def list_runs(
     result: Result | None = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
+    waiting_approval: bool | None = None,
     limit: int = 50,
     cursor: str | None = None,
 ) -> IndexPage:
     """Runs matching every given filter, newest first. `group` matches the path and
-    everything below it. Rows created while paging never disturb later pages: the cursor
-    is a creation position and new runs only get higher ones."""
+    everything below it; `waiting_approval` keeps the runs that have (True) or have not
+    (False) a task waiting for an approval, as far as the run_state projection has
+    folded. Rows created while paging never disturb later pages: the cursor is a
+    creation position and new runs only get higher ones."""
     before = decode_cursor(cursor) if cursor else None
     exact, lower, upper = group_bounds(group) if group else (None, None, None)
     rows = await connection.fetch(
-        """
+        f"""
         SELECT run_id, group_path, name, counter, phase, result, created_at, started_at,
                finished_at, created_position
-        FROM runs_index
+        FROM runs_index r
         WHERE ($1::text IS NULL OR group_path = $1 OR (group_path >= $2 AND group_path < $3))
           AND ($4::text IS NULL OR phase = $4)
           AND ($5::text IS NULL OR result = $5)
           AND ($6::timestamptz IS NULL OR created_at >= $6)
           AND ($7::timestamptz IS NULL OR created_at < $7)
           AND ($8::bigint IS NULL OR created_position < $8)
+          {_WAITING_APPROVAL[waiting_approval]}
         ORDER BY created_position DESC
         LIMIT $9
         """,

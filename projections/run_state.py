@@ -71,7 +71,9 @@ class _Folded:
 
 class RunStateProjection:
     name = "run_state"
-    version = 5
+    # 6: tasks' states and views hold when they were approved (`approved_at`).
+    # 7: run_state.waiting_approval, for the run list's filter.
+    version = 7
     tables: tuple[str, ...] = ("run_state", "ready_tasks", "run_timers", "carried_tasks")
     per_stream = True
     filter: EventFilter | None = EventFilter(stream_prefix=RUN_STREAM_PREFIX)
@@ -187,12 +189,14 @@ class RunStateProjection:
         runs, ready, unready, fresh = folded.runs, folded.ready, folded.unready, folded.fresh
         await connection.execute(
             """
-            INSERT INTO run_state (run_id, version, position, phase, concurrency_key, state, view)
+            INSERT INTO run_state (run_id, version, position, phase, concurrency_key,
+                                   waiting_approval, state, view)
             SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::text[],
-                                 $6::bytea[], $7::bytea[])
+                                 $6::int[], $7::bytea[], $8::bytea[])
             ON CONFLICT (run_id) DO UPDATE SET
                 version = excluded.version, position = excluded.position,
                 phase = excluded.phase, concurrency_key = excluded.concurrency_key,
+                waiting_approval = excluded.waiting_approval,
                 state = excluded.state, view = excluded.view
             """,
             [r.id for r in runs],
@@ -200,6 +204,7 @@ class RunStateProjection:
             [r.position for r in runs],
             [r.phase for r in runs],
             [r.concurrency_key for r in runs],
+            [r.waiting_approval for r in runs],
             folded.states,
             folded.views,
         )

@@ -6,9 +6,14 @@ CREATE TABLE run_state (
     position        bigint      NOT NULL,
     phase           text        NOT NULL,
     concurrency_key text,
+    -- Tasks waiting for an approval nobody has given yet: what `GET /runs?waiting_approval`
+    -- filters on (the index's query reads it).
+    waiting_approval integer    NOT NULL,
     state           bytea       NOT NULL,
     view            bytea       NOT NULL
 );
+-- Few runs wait for an approval at any time: the filter starts from them.
+CREATE INDEX run_state_waiting_approval ON run_state (run_id) WHERE waiting_approval > 0;
 
 -- The claim queue: attempts that are scheduled, with the labels an executor needs and the
 -- time before which they may not start. Derived from the log; a claim re-checks the run.

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from runsvc.cli import (
+    artifacts,
     completion,
     connection,
     executor,
@@ -38,6 +39,25 @@ with --format json, one JSON object (or JSON lines for streams) for scripts.
 """
 
 
+class _Version(argparse.Action):
+    """`--version`: the installed distribution's version, looked up only when asked for
+    (reading package metadata costs every other command start-up time)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS)
+        self.help = "print runsvc's version and exit"
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> NoReturn:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("runsvc")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            found = "unknown (not installed)"
+        print(f"runsvc {found}")
+        parser.exit()
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's parser, with the command probably meant when one is misspelt (Python
     3.12 and later can do this themselves; 3.11 cannot)."""
@@ -60,10 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     runs.register(commands)
     watch.register(commands)
     streams.register(commands)
+    artifacts.register(commands)
     connection.register_login(commands)
     serve.register(commands)
     executor.register(commands)

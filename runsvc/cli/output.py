@@ -40,3 +40,13 @@ def duration(start: datetime | None, end: datetime | None, now: datetime | None 
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
+
+
+def size(count: int) -> str:
+    """`5 B`, `12.5 KiB`, `3.0 MiB`: bytes as a person reads them."""
+    amount, unit = float(count), "B"
+    for bigger in ("KiB", "MiB", "GiB"):
+        if amount < 1024:
+            break
+        amount, unit = amount / 1024, bigger
+    return f"{count} B" if unit == "B" else f"{amount:.1f} {unit}"

@@ -12,6 +12,7 @@ from typing import Any, get_args
 import msgspec
 
 from runsvc.cli.connection import EXIT_OK, EXIT_RUN_FAILED, add_connection_options, remote
+from runsvc.cli.describe import approval, has_items, item_of, note
 from runsvc.cli.output import duration, emit_json, moment, table
 from runsvc.cli.run_files import RunFile, pairs
 from runsvc.cli.watch import closing_note, follow_run, outcome_code
@@ -93,7 +94,15 @@ def register(commands: Any) -> None:
     listing.add_argument("--group", help="this group and everything below it")
     listing.add_argument("--phase", choices=get_args(Phase))
     listing.add_argument("--result", choices=get_args(Result))
+    listing.add_argument(
+        "--waiting-approval",
+        action="store_true",
+        help="only runs with a task waiting for an approval (runsvc approve ID TASK)",
+    )
     listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument(
+        "--cursor", help="the page after the one that printed it (pass the same filters)"
+    )
     listing.set_defaults(handler=run_list)
     show = _command(
         actions, "show", "one run with its tasks", "runsvc runs show 01M88X6GBAY22NRY9DMZC54X7B"
@@ -186,7 +195,7 @@ def run_submit(args: argparse.Namespace) -> int:
             print(hint, file=sys.stderr)
         final = await follow_run(runs, run.id, json_lines=not people)
         if people:
-            print(closing_note(final))
+            print(await closing_note(runs, final))
         return outcome_code(final)
 
     return remote(args, work)
@@ -224,7 +233,12 @@ def run_simulate(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     async def work(runs: RunsClient) -> int:
         page = await runs.list(
-            group=args.group, phase=args.phase, result=args.result, limit=args.limit
+            group=args.group,
+            phase=args.phase,
+            result=args.result,
+            waiting_approval=True if args.waiting_approval else None,
+            limit=args.limit,
+            cursor=args.cursor,
         )
         if args.format == "json":
             emit_json(page)
@@ -244,7 +258,7 @@ def run_list(args: argparse.Namespace) -> int:
         ]
         print(table(["ID", "GROUP", "NAME", "#", "PHASE", "RESULT", "CREATED", "TOOK"], rows))
         if page.next_cursor:
-            print(f"(more: raise --limit, or page with the API's cursor {page.next_cursor})")
+            print(f"(more: the next page with the same flags and --cursor {page.next_cursor})")
         return EXIT_OK
 
     return remote(args, work)
@@ -264,22 +278,23 @@ def show_run(run: RunView, *, live: bool = True) -> str:
         + (f", position {run.queue_position} in its queue" if run.queue_position else ""),
         f"created {moment(run.created_at)}, took {took(run.started_at, run.finished_at)}",
     ]
+    items = has_items(run)
     rows = [
         (
             t.name,
+            *([item_of(t)] if items else []),
             t.status,
             t.attempt,
             took(t.started_at, t.finished_at),
             t.exit_code,
-            t.error or t.reason or "",
+            note(run, t, approvals=False),
         )
         for t in run.tasks.values()
     ]
-    return (
-        "\n".join(lines)
-        + "\n\n"
-        + table(["TASK", "STATUS", "ATTEMPT", "TOOK", "EXIT", "NOTE"], rows)
-    )
+    headers = ["TASK", *(["ITEM"] if items else []), "STATUS", "ATTEMPT", "TOOK", "EXIT", "NOTE"]
+    # Below the table rather than in NOTE, which an approved task's error may need.
+    approved = [f"{t.name} {approval(t)}" for t in run.tasks.values() if t.approved_by]
+    return "\n".join([*lines, "", table(headers, rows), *(["", *approved] if approved else [])])
 
 
 def run_show(args: argparse.Namespace) -> int:

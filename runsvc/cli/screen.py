@@ -15,6 +15,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import TextIO
 
+from runsvc.cli.describe import approval, has_items, item_of, note
 from runsvc.cli.output import duration, table
 from runsvc.domain.fold import TERMINAL_PHASES
 from runsvc.domain.model import FINAL
@@ -71,20 +72,28 @@ def _wave_summary(run: RunView, level: dict[str, int]) -> str:
     return "waves  " + "   ".join(f"{w}: {ended[w]}/{count[w]}" for w in sorted(count))
 
 
-def _row(task: TaskView, wave: int, now: datetime) -> tuple[object, ...]:
+def _row(run: RunView, task: TaskView, wave: int, now: datetime, items: bool) -> tuple[object, ...]:
     return (
         wave,
         task.name,
+        *([item_of(task)] if items else []),
         task.status,
         task.attempt,
         duration(task.started_at, task.finished_at, now),
-        task.error or task.reason or "",
+        note(run, task),
     )
 
 
-def render(run: RunView, *, height: int | None = None, now: datetime | None = None) -> list[str]:
+def render(
+    run: RunView,
+    *,
+    height: int | None = None,
+    now: datetime | None = None,
+    notice: str | None = None,
+) -> list[str]:
     """The live view as lines; with `height`, at most that many (tasks that ended well
-    give way first to those that run, wait or failed)."""
+    give way first to those that run, wait or failed). A `notice` (the stream was lost)
+    takes the blank line above the tasks."""
     now = now or datetime.now(UTC)
     level = waves(run)
     done, total = progress(run)
@@ -93,7 +102,7 @@ def render(run: RunView, *, height: int | None = None, now: datetime | None = No
         f"{run.phase} / {run.result}   {_bar(done, total)}   "
         f"{duration(run.started_at, run.finished_at, now)}",
         _wave_summary(run, level),
-        "",
+        notice or "",
     ]
     # Within a wave, the config's order (the view lists tasks in it).
     order = {name: i for i, name in enumerate(run.tasks)}
@@ -107,9 +116,10 @@ def render(run: RunView, *, height: int | None = None, now: datetime | None = No
             shown += [t for t in tasks if t.status in _SETTLED][: room - len(shown)]
             foot = [f"... and {len(tasks) - len(shown)} more tasks", *foot]
             tasks = sorted(shown, key=lambda t: (level[t.name], order[t.name]))
+    items = has_items(run)
     body = table(
-        ["WAVE", "TASK", "STATUS", "ATTEMPT", "TOOK", "NOTE"],
-        [_row(t, level[t.name], now) for t in tasks],
+        ["WAVE", "TASK", *(["ITEM"] if items else []), "STATUS", "ATTEMPT", "TOOK", "NOTE"],
+        [_row(run, t, level[t.name], now, items) for t in tasks],
     ).splitlines()
     return [*head, *body, *foot]
 
@@ -117,16 +127,16 @@ def render(run: RunView, *, height: int | None = None, now: datetime | None = No
 class TerminalScreen:
     """The view redrawn in place on a terminal, fitted to its size."""
 
-    redraws = True
-
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.drawn = 0  # lines of the previous frame, to move back over
+        self.notice: str | None = None
 
     def show(self, run: RunView) -> None:
         columns, lines = shutil.get_terminal_size()
+        view = render(run, height=lines - 1, notice=self.notice)
         # One column spare: a line that fills the last column makes some terminals wrap.
-        frame = [line[: max(columns - 1, 10)] for line in render(run, height=lines - 1)]
+        frame = [line[: max(columns - 1, 10)] for line in view]
         up = f"\x1b[{self.drawn}F" if self.drawn else HIDE_CURSOR
         self.out.write(up + "".join(line + CLEAR_LINE + "\n" for line in frame) + CLEAR_BELOW)
         self.out.flush()
@@ -140,24 +150,28 @@ class TerminalScreen:
 class LineScreen:
     """One line per change of the run's phase or of a task's status or attempt."""
 
-    redraws = False
-
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.seen: dict[str, tuple[str, int]] = {}
+        self.approved: set[str] = set()
         self.phase = ""
 
     def show(self, run: RunView) -> None:
         now = datetime.now(UTC).strftime("%H:%M:%S")
         lines = []
         for task in run.tasks.values():
+            if task.approved_by is not None and task.name not in self.approved:
+                self.approved.add(task.name)
+                lines.append(f"{now} {task.name} {approval(task)}")
             state = (task.status, task.attempt)
             if self.seen.get(task.name) != state:
                 self.seen[task.name] = state
-                note = task.error or task.reason
+                # The approval has a line of its own (above); others are news once.
+                why = note(run, task, approvals=False)
+                item = f", item {item_of(task)}" if task.item is not None else ""
                 lines.append(
-                    f"{now} {task.name} {task.status} (attempt {task.attempt})"
-                    + (f" - {note}" if note else "")
+                    f"{now} {task.name} {task.status} (attempt {task.attempt}{item})"
+                    + (f" - {why}" if why else "")
                 )
         if run.phase != self.phase:
             self.phase = run.phase

@@ -9,11 +9,12 @@ import sys
 from typing import Any
 
 from runsvc.cli.connection import EXIT_OK, add_connection_options, reconnecting, remote
+from runsvc.cli.describe import task_named
 from runsvc.cli.output import emit_json, moment
 from runsvc.cli.watch import LiveRun
 from runsvc.client import NotFoundError, RunsClient, follow_events
 from runsvc.domain.fold import TERMINAL_PHASES, UNSTARTED
-from runsvc.domain.view import RunView, TaskView
+from runsvc.domain.view import TaskView
 from runsvc.wire.api import EventOut
 
 
@@ -43,49 +44,71 @@ def register(commands: Any) -> None:
     events.add_argument("--run")
     events.add_argument("--group")
     events.add_argument("--types", help="comma-separated event types")
-    events.add_argument("--after", type=int, default=0, metavar="POSITION")
+    events.add_argument(
+        "--after",
+        type=int,
+        metavar="POSITION",
+        help="events after this position (default: the start of the log; with --follow, "
+        "its current end, so only new events are printed)",
+    )
     events.add_argument("--limit", type=int, default=100)
-    events.add_argument("--follow", "-f", action="store_true")
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     add_connection_options(events)
     events.set_defaults(handler=run_events)
 
 
 def run_logs(args: argparse.Namespace) -> int:
     async def work(runs: RunsClient) -> int:
+        # Folded from the run's events, not read from the index that trails them: a task
+        # that just ran has its attempt.
+        live = LiveRun(runs, args.run_id)
+        await live.load()
         if args.follow:
-            task = await _started(runs, args.run_id, args.task)
+            task = await _started(runs, live, args.task)
         else:
-            # Folded from the run's events, not read from the index that trails them: a
-            # task that just ran has its attempt.
-            live = LiveRun(runs, args.run_id)
-            await live.load()
-            task = _task(live.view(), args.task)
-        if task.attempt == 0:
-            why = task.reason or task.status
-            raise NotFoundError(404, "not_found", f"{task.name} has not run ({why}): no output")
-        async for chunk in runs.task_logs(task.id, attempt=args.attempt, follow=args.follow):
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.buffer.flush()
+            task = task_named(live.view(), args.task)
+        if not task.children:
+            await _print_log(runs, task, args.attempt, args.follow)
+            return EXIT_OK
+        # A foreach task runs nothing itself: its output is its items', each under a
+        # header as `tail` prints several files, in the items' order.
+        out = sys.stdout.buffer
+        for index, name in enumerate(task.children):
+            if args.follow:
+                child = await _started(runs, live, name)
+            else:
+                child = live.view().tasks[name]
+            item = f" (item {child.item})" if child.item is not None else ""
+            out.write((b"\n" if index else b"") + f"==> {name}{item} <==\n".encode())
+            out.flush()
+            try:
+                await _print_log(runs, child, args.attempt, args.follow)
+            except NotFoundError as exc:
+                out.write(f"({exc.message})\n".encode())
+                out.flush()
         return EXIT_OK
 
     return remote(args, work)
 
 
-def _task(run: RunView, name: str) -> TaskView:
-    task = run.tasks.get(name)
-    if task is None:
-        message = f"run {run.id} has no task {name!r}; it has: {', '.join(run.tasks)}"
-        raise NotFoundError(404, "not_found", message)
-    return task
+async def _print_log(runs: RunsClient, task: TaskView, attempt: int | None, follow: bool) -> None:
+    if task.attempt == 0:
+        why = task.reason or task.status
+        raise NotFoundError(404, "not_found", f"{task.name} has not run ({why}): no output")
+    async for chunk in runs.task_logs(task.id, attempt=attempt, follow=follow):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
 
 
-async def _started(runs: RunsClient, run_id: str, name: str) -> TaskView:
+async def _started(runs: RunsClient, live: LiveRun, name: str) -> TaskView:
     """The task once an executor has claimed it (its log exists), or once waiting is
     pointless: it ended without running (skipped), or the run ended without it (a foreach
-    item that never came to be). Until then, the run's events are followed."""
-    live = LiveRun(runs, run_id)
-    history = await live.load()
-    events = follow_events(runs.api, after=history[-1].position, run=run_id, on_retry=reconnecting)
+    item that never came to be). Until then, the run's events are followed from where
+    `live` is, and folded into it."""
+    # Connects only when first read: a task that has started already costs nothing.
+    events = follow_events(
+        runs.api, after=live.view().position, run=live.run_id, on_retry=reconnecting
+    )
     told = False
     try:
         while True:
@@ -95,7 +118,7 @@ async def _started(runs: RunsClient, run_id: str, name: str) -> TaskView:
             if task is not None and task.status not in UNSTARTED:
                 return task
             if run.phase in TERMINAL_PHASES:
-                return _task(run, name)
+                return task_named(run, name)
             if not told:
                 why = task.reason or task.status if task is not None else "not expanded yet"
                 print(f"waiting for {name} to start ({why})", file=sys.stderr)
@@ -125,16 +148,19 @@ def run_events(args: argparse.Namespace) -> int:
         # Asked once as a page even when following: a wrong filter, a token or a server
         # that is not there fails now, where following would wait and retry forever.
         page = await runs.events(
-            after=args.after,
+            after=args.after or 0,
             limit=1 if args.follow else args.limit,
             run=args.run,
             group=args.group,
             types=types,
         )
         if args.follow:
+            # Like `tail -f`: what is already there was not asked for (--after 0 asks).
+            start = args.after if args.after is not None else page.head or 0
+            print(f"following events after position {start}", file=sys.stderr, flush=True)
             async for event in follow_events(
                 runs.api,
-                after=args.after,
+                after=start,
                 run=args.run,
                 group=args.group,
                 types=types,

@@ -14,7 +14,9 @@ import argparse
 import asyncio
 import contextlib
 import sys
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -27,17 +29,21 @@ from runsvc.cli.connection import (
     remote,
 )
 from runsvc.cli.output import emit_json
-from runsvc.cli.screen import screen_for
+from runsvc.cli.screen import TerminalScreen, screen_for
 from runsvc.client import ApiError, RunsClient, follow_events
-from runsvc.client.base import RetryHook
 from runsvc.domain.events import KNOWN_TYPES, Event, RunEvent, UnknownEvent
 from runsvc.domain.fold import TERMINAL_PHASES, apply_event
 from runsvc.domain.model import Run
-from runsvc.domain.view import RunView, run_view
+from runsvc.domain.view import RunView, TaskView, run_view
 from runsvc.wire.api import EventOut
 
 # How often a terminal view is redrawn while no event comes, so durations keep counting.
 TICK_S = 1.0
+# The end of a failed task's output under the summary, for this many failed tasks.
+TAIL_LINES = 20
+SHOWN_FAILURES = 3
+# A line longer than this is cut: the summary is for reading, `runsvc logs` has it all.
+LINE_BYTES = 500
 
 
 def register(commands: Any) -> None:
@@ -61,7 +67,7 @@ def run_watch(args: argparse.Namespace) -> int:
         json_lines = args.format == "json"
         final = await follow_run(runs, args.run_id, json_lines=json_lines)
         if not json_lines:
-            print(closing_note(final))
+            print(await closing_note(runs, final))
         return outcome_code(final)
 
     return remote(args, work)
@@ -71,14 +77,47 @@ def outcome_code(run: RunView) -> int:
     return EXIT_OK if run.phase == "finished" and run.result == "success" else EXIT_RUN_FAILED
 
 
-def closing_note(run: RunView) -> str:
-    """What a person reads once the run has ended, and where to look next."""
+async def closing_note(runs: RunsClient, run: RunView) -> str:
+    """What a person reads once the run has ended: for the first failed tasks, the end
+    of their output (usually the error itself), and where to look next."""
     lines = [f"run {run.id} {run.phase}: {run.result}"]
-    failed = [t.name for t in run.tasks.values() if t.status == "failed"]
-    for name in failed[:3]:
-        lines.append(f"  output of {name}: runsvc logs {run.id} {name}")
+    # A foreach task's failure is its items': those are listed, each with its output.
+    failed = [t for t in run.tasks.values() if t.status == "failed" and not t.children]
+    for task in failed[:SHOWN_FAILURES]:
+        why = f": {task.error}" if task.error else ""
+        lines.append(f"  {task.name} failed{why}")
+        lines += [f"    {line}" for line in await _tail_of(runs, task)]
+        lines.append(f"  all of its output: runsvc logs {run.id} {task.name}")
+    if len(failed) > SHOWN_FAILURES:
+        lines.append(f"  and {len(failed) - SHOWN_FAILURES} more failed tasks")
     lines.append(f"  every task: runsvc runs show {run.id}   events: runsvc history {run.id}")
     return "\n".join(lines)
+
+
+async def _tail_of(runs: RunsClient, task: TaskView) -> list[str]:
+    """The last TAIL_LINES lines of the task's latest attempt, under a line saying so."""
+    if task.attempt == 0:
+        return ["(it never ran: no output)"]
+    kept: deque[bytes] = deque(maxlen=TAIL_LINES)
+    partial = b""
+    more = False
+    try:
+        # The whole log is read to find its end (the API serves no ranges); only the
+        # last lines are kept.
+        async for chunk in runs.task_logs(task.id):
+            *whole, partial = (partial + chunk).split(b"\n")
+            partial = partial[-LINE_BYTES:]
+            more = more or len(kept) + len(whole) > TAIL_LINES
+            kept.extend(whole)
+    except ApiError as exc:  # the summary still ends the run's view; the output is extra
+        return [f"(its output could not be read: {exc.message})"]
+    if partial:
+        more = more or len(kept) == TAIL_LINES
+        kept.append(partial)
+    if not kept:
+        return ["(no output)"]
+    head = f"the last {TAIL_LINES} lines of its output:" if more else "its output:"
+    return [head, *(line[:LINE_BYTES].decode(errors="replace") for line in kept)]
 
 
 class LiveRun:
@@ -143,13 +182,25 @@ async def follow_run(runs: RunsClient, run_id: str, *, json_lines: bool = False)
         show(view)
         if view.phase in TERMINAL_PHASES:
             return view
-        events: asyncio.Queue[EventOut | ApiError] = asyncio.Queue()
-        redraws = screen is not None and screen.redraws
-        # A terminal view is not interrupted by messages: it is redrawn once events flow.
-        hook = None if redraws else reconnecting
-        reader = asyncio.create_task(_read(runs, run_id, history[-1].position, events, hook))
+        events: asyncio.Queue[EventOut | ApiError | StreamState] = asyncio.Queue()
+        redraws = isinstance(screen, TerminalScreen)
+        lost = False
+
+        def notice(state: StreamState) -> None:
+            nonlocal lost
+            if isinstance(screen, TerminalScreen):
+                # In the view, where a person looks, rather than as a line it would draw
+                # over: without it the clock ticks on as if all were well.
+                screen.notice = state.text()
+            elif state.error is not None:
+                reconnecting(state.error, state.failures, state.pause)
+            elif lost:
+                print("reconnected; following the run again", file=sys.stderr)
+            lost = state.error is not None
+
+        reader = asyncio.create_task(_read(runs, run_id, history[-1].position, events))
         try:
-            return await _advance(live, events, show, json_lines, ticking=redraws)
+            return await _advance(live, events, show, notice, json_lines, ticking=redraws)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -159,15 +210,38 @@ async def follow_run(runs: RunsClient, run_id: str, *, json_lines: bool = False)
             screen.close()
 
 
+@dataclass(frozen=True)
+class StreamState:
+    """The run's event stream was lost (`error`, and the follower retries after `pause`)
+    or is connected (`error` None)."""
+
+    error: ApiError | None = None
+    failures: int = 0
+    pause: float = 0.0
+
+    def text(self) -> str | None:
+        if self.error is None:
+            return None
+        lost = f"{self.error.message}; try {self.failures}"
+        return f"reconnecting… the run's event stream was lost ({lost})"
+
+
 async def _read(
     runs: RunsClient,
     run_id: str,
     after: int,
-    into: asyncio.Queue[EventOut | ApiError],
-    hook: RetryHook | None,
+    into: asyncio.Queue[EventOut | ApiError | StreamState],
 ) -> None:
+    def lost(error: ApiError, failures: int, pause: float) -> None:
+        into.put_nowait(StreamState(error, failures, pause))
+
+    def connected() -> None:
+        into.put_nowait(StreamState())
+
     try:
-        async for event in follow_events(runs.api, after=after, run=run_id, on_retry=hook):
+        async for event in follow_events(
+            runs.api, after=after, run=run_id, on_retry=lost, on_connect=connected
+        ):
             into.put_nowait(event)
     except ApiError as exc:  # a refusal (the token was revoked, say): the caller raises it
         into.put_nowait(exc)
@@ -175,8 +249,9 @@ async def _read(
 
 async def _advance(
     live: LiveRun,
-    events: asyncio.Queue[EventOut | ApiError],
+    events: asyncio.Queue[EventOut | ApiError | StreamState],
     show: Callable[[RunView], None],
+    notice: Callable[[StreamState], None],
     json_lines: bool,
     *,
     ticking: bool,
@@ -194,6 +269,9 @@ async def _advance(
         for event in batch:
             if isinstance(event, ApiError):
                 raise event
+            if isinstance(event, StreamState):
+                notice(event)
+                continue
             if json_lines:
                 emit_json(event)
             await live.apply(event)

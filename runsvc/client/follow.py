@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Final
 
 import aiohttp
@@ -51,6 +51,7 @@ async def follow_events(
     types: Sequence[str] = (),
     retry: RetryPolicy | None = None,
     on_retry: RetryHook | None = None,
+    on_connect: Callable[[], None] | None = None,
 ) -> AsyncGenerator[EventOut, None]:
     """Matching events after position `after`, stored then live, each once and in
     position order, for as long as the caller reads. Break out of the loop (or
@@ -58,7 +59,9 @@ async def follow_events(
 
     Reconnects never give up: pauses follow `retry` (the client's policy by default),
     growing while attempts fail and starting over once events flow again. `on_retry`
-    (the client's hook by default) hears of each reconnect before its pause.
+    (the client's hook by default) hears of each reconnect before its pause;
+    `on_connect` of each connection made, the first included, so that a caller that
+    said the stream was lost can say it is back even when no event follows.
     Raises the typed `ApiError` of a refusal: 400 (a bad filter), 401, 403, 404.
     """
     policy = retry or api.retry
@@ -86,6 +89,8 @@ async def follow_events(
         else:
             try:
                 reason = ""
+                if on_connect is not None:
+                    on_connect()
                 async for message in socket:
                     if message.type is not aiohttp.WSMsgType.TEXT:
                         # An error on the connection (a missed pong, a reset); it is over.

@@ -57,8 +57,19 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
+def _artifact_path(task_id: str, path: str) -> str:
+    encoded = "/".join(_segment(part) for part in path.split("/"))
+    return f"{TASKS}/{_segment(task_id)}/artifacts/{encoded}"
+
+
 def _params(**values: object) -> dict[str, str]:
-    return {key: str(value) for key, value in values.items() if value is not None}
+    return {key: _text(value) for key, value in values.items() if value is not None}
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool):  # as the server reads them (str() would say True)
+        return "true" if value else "false"
+    return str(value)
 
 
 class RunsClient:
@@ -90,12 +101,21 @@ class RunsClient:
         group: str | None = None,
         phase: Phase | None = None,
         result: Result | None = None,
+        waiting_approval: bool | None = None,
         limit: int | None = None,
         cursor: str | None = None,
     ) -> IndexPage:
-        """One page of the index, newest first; `group` matches the path and below it.
-        Pass the page's `next_cursor` back as `cursor` for the next one."""
-        params = _params(group=group, phase=phase, result=result, limit=limit, cursor=cursor)
+        """One page of the index, newest first; `group` matches the path and below it,
+        `waiting_approval` keeps runs that have (or have not) a task waiting for an
+        approval. Pass the page's `next_cursor` back as `cursor` for the next one."""
+        params = _params(
+            group=group,
+            phase=phase,
+            result=result,
+            waiting_approval=waiting_approval,
+            limit=limit,
+            cursor=cursor,
+        )
         return await self.api.call("GET", RUNS, into=IndexPage, params=params)
 
     async def iterate(
@@ -104,6 +124,7 @@ class RunsClient:
         group: str | None = None,
         phase: Phase | None = None,
         result: Result | None = None,
+        waiting_approval: bool | None = None,
         page_size: int = 100,
     ) -> AsyncGenerator[IndexEntry, None]:
         """Every matching run, newest first, page after page. Runs created meanwhile do
@@ -112,7 +133,12 @@ class RunsClient:
         cursor: str | None = None
         while True:
             page = await self.list(
-                group=group, phase=phase, result=result, limit=page_size, cursor=cursor
+                group=group,
+                phase=phase,
+                result=result,
+                waiting_approval=waiting_approval,
+                limit=page_size,
+                cursor=cursor,
             )
             for entry in page.runs:
                 yield entry
@@ -201,13 +227,23 @@ class RunsClient:
         Opening the stream is retried like any read; once output has been handed out, a
         dropped connection raises `ConnectionFailed` (the caller knows how much it got)."""
         params = _params(attempt=attempt, follow="true" if follow else None)
-        url = URL(f"{self.api.base_url}{TASKS}/{_segment(task_id)}/logs", encoded=True)
-        # A followed log stays quiet while the task prints nothing, so only a plain read
-        # bounds the wait between chunks.
+        path = f"{TASKS}/{_segment(task_id)}/logs"
+        # A followed log stays quiet while the task prints nothing.
+        async for chunk in self._stream("task logs", path, params, quiet=follow):
+            yield chunk
+
+    async def _stream(
+        self, what: str, path: str, params: dict[str, str], *, quiet: bool = False
+    ) -> AsyncGenerator[bytes, None]:
+        """A GET's body in chunks as they arrive. Opening it is retried like any read;
+        once a chunk has been handed out, a dropped connection raises `ConnectionFailed`
+        (the caller knows how much it got). The wait between chunks is bounded unless
+        the body may stay `quiet` for long."""
+        url = URL(f"{self.api.base_url}{path}", encoded=True)
         timeout = aiohttp.ClientTimeout(
             total=None,
             sock_connect=self.api.timeout_s,
-            sock_read=None if follow else self.api.timeout_s,
+            sock_read=None if quiet else self.api.timeout_s,
         )
         failures = 0
         while True:
@@ -221,9 +257,7 @@ class RunsClient:
                         yield chunk
                 return
             except (aiohttp.ClientError, TimeoutError) as exc:
-                error: ApiError = ConnectionFailed(
-                    f"GET task logs: {str(exc) or type(exc).__name__}"
-                )
+                error: ApiError = ConnectionFailed(f"GET {what}: {str(exc) or type(exc).__name__}")
                 cause: BaseException = exc
             except ServerError as exc:
                 error, cause = exc, exc
@@ -242,9 +276,14 @@ class RunsClient:
 
     async def download_artifact(self, task_id: str, path: str) -> bytes:
         """The artifact `path` (as listed by `artifacts`), whole."""
-        encoded = "/".join(_segment(part) for part in path.split("/"))
-        response = await self.api.request("GET", f"{TASKS}/{_segment(task_id)}/artifacts/{encoded}")
+        response = await self.api.request("GET", _artifact_path(task_id, path))
         return response.body
+
+    async def artifact_chunks(self, task_id: str, path: str) -> AsyncGenerator[bytes, None]:
+        """The artifact `path` in chunks as they arrive: for files too big to hold whole
+        (up to the server's 1 GiB). A dropped transfer raises `ConnectionFailed`."""
+        async for chunk in self._stream("artifact", _artifact_path(task_id, path), {}):
+            yield chunk
 
     async def health(self) -> Health:
         """Liveness: the process is up."""

@@ -367,6 +367,7 @@ def apply_event(run: Run | None, event: Event | UnknownEvent, *, version: int) -
         if task.status == "waiting_approval" and task.approved_by is None:
             run.add("waiting_approval", -1)
         run.set(task, "approved_by", event.approver)
+        run.set(task, "approved_at", event.at)
         run.set(task, "approval_comment", event.comment)
         classify(run, task)
         update_pause(run, event.at)

@@ -61,6 +61,7 @@ class Task:
     __slots__ = (
         "accepts",
         "approval_comment",
+        "approved_at",
         "approved_by",
         "attempt",
         "children",
@@ -120,6 +121,7 @@ class Task:
         self.error: str | None = None
         self.next_attempt_at: datetime | None = None
         self.approved_by: str | None = None
+        self.approved_at: datetime | None = None
         self.approval_comment: str | None = None
         self.children: list[str] = []
         self.expanded = False

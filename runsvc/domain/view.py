@@ -37,6 +37,7 @@ class TaskView(msgspec.Struct, frozen=True):
     approved_by: str | None = None
     approval_comment: str | None = None
     children: list[str] = msgspec.field(default_factory=list)
+    approved_at: datetime | None = None
 
 
 class RunView(msgspec.Struct, frozen=True):
@@ -156,6 +157,7 @@ def task_view(run: Run, task: Task) -> TaskView:
         approved_by=task.approved_by,
         approval_comment=task.approval_comment,
         children=list(task.children),
+        approved_at=task.approved_at,
     )
 
 

@@ -95,13 +95,17 @@ async def list_events(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     if not 1 <= query.limit <= settings.max_page_size:
         raise BadRequest(f"limit must be between 1 and {settings.max_page_size}")
-    page = await request.app[STORE].read_all(
+    store = request.app[STORE]
+    page = await store.read_all(
         after=query.after,
         limit=query.limit,
         filter=event_filter(query.run, query.group, query.types),
     )
+    # Every position up to the head is committed (the log shows no gaps), so a follower
+    # that starts there misses nothing written later.
+    head = await store.head()
     return json_response(
-        EventPage(events=[event_out(e) for e in page.events], next_after=page.next_after)
+        EventPage(events=[event_out(e) for e in page.events], next_after=page.next_after, head=head)
     )
 
 

@@ -45,6 +45,7 @@ class ListQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     result: Result | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    waiting_approval: bool | None = None
     limit: int = 50
     cursor: str | None = None
 
@@ -109,6 +110,7 @@ async def list_runs_handler(request: web.Request) -> web.Response:
             result=query.result,
             created_after=query.created_after,
             created_before=query.created_before,
+            waiting_approval=query.waiting_approval,
             limit=query.limit,
             cursor=query.cursor,
         )

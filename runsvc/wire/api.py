@@ -86,6 +86,9 @@ class EventOut(msgspec.Struct, frozen=True, omit_defaults=True):
 class EventPage(msgspec.Struct, frozen=True):
     events: list[EventOut]
     next_after: int
+    # The newest position in the log when the page was read: where a follower that wants
+    # only what comes next starts. None from a server older than the field.
+    head: int | None = None
 
 
 class StreamEvents(msgspec.Struct, frozen=True):

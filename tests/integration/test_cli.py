@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import os
 import re
@@ -229,6 +230,13 @@ def test_help_lists_exit_codes_and_every_command_has_an_example(
         assert f"runsvc {path[0]}" in text, path
 
 
+async def test_version_is_the_installed_distributions(cli: Cli) -> None:
+    """`runsvc --version` prints the version the installed package's metadata holds."""
+    outcome = await cli("--version")
+    assert outcome.code == 0, outcome.stderr
+    assert outcome.stdout == f"runsvc {importlib.metadata.version('runsvc')}\n"
+
+
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     """An unknown command, a missing argument or a bad choice is a usage error (2)."""
     assert main(["frobnicate"]) == 2
@@ -369,8 +377,9 @@ async def test_ci_example_waits_for_runsvc_approve_then_logs_history_and_audit(
     assert waiting.returncode == 0, err.decode()
     lines = "".join(seen) + rest.decode()
     assert f"run {run_id} created: /acme/shop/main ci" in err.decode()
-    for task in ("checkout", "build", "test[3]", "report", "deploy"):
+    for task in ("checkout", "build", "report", "deploy"):
         assert f" {task} success (attempt 1)" in lines
+    assert " test[3] success (attempt 1, item 4)" in lines
     assert f"run {run_id} finished: success" in lines
     async with asyncio.timeout(WITHIN_S):
         followed, _ = await deploy_log.communicate()
@@ -430,8 +439,10 @@ async def test_ci_example_waits_for_runsvc_approve_then_logs_history_and_audit(
     assert verify.stdout.startswith(f"ok: {len(events)} events")
     assert [e["version"] for e in page.json_lines()] == [1, 2, 3, 4]
 
-    # Followed, the event log first replays what is stored; then it waits for more.
-    follower = await cli.start("events", "--run", run_id, "--follow", "--format", "json")
+    # Followed from 0, the event log first replays what is stored; then it waits for more.
+    follower = await cli.start(
+        "events", "--run", run_id, "--follow", "--after", "0", "--format", "json"
+    )
     replayed: list[str] = []
     await read_until(follower.stdout, lambda _line: len(replayed) == len(events), replayed)
     assert [json.loads(e)["position"] for e in replayed] == [e["position"] for e in events]
@@ -471,15 +482,22 @@ async def test_nightly_example_retries_until_it_succeeds(cli: Cli) -> None:
 
 async def test_fanout_example_runs_every_partition(cli: Cli) -> None:
     """examples/fanout.yaml with `--wait`: every partition is processed, merged and
-    published; the lines show each item as it ends; exit 0."""
+    published; the lines show each item, with its value, as it ends; exit 0."""
     outcome = await cli("submit", "examples/fanout.yaml", "--wait")
     assert outcome.code == 0, outcome.stdout + outcome.stderr
-    for item in range(6):
-        assert f" process[{item}] success (attempt 1)" in outcome.stdout
+    regions = ["eu-west", "eu-north", "us-east", "us-west", "ap-south", "ap-east"]
+    for index, region in enumerate(regions):
+        assert f" process[{index}] success (attempt 1, item {region})" in outcome.stdout
     assert re.search(r"publish success \(attempt 1\)\n.*finished \(success\)", outcome.stdout)
     run_id = re.search(r"^run (\w+) created", outcome.stderr)[1]  # type: ignore[index]
     logs = await cli("logs", run_id, "process[3]")
     assert logs.stdout == "processing partition us-west\n"
+    every = await cli("logs", run_id, "process")
+    assert every.code == 0, every.stderr
+    assert every.stdout == "\n".join(
+        f"==> process[{index}] (item {region}) <==\nprocessing partition {region}\n"
+        for index, region in enumerate(regions)
+    )
 
 
 # -- simulate, failures, stop and cancel --------------------------------------------------
@@ -505,9 +523,9 @@ async def test_simulate_shows_what_would_run(cli: Cli) -> None:
 async def test_a_failed_run_exits_1_and_is_recreated_from_its_failures(
     cli: Cli, tmp_path: Path
 ) -> None:
-    """A bare config whose task fails on its first run: `submit --wait` exits 1 and says
-    where to read the output; `recreate --from failed` makes a new run that `watch`
-    follows to success (exit 0)."""
+    """A bare config whose task fails on its first run: `submit --wait` exits 1, prints
+    the last 20 lines of its output under the summary and says where to read the rest;
+    `recreate --from failed` makes a new run that `watch` follows to success (exit 0)."""
     marker = tmp_path / "failed-once"
     config = tmp_path / "flaky.json"
     config.write_text(
@@ -518,7 +536,8 @@ async def test_a_failed_run_exits_1_and_is_recreated_from_its_failures(
                     {
                         "name": "flaky",
                         "depends": ["prepare"],
-                        "run": 'test -f "$MARKER" || { touch "$MARKER"; echo boom; exit 3; }',
+                        "run": 'test -f "$MARKER" || { touch "$MARKER"; seq 30; '
+                        "echo boom; exit 3; }",
                     },
                 ]
             }
@@ -531,8 +550,15 @@ async def test_a_failed_run_exits_1_and_is_recreated_from_its_failures(
     assert failed.code == 1, failed.stderr
     run_id = re.search(r"^run (\w+) created", failed.stderr)[1]  # type: ignore[index]
     assert f"run {run_id} finished: failed" in failed.stdout
-    assert f"runsvc logs {run_id} flaky" in failed.stdout
-    assert (await cli("logs", run_id, "flaky")).stdout.startswith("boom\n")
+    output = [*(str(n) for n in range(1, 31)), "boom", "[runsvc] attempt failed: exit code 3"]
+    summary = failed.stdout[failed.stdout.index(f"run {run_id} finished: failed") :]
+    assert summary.splitlines()[1:24] == [
+        "  flaky failed: exit code 3",
+        "    the last 20 lines of its output:",
+        *(f"    {line}" for line in output[-20:]),
+        f"  all of its output: runsvc logs {run_id} flaky",
+    ]
+    assert (await cli("logs", run_id, "flaky")).stdout == "\n".join(output) + "\n"
 
     recreated = await cli("recreate", run_id, "--from", "failed", "--format", "json")
     assert recreated.code == 0, recreated.stderr
@@ -676,3 +702,261 @@ async def test_tokens_are_created_listed_and_revoked_from_the_command_line(
     bad = await cli("token", "create", "--role", "reader", "--labels", "os=linux", *database)
     assert bad.code == 2
     assert "labels: only executor tokens have labels" in bad.stderr
+
+
+# -- paging and filtering runs ---------------------------------------------------------
+
+
+async def test_runs_list_pages_on_with_the_cursor_it_names(cli: Cli, tmp_path: Path) -> None:
+    """A page that is not the last names `--cursor X`; the same listing with it prints the
+    next page, which names none when it is the last."""
+    config = tmp_path / "one.yaml"
+    config.write_text("tasks:\n  - name: one\n    run: 'true'\n")
+    made = [
+        (await submitted(cli, str(config), "--group", "/cli/paging", "--name", f"r{n}"))["id"]
+        for n in range(3)
+    ]
+    listing = ("runs", "list", "--group", "/cli/paging", "--limit", "2")
+    first = await eventually(cli, lambda o: made[-1] in o.stdout, *listing)
+    assert [line.split()[0] for line in first.stdout.splitlines()[1:3]] == made[:0:-1]
+    hint = re.search(r"^\(more: .*--cursor (\S+)\)$", first.stdout, re.M)
+    assert hint, first.stdout
+    second = await cli(*listing, "--cursor", hint[1])
+    assert second.code == 0, second.stderr
+    rows = second.stdout.splitlines()
+    assert [line.split()[0] for line in rows[1:]] == made[:1]
+    assert "--cursor" not in second.stdout
+    as_json = await cli(*listing, "--cursor", hint[1], "--format", "json")
+    assert [r["id"] for r in as_json.json()["runs"]] == made[:1]
+    bad = await cli(*listing, "--cursor", "not-a-cursor")
+    assert bad.code == 2
+    assert "cursor" in bad.stderr
+
+
+async def test_runs_list_waiting_approval_lists_runs_held_at_a_gate(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """`runs list --waiting-approval` lists the runs a person has to approve something in,
+    and no other; once approved, the run drops off the list."""
+    gate, plain = tmp_path / "gated.yaml", tmp_path / "plain.yaml"
+    gate.write_text(gated("/cli/waiting"))
+    plain.write_text("tasks:\n  - name: one\n    run: 'true'\n")
+    held = await submitted(cli, str(gate), "--group", "/cli/waiting", "--name", "held")
+    free = await submitted(cli, str(plain), "--group", "/cli/waiting", "--name", "free")
+    await eventually(
+        cli, lambda o: free["id"] in o.stdout, "runs", "list", "--group", "/cli/waiting"
+    )
+    listing = ("runs", "list", "--group", "/cli/waiting", "--waiting-approval")
+    waiting = await eventually(cli, lambda o: held["id"] in o.stdout, *listing)
+    assert free["id"] not in waiting.stdout
+    assert (await cli("approve", held["id"], "gate")).code == 0
+    await eventually(cli, lambda o: held["id"] not in o.stdout, *listing)
+
+
+# -- the event log followed --------------------------------------------------------------
+
+
+async def test_events_follow_starts_at_the_end_of_the_log_unless_after_is_given(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """`events --follow` prints only what is written from then on, like `tail -f`: a run
+    waiting for an approval has events, yet the first one printed is its approval."""
+    config = tmp_path / "gated.yaml"
+    config.write_text(gated("/cli/follow-head"))
+    run = await submitted(cli, str(config), "--group", "/cli/follow-head", "--name", "gated")
+    await eventually(
+        cli, lambda o: o.json()["tasks"]["gate"]["status"] == "waiting_approval",
+        "runs", "show", run["id"], "--format", "json",
+    )  # fmt: skip
+    history = (await cli("history", run["id"], "--format", "json")).json_lines()
+    follower = await cli.start("events", "--run", run["id"], "--follow", "--format", "json")
+    try:
+        started = await read_until(follower.stderr, lambda line: "following" in line, [])
+        head = int(re.search(r"after position (\d+)", started)[1])  # type: ignore[index]
+        assert head >= history[-1]["position"]
+        assert (await cli("approve", run["id"], "gate")).code == 0
+        first = json.loads(await read_until(follower.stdout, lambda _line: True, []))
+        assert first["type"] == "task_approved"
+        assert first["position"] > head
+    finally:
+        follower.terminate()
+        await follower.wait()
+
+
+# -- what a run's tasks say --------------------------------------------------------------
+
+EXPLAINED = """\
+tasks:
+  - name: prepare
+    run: echo prepared
+  - name: flaky
+    depends: [prepare]
+    run: echo boom; exit 3
+  - name: after
+    depends: [flaky]
+    run: echo after
+  - name: last
+    depends: [after]
+    run: echo last
+  - name: shards
+    foreach: [eu-west, us-east]
+    run: echo "shard $RUNSVC_ITEM"
+  - name: gate
+    depends: [shards]
+    approval: true
+    run: echo gate
+"""
+
+
+async def test_watch_and_show_say_why_skipped_who_approved_when_and_each_item(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """A skip two steps below a failure names the failure that started it; an approval
+    says who gave it, when and with what comment; a foreach child shows its item. In the
+    lines of `submit --wait` and in `runs show`."""
+    config = tmp_path / "explained.yaml"
+    config.write_text(EXPLAINED)
+    waiting = await cli.start(
+        "submit", str(config), "--group", "/cli/explained", "--name", "e", "--wait"
+    )
+    seen: list[str] = []
+    await read_until(waiting.stdout, lambda line: "gate waiting_approval" in line, seen)
+    run_id = re.search(r"run (\w+) running", "".join(seen))[1]  # type: ignore[index]
+    assert (await cli("approve", run_id, "gate", "--comment", "ship it")).code == 0
+    async with asyncio.timeout(WITHIN_S):
+        rest, err = await waiting.communicate()
+    assert waiting.returncode == 1, err.decode()
+    lines = "".join(seen) + rest.decode()
+    assert " shards[0] success (attempt 1, item eu-west)" in lines
+    assert " shards[1] success (attempt 1, item us-east)" in lines
+    when = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+    assert re.search(rf" gate approved by e2e-admin at {when}: \"ship it\"\n", lines)
+    assert " after skipped (attempt 0) - flaky ended failed; needs success\n" in lines
+    assert (
+        " last skipped (attempt 0) - after ended skipped; needs success (because flaky failed)\n"
+    ) in lines
+
+    show = await eventually(
+        cli, lambda o: "phase finished" in o.stdout, "runs", "show", run_id
+    )  # fmt: skip
+    assert show.stdout.splitlines()[4].split() == [
+        "TASK", "ITEM", "STATUS", "ATTEMPT", "TOOK", "EXIT", "NOTE"
+    ]  # fmt: skip
+    assert re.search(r"^shards\[1\]\s+us-east\s+success\s+1\b", show.stdout, re.M)
+    assert re.search(r"^last\s+skipped\s+0\s+-\s+after ended skipped; needs success "
+                     r"\(because flaky failed\)$", show.stdout, re.M)  # fmt: skip
+    assert re.search(rf"^gate approved by e2e-admin at {when}: \"ship it\"$", show.stdout, re.M)
+    as_json = (await cli("runs", "show", run_id, "--format", "json")).json()
+    assert as_json["tasks"]["gate"]["approved_at"] is not None
+    assert as_json["tasks"]["shards[0]"]["item"] == "eu-west"
+
+
+# -- logs of a foreach task --------------------------------------------------------------
+
+SHARDS = """\
+tasks:
+  - name: gate
+    approval: true
+    run: echo gate
+  - name: shards
+    depends: [gate]
+    foreach: [a, b, c]
+    foreach_strategy: sequence
+    run: echo "shard $RUNSVC_ITEM"; test "$RUNSVC_ITEM" != b
+"""
+
+
+async def test_logs_of_a_foreach_task_print_each_items_log_under_a_header(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """`logs RUN PARENT --follow` of a foreach task waits for it to fan out, then prints
+    each item's output under a header, in order, and says which never ran; without
+    --follow, once the run ended, the same."""
+    config = tmp_path / "shards.yaml"
+    config.write_text(SHARDS)
+    run = await submitted(cli, str(config), "--group", "/cli/shard-logs", "--name", "s")
+    follower = await cli.start("logs", run["id"], "shards", "--follow")
+    await read_until(follower.stderr, lambda line: "waiting for shards to start" in line, [])
+    assert (await cli("approve", run["id"], "gate")).code == 0
+    async with asyncio.timeout(WITHIN_S):
+        out, err = await follower.communicate()
+    assert follower.returncode == 0, err.decode()
+    expected = (
+        "==> shards[0] (item a) <==\nshard a\n\n"
+        "==> shards[1] (item b) <==\nshard b\n[runsvc] attempt failed: exit code 1\n\n"
+        "==> shards[2] (item c) <==\n(shards[2] has not run (skipped): no output)\n"
+    )
+    assert out.decode() == expected
+    assert (await cli("watch", run["id"])).code == 1
+    again = await cli("logs", run["id"], "shards")
+    assert (again.code, again.stdout) == (0, expected)
+
+
+# -- artifacts ---------------------------------------------------------------------------
+
+BUILT = """\
+tasks:
+  - name: build
+    run: mkdir -p dist && echo 'app v1' > dist/app.txt && seq 100000 > dist/numbers.txt
+    artifacts: [dist]
+  - name: parts
+    foreach: [a, b]
+    run: echo "$RUNSVC_ITEM" > part.txt
+    artifacts: [part.txt]
+"""
+
+
+async def test_artifacts_are_listed_and_downloaded(cli: Cli, tmp_path: Path) -> None:
+    """`artifacts list` shows a task's files with their sizes (a foreach task's: each
+    item's), filtered by a path prefix; `artifacts get` writes one to standard output, to
+    a file or into a directory, whole; a missing path exits 4, a foreach task 2."""
+    config = tmp_path / "built.yaml"
+    config.write_text(BUILT)
+    done = await cli("submit", str(config), "--group", "/cli/artifacts", "--name", "b", "--wait")
+    assert done.code == 0, done.stdout + done.stderr
+    run_id = re.search(r"^run (\w+) created", done.stderr)[1]  # type: ignore[index]
+    numbers = "".join(f"{n}\n" for n in range(1, 100001)).encode()
+
+    listed = await cli("artifacts", "list", run_id, "build")
+    assert listed.code == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split() == ["PATH", "SIZE", "UPLOADED"]
+    assert [row.split()[:3] for row in rows] == [
+        ["dist/app.txt", "7", "B"],
+        ["dist/numbers.txt", f"{len(numbers) / 1024:.1f}", "KiB"],
+    ]
+    only = await cli("artifacts", "list", run_id, "build", "dist/app", "--format", "json")
+    assert [(a["task"], a["key"], a["size"]) for a in only.json()["artifacts"]] == [
+        ("build", "dist/app.txt", 7)
+    ]
+    items = await cli("artifacts", "list", run_id, "parts")
+    assert [row.split()[:2] for row in items.stdout.splitlines()] == [
+        ["TASK", "PATH"], ["parts[0]", "part.txt"], ["parts[1]", "part.txt"],
+    ]  # fmt: skip
+
+    printed = await cli("artifacts", "get", run_id, "build", "dist/app.txt")
+    assert (printed.code, printed.stdout) == (0, "app v1\n")
+    into = tmp_path / "downloads"
+    into.mkdir()
+    saved = await cli("artifacts", "get", run_id, "build", "dist/numbers.txt", "-o", str(into))
+    assert saved.code == 0, saved.stderr
+    assert f"saved to {into / 'numbers.txt'}" in saved.stderr
+    named = await cli(
+        "artifacts", "get", run_id, "build", "dist/numbers.txt", "-o", str(into / "n.txt")
+    )
+    assert named.code == 0, named.stderr
+    assert (into / "numbers.txt").read_bytes() == (into / "n.txt").read_bytes() == numbers
+    assert sorted(p.name for p in into.iterdir()) == ["n.txt", "numbers.txt"]
+    item = await cli("artifacts", "get", run_id, "parts[1]", "part.txt")
+    assert (item.code, item.stdout) == (0, "b\n")
+
+    missing = await cli("artifacts", "get", run_id, "build", "dist/nope.txt", "-o", str(into))
+    assert missing.code == 4
+    assert "nope.txt" in missing.stderr
+    assert sorted(p.name for p in into.iterdir()) == ["n.txt", "numbers.txt"]
+    parent = await cli("artifacts", "get", run_id, "parts", "part.txt")
+    assert parent.code == 2
+    assert "parts is a foreach task" in parent.stderr
+    none = await cli("artifacts", "list", run_id, "build", "nothing/")
+    assert (none.code, none.stdout) == (0, "")
+    assert "build has no artifacts under 'nothing/'" in none.stderr

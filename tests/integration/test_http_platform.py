@@ -107,6 +107,9 @@ async def test_event_page_filters_and_validates(service: Service) -> None:
     page = await (await client.get("/api/v1/events?limit=3", headers=service.auth())).json()
     assert [e["position"] for e in page["events"]] == positions[:3]
     assert page["next_after"] == positions[2]
+    # The end of the whole log, whatever the page's limit and filters.
+    assert page["head"] == await service.app[STORE].head()
+    assert page["head"] > positions[-1]
     event = page["events"][0]
     assert event["type"] == "task_status_changed"
     assert event["actor"] == {"kind": "system", "id": "runsvc"}

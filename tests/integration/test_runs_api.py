@@ -302,6 +302,52 @@ async def test_approve_records_who_and_actions_answer_204(service: Service) -> N
     assert running_cancel.status == 409
 
 
+async def test_list_filters_runs_waiting_for_an_approval(service: Service) -> None:
+    """`waiting_approval=true` lists the runs with a task whose approval nobody has given
+    yet, newest first and paged like every list; `false` the others. An approved gate,
+    a stopped run and a run not at its gate yet are not waiting."""
+    waiting = [await create(service) for _ in range(3)]
+    not_there_yet = await create(service)
+    approved, stopped = await create(service), await create(service)
+    for run in (*waiting, approved, stopped):
+        await run_tasks(service, run["id"], "build", "test")
+    assert (
+        await service.client.post(
+            f"/api/v1/runs/{approved['id']}/tasks/deploy/approve", headers=service.auth()
+        )
+    ).status == 204
+    stop = await service.client.post(f"/api/v1/runs/{stopped['id']}/stop", headers=service.auth())
+    assert stop.status == 204
+    await caught_up(service)
+
+    async def listed(query: str) -> dict[str, Any]:
+        response = await service.client.get(f"/api/v1/runs?{query}", headers=service.auth())
+        assert response.status == 200, await response.text()
+        page: dict[str, Any] = await response.json()
+        return page
+
+    newest_first = [r["id"] for r in reversed(waiting)]
+    assert [r["id"] for r in (await listed("waiting_approval=true"))["runs"]] == newest_first
+    first = await listed("waiting_approval=true&limit=2")
+    assert [r["id"] for r in first["runs"]] == newest_first[:2]
+    rest = await listed(f"waiting_approval=true&limit=2&cursor={first['next_cursor']}")
+    assert ([r["id"] for r in rest["runs"]], rest["next_cursor"]) == (newest_first[2:], None)
+    others = [r["id"] for r in (await listed("waiting_approval=false"))["runs"]]
+    assert others == [stopped["id"], approved["id"], not_there_yet["id"]]
+    combined = await listed("waiting_approval=true&group=/elsewhere")
+    assert combined["runs"] == []
+
+    # The gate of the last one approved: it no longer waits.
+    await service.client.post(
+        f"/api/v1/runs/{waiting[-1]['id']}/tasks/deploy/approve", headers=service.auth()
+    )
+    await caught_up(service)
+    assert [r["id"] for r in (await listed("waiting_approval=true"))["runs"]] == newest_first[1:]
+    bad = await service.client.get("/api/v1/runs?waiting_approval=maybe", headers=service.auth())
+    assert bad.status == 400
+    assert (await bad.json())["details"][0]["path"] == "query.waiting_approval"
+
+
 async def test_history_state_at_version_and_verify(service: Service) -> None:
     """The run's events in order; the state at version N equals the fold of the first N
     events; verify passes, and fails once a stored event is altered."""

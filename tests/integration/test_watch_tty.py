@@ -23,6 +23,7 @@ from tests.integration.test_cli import (  # the module's server, shared with tes
     cli,
     cli_cluster,
     gated,
+    read_until,
     submitted,
 )
 
@@ -155,3 +156,91 @@ async def test_watch_exits_1_when_the_run_is_stopped(cli: Cli, tmp_path: Path) -
     assert row(screen, "gate")[2] != "waiting_approval"
     assert await terminal.exit_code() == 1
     assert f"run {run['id']} finished: stopped" in terminal.text()
+
+
+class Relay:
+    """A TCP relay to the server that a test can cut: every connection through it is
+    aborted and nobody can connect (refused) until it is opened again, on the same port,
+    as a network that drops and comes back."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.removeprefix("http://").split(":")
+        self.target = (host, int(port))
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def open(self) -> None:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in list(self.writers):
+            writer.transport.abort()
+        await self.server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream = await asyncio.open_connection(*self.target)
+        self.writers |= {writer, upstream}
+        try:
+            await asyncio.gather(self._pipe(reader, upstream), self._pipe(upstream_reader, writer))
+        finally:
+            self.writers -= {writer, upstream}
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass  # aborted by `cut`, or the other side went away
+        finally:
+            writer.transport.abort()
+
+
+async def test_watch_says_it_is_reconnecting_while_the_stream_is_lost(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """The connection to the server drops while a run is watched (a relay between them is
+    cut, then opened again): the terminal view says it is reconnecting, instead of a
+    clock that ticks on as if all were well, and stops saying so once it is back, with no
+    event yet; the line view says both on stderr. Both then follow the run to its end."""
+    config = tmp_path / "gated.yaml"
+    config.write_text(gated("/cli/tty-relay"))
+    run = await submitted(cli, str(config), "--group", "/cli/tty-relay", "--name", "gated")
+    relay = Relay(cli.cluster.url)
+    await relay.open()
+    try:
+        terminal = Terminal()
+        await terminal.spawn(cli.environment(RUNSVC_SERVER=relay.url), "watch", run["id"])
+        lines = await cli.start("watch", run["id"], RUNSVC_SERVER=relay.url)
+        await terminal.until(lambda s: "waiting_approval" in s)
+        said: list[str] = []
+        await read_until(lines.stdout, lambda line: "gate waiting_approval" in line, [])
+
+        await relay.cut()
+        screen = await terminal.until(lambda s: "reconnecting…" in s)
+        assert "the run's event stream was lost" in screen.splitlines()[3]
+        await read_until(lines.stderr, lambda line: "connection lost" in line, said)
+
+        await relay.open()
+        screen = await terminal.until(lambda s: "reconnecting" not in s)
+        assert row(screen, "gate")[2] == "waiting_approval"
+        await read_until(lines.stderr, lambda line: "reconnected" in line, said)
+
+        assert (await cli("approve", run["id"], "gate")).code == 0
+        await terminal.until(lambda s: "finished / success" in s)
+        assert await terminal.exit_code() == 0
+        async with asyncio.timeout(WITHIN_S):
+            out, _ = await lines.communicate()
+        assert lines.returncode == 0
+        assert f"run {run['id']} finished (success)" in out.decode()
+    finally:
+        await relay.cut()

@@ -58,6 +58,7 @@ def test_client_commands_load_no_server_driver(argv: list[str]) -> None:
     "argv",
     [
         ["--help"],
+        ["--version"],
         ["runs", "list", "--server", "http://127.0.0.1:9", "--token", "rsv_x"],
         ["runs", "show", "x", "--server", "http://127.0.0.1:9", "--token", "rsv_x"],
     ],

@@ -196,12 +196,16 @@ def test_approval_gates_record_approver_and_comment() -> None:
     history = History(config(task("deploy", approval=True)))
     assert history.status("deploy") == "waiting_approval"
     assert run_view(history.state).tasks["deploy"].reason == "waiting for approval"
-    history.approve("deploy", approver="carol", comment="ship it")
+    history.at(30).approve("deploy", approver="carol", comment="ship it")
     approved = history.last[0]
     assert isinstance(approved, TaskApproved)
     assert (approved.approver, approved.comment) == ("carol", "ship it")
     assert history.status("deploy") == "scheduled"
     assert history.state.tasks["deploy"].approved_by == "carol"
+    # When, as the event says: the view shows it, and the stored state keeps it.
+    assert run_view(history.state).tasks["deploy"].approved_at == T0 + timedelta(seconds=30)
+    stored = decode_run(encode_run(history.state))
+    assert run_view(stored).tasks["deploy"].approved_at == approved.at
     with pytest.raises(Conflict, match="not waiting for approval"):
         commands.approve(history.state, "deploy", approver="x", comment=None, now=T0)
     with pytest.raises(NotFound):
