@@ -81,6 +81,19 @@ def encode_run(run: Run) -> bytes:
     return _encoder.encode(state)
 
 
+def same_state(stored: bytes, run: Run) -> bool:
+    """Whether `stored`, written by this version or an earlier one, holds `run`'s state.
+
+    Compared as this version reads it: an earlier version's encoding lacks the fields
+    added since, which decode to their defaults, so its bytes differ from this version's
+    encoding of the very same state. A state that does not decode holds no run's."""
+    try:
+        state = _decoder.decode(stored)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    return _encoder.encode(state) == encode_run(run)
+
+
 def decode_run(data: bytes) -> Run:
     state = _decoder.decode(data)
     run = Run()
