@@ -34,6 +34,7 @@ class TaskState(msgspec.Struct, array_like=True):
     # Added after the first stored states: a default, so that those still decode (as 0).
     lost: int = 0
     unconfirmed: int = 0
+    outputs: dict[str, str] = {}
 
 
 class RunState(msgspec.Struct, array_like=True):

@@ -77,6 +77,7 @@ class Task:
         "name",
         "next_attempt_at",
         "order",
+        "outputs",
         "parent",
         "spec",
         "started_at",
@@ -119,6 +120,9 @@ class Task:
         self.exit_code: int | None = None
         self.error: str | None = None
         self.next_attempt_at: datetime | None = None
+        # What the attempt whose end the task shows (as `exit_code`) wrote to its output
+        # file; replaced, never changed in place, so views may hold on to it.
+        self.outputs: dict[str, str] = {}
         self.approved_by: str | None = None
         self.approval_comment: str | None = None
         self.children: list[str] = []

@@ -37,6 +37,9 @@ class TaskView(msgspec.Struct, frozen=True):
     approved_by: str | None = None
     approval_comment: str | None = None
     children: list[str] = msgspec.field(default_factory=list)
+    # Absent when the attempt wrote none: the views of runs without outputs keep their
+    # bytes, and most tasks have none.
+    outputs: dict[str, str] | msgspec.UnsetType = msgspec.UNSET
 
 
 class RunView(msgspec.Struct, frozen=True):
@@ -156,6 +159,7 @@ def task_view(run: Run, task: Task) -> TaskView:
         approved_by=task.approved_by,
         approval_comment=task.approval_comment,
         children=list(task.children),
+        outputs=task.outputs or msgspec.UNSET,
     )
 
 
