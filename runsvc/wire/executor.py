@@ -35,6 +35,12 @@ carries. A chunk sent twice (a retry after a lost answer) names the same offset,
 server stores it once."""
 
 
+OUTPUT_NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]*$(?!\n)"
+"""The names of an attempt's outputs: a letter or `_`, then letters, digits or `_`. (The
+lookahead refuses a trailing newline, which `$` alone lets through in Python's regular
+expressions; in JSON Schema's, where `$` ends the text, it changes nothing.)"""
+
+
 class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Ask for one ready task. `labels` are matched against the task's `runs_on`; `wait` is
     how long the server may hold the request open until a task becomes ready."""
