@@ -359,5 +359,12 @@ def topological_order(config: RunConfig) -> list[TaskConfig]:
 
 def approximate_size(run: Run) -> int:
     """Roughly the bytes a folded run takes in memory (measured: about 0.8 KiB per task
-    for a run of 10,000 tasks), for caches that are bounded by memory."""
-    return 4096 + 1024 * len(run.tasks)
+    for a run of 10,000 tasks), for caches that are bounded by memory. Outputs count
+    apart: a task's may be as large as the server's output limit."""
+    outputs = sum(
+        len(name) + len(value)
+        for task in run.tasks.values()
+        if task.outputs
+        for name, value in task.outputs.items()
+    )
+    return 4096 + 1024 * len(run.tasks) + outputs

@@ -24,6 +24,7 @@ from runsvc.domain.events import (
     encode_event,
     event_type_of,
 )
+from runsvc.domain.model import approximate_size
 from runsvc.domain.scheduler import decide, next_wakeup
 from runsvc.domain.view import run_view
 from tests.unit.histories import T0, History, config, task
@@ -852,6 +853,16 @@ def test_the_view_shows_outputs_only_where_an_attempt_wrote_some() -> None:
     view = msgspec.json.decode(msgspec.json.encode(run_view(history.state)))
     assert view["tasks"]["a"]["outputs"] == {"image": "registry/app:1.2"}
     assert "outputs" not in view["tasks"]["b"]
+
+
+def test_a_runs_size_in_memory_counts_its_outputs() -> None:
+    """Caches bounded by memory see a run's outputs, which may be far larger than the
+    rest of a task."""
+    history = History(config(task("a"), task("b")))
+    before = approximate_size(history.state)
+    history.start("a")
+    history.finish("a", outputs={"blob": "x" * 60_000})
+    assert approximate_size(history.state) >= before + 60_000
 
 
 # What the version before outputs stored for an attempt's success and for a recreation
