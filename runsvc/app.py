@@ -145,6 +145,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         lease_ttl_s=settings.lease_ttl_s,
         heartbeat_interval_s=settings.heartbeat_interval_s,
         max_log_bytes=settings.max_log_bytes,
+        max_output_bytes=settings.max_output_bytes,
     )
     app[SERVICE] = service
     app[LEASES] = leases

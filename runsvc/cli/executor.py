@@ -21,7 +21,8 @@ its process shows it; its memory is closed to other processes.
 
 Tasks see their own environment plus PATH, HOME, USER, LOGNAME, SHELL, LANG, LANGUAGE,
 LC_*, TZ and TMPDIR from the executor's; never its token. An executor running as root
-runs tasks as --task-user (default nobody), in work directories that user owns.
+runs tasks as --task-user (default nobody), in work directories that user owns. What a
+task writes to the file $RUNSVC_OUTPUT names is reported as its outputs.
 
 SIGTERM or SIGINT stops claiming and gives running tasks the grace period to finish;
 the rest are ended and handed back. A second signal ends them at once.

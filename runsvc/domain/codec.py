@@ -35,6 +35,7 @@ class TaskState(msgspec.Struct, array_like=True):
     lost: int = 0
     unconfirmed: int = 0
     approved_at: datetime | None = None
+    outputs: dict[str, str] = {}
 
 
 class RunState(msgspec.Struct, array_like=True):
@@ -80,6 +81,19 @@ def encode_run(run: Run) -> bytes:
     values = {field: getattr(run, field) for field in _RUN_FIELDS}
     state = RunState(**{**values, "tasks": tasks})
     return _encoder.encode(state)
+
+
+def same_state(stored: bytes, run: Run) -> bool:
+    """Whether `stored`, written by this version or an earlier one, holds `run`'s state.
+
+    Compared as this version reads it: an earlier version's encoding lacks the fields
+    added since, which decode to their defaults, so its bytes differ from this version's
+    encoding of the very same state. A state that does not decode holds no run's."""
+    try:
+        state = _decoder.decode(stored)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    return _encoder.encode(state) == encode_run(run)
 
 
 def decode_run(data: bytes) -> Run:

@@ -197,10 +197,13 @@ def finish_attempt(
     exit_code: int | None,
     error: str | None,
     now: datetime,
+    outputs: dict[str, str] | None = None,
 ) -> list[Event]:
-    """The executor reports how the attempt ended."""
+    """The executor reports how the attempt ended, with what it wrote to its output file."""
     task = _running_attempt(run, task_name, attempt)
-    outcome = attempt_outcome(run, task, now, succeeded=succeeded, exit_code=exit_code, error=error)
+    outcome = attempt_outcome(
+        run, task, now, succeeded=succeeded, exit_code=exit_code, error=error, outputs=outputs
+    )
     return _then_plan(run, now, [outcome])
 
 
@@ -341,6 +344,7 @@ def recreate(
             finished_at=t.finished_at,
             exit_code=t.exit_code,
             executor=t.executor,
+            outputs=t.outputs,
         )
         for t in top
         if t.status == "success" and t.name not in rerun

@@ -94,6 +94,7 @@ class CarriedTask(msgspec.Struct, frozen=True, omit_defaults=True):
     finished_at: datetime | None = None
     exit_code: int | None = None
     executor: str | None = None
+    outputs: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class RunCreated(Event, tag="run_created", frozen=True):
@@ -145,6 +146,10 @@ class TaskStatusChanged(Event, tag="task_status_changed", frozen=True):
     # Left out of the encoding unless true, so the events of every other change keep
     # their shape.
     unconfirmed: bool | msgspec.UnsetType = msgspec.UNSET
+    # On the change that ends an attempt (its executor's report): the outputs the attempt
+    # wrote. Left out of the encoding when there are none, so that every event written
+    # before outputs existed, and every change that carries none, keeps its bytes.
+    outputs: dict[str, str] | msgspec.UnsetType = msgspec.UNSET
 
 
 class ForeachChild(msgspec.Struct, frozen=True):

@@ -126,6 +126,7 @@ def _create(event: RunCreated) -> Run:
         task.finished_at = carried.finished_at
         task.exit_code = carried.exit_code
         task.executor = carried.executor
+        task.outputs = dict(carried.outputs)
         task.expanded = task.is_parent
     rebuild_indexes(run)
     return run
@@ -269,6 +270,13 @@ def _task_status(run: Run, event: TaskStatusChanged) -> None:
     ):
         if getattr(task, field) != value:
             run.set(task, field, value)
+    # Like `exit_code`: each change shows the outputs of the attempt it reports, so a new
+    # attempt's start clears the last one's.
+    if event.outputs is msgspec.UNSET:
+        if task.outputs:
+            run.set(task, "outputs", {})
+    elif task.outputs != event.outputs:
+        run.set(task, "outputs", event.outputs)
     if (event.executor is not None or new in ("scheduled", "notstarted")) and (
         task.executor != event.executor
     ):

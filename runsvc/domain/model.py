@@ -78,6 +78,7 @@ class Task:
         "name",
         "next_attempt_at",
         "order",
+        "outputs",
         "parent",
         "spec",
         "started_at",
@@ -120,6 +121,9 @@ class Task:
         self.exit_code: int | None = None
         self.error: str | None = None
         self.next_attempt_at: datetime | None = None
+        # What the attempt whose end the task shows (as `exit_code`) wrote to its output
+        # file; replaced, never changed in place, so views may hold on to it.
+        self.outputs: dict[str, str] = {}
         self.approved_by: str | None = None
         self.approved_at: datetime | None = None
         self.approval_comment: str | None = None
@@ -357,5 +361,12 @@ def topological_order(config: RunConfig) -> list[TaskConfig]:
 
 def approximate_size(run: Run) -> int:
     """Roughly the bytes a folded run takes in memory (measured: about 0.8 KiB per task
-    for a run of 10,000 tasks), for caches that are bounded by memory."""
-    return 4096 + 1024 * len(run.tasks)
+    for a run of 10,000 tasks), for caches that are bounded by memory. Outputs count
+    apart: a task's may be as large as the server's output limit."""
+    outputs = sum(
+        len(name) + len(value)
+        for task in run.tasks.values()
+        if task.outputs
+        for name, value in task.outputs.items()
+    )
+    return 4096 + 1024 * len(run.tasks) + outputs

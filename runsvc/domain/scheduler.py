@@ -49,6 +49,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import msgspec
+
 from runsvc.domain.config import Retry, parse_duration
 from runsvc.domain.events import (
     Event,
@@ -130,12 +132,14 @@ def attempt_outcome(
     error: str | None,
     lost: bool = False,
     unconfirmed: bool = False,
+    outputs: dict[str, str] | None = None,
 ) -> TaskStatusChanged:
     """What an ended attempt makes of the task: success, stopped (the run is stopping),
     another attempt (the retry policy; for a lost attempt, `on_lost` and `max_lost`), or
     failed. For a lost attempt, its `lost` event must be folded already (`task.lost`
-    counts it)."""
+    counts it). Whatever it makes of it, the change carries the attempt's `outputs`."""
     name, attempt, executor = task.name, task.attempt, task.executor
+    written = outputs or msgspec.UNSET
     if succeeded:
         return TaskStatusChanged(
             task=name,
@@ -144,6 +148,7 @@ def attempt_outcome(
             at=now,
             exit_code=exit_code,
             executor=executor,
+            outputs=written,
         )
     if run.stop_requested:
         return TaskStatusChanged(
@@ -154,6 +159,7 @@ def attempt_outcome(
             exit_code=exit_code,
             executor=executor,
             error=error or "stopped",
+            outputs=written,
         )
     cause = error or (f"exit code {exit_code}" if exit_code is not None else "failed")
     if lost:
@@ -171,6 +177,7 @@ def attempt_outcome(
             exit_code=exit_code,
             next_attempt_at=now + delay if delay > timedelta(0) else None,
             error=f"attempt {attempt} failed: {cause}",
+            outputs=written,
         )
     return TaskStatusChanged(
         task=name,
@@ -180,6 +187,7 @@ def attempt_outcome(
         exit_code=exit_code,
         executor=executor,
         error=cause,
+        outputs=written,
     )
 
 

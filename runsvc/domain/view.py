@@ -38,6 +38,9 @@ class TaskView(msgspec.Struct, frozen=True):
     approval_comment: str | None = None
     children: list[str] = msgspec.field(default_factory=list)
     approved_at: datetime | None = None
+    # Absent when the attempt wrote none: the views of runs without outputs keep their
+    # bytes, and most tasks have none.
+    outputs: dict[str, str] | msgspec.UnsetType = msgspec.UNSET
 
 
 class RunView(msgspec.Struct, frozen=True):
@@ -158,6 +161,7 @@ def task_view(run: Run, task: Task) -> TaskView:
         approval_comment=task.approval_comment,
         children=list(task.children),
         approved_at=task.approved_at,
+        outputs=task.outputs or msgspec.UNSET,
     )
 
 

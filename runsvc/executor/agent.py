@@ -26,8 +26,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import hashlib
+import os
 import re
+import stat
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -38,13 +41,16 @@ import structlog
 
 from runsvc.client import (
     ApiError,
+    BadRequestError,
     ConnectionFailed,
     ExecutorClient,
     InvalidResponse,
     LeaseLost,
     RetryPolicy,
     ServerError,
+    TooLargeError,
 )
+from runsvc.executor.outputs import OutputFileError, parse_outputs
 from runsvc.executor.process import (
     ProcessResult,
     ProcessSpec,
@@ -68,6 +74,9 @@ _CLAIM_BACKOFF = RetryPolicy(first_backoff_s=1.0, max_backoff_s=30.0)
 _HAND_BACK_S = 10.0
 _SHUTDOWN_REASON = "the executor is shutting down"
 _MIN_HEARTBEAT_S = 0.05
+# Beside the work directory, not in it: a task running as another user may write the file
+# but, unable to change the attempt directory, cannot swap it for a link to another file.
+_OUTPUT_FILE = "outputs"
 
 
 @dataclass(frozen=True)
@@ -278,11 +287,14 @@ class Agent:
                 owned = await asyncio.to_thread(AttemptDirectory, directory)
                 work_dir = directory / "work"
                 work_dir.mkdir()
+                output_file = (directory / _OUTPUT_FILE).absolute()
+                output_file.touch(mode=0o600, exist_ok=False)
                 if self.config.task_user is not None:
                     self.config.task_user.give(work_dir)
+                    self.config.task_user.give_file(output_file)
                 spool = LogSpool(directory / "output.log")
                 try:
-                    end = await self._attend(attempt, work_dir, spool)
+                    end = await self._attend(attempt, work_dir, output_file, spool)
                 finally:
                     if attempt.process is not None:
                         # However this ends (lost lease, a bug, cancellation), leave no
@@ -301,7 +313,9 @@ class Agent:
                 if self._on_attempt_end is not None:
                     self._on_attempt_end(claim, end)
 
-    async def _attend(self, attempt: _Attempt, work_dir: Path, spool: LogSpool) -> AttemptEnd:
+    async def _attend(
+        self, attempt: _Attempt, work_dir: Path, output_file: Path, spool: LogSpool
+    ) -> AttemptEnd:
         """Run the attempt and report it; LeaseLost (from any call) ends it early."""
         shipper = LogShipper(
             spool, self._log_sender(attempt.lease), interval_s=self.config.log_interval_s
@@ -310,8 +324,18 @@ class Agent:
         shipping = asyncio.create_task(shipper.run())
         try:
             result = await self._race(
-                self._execute(attempt, work_dir, spool), {heartbeat, shipping}
+                self._execute(attempt, work_dir, output_file, spool), {heartbeat, shipping}
             )
+            outputs: dict[str, str] = {}
+            if result.error != _SHUTDOWN_REASON:
+                limit = attempt.claim.task.max_output_bytes
+                try:
+                    outputs = await asyncio.to_thread(read_outputs, output_file, limit)
+                except OutputFileError as exc:
+                    if result.succeeded:
+                        result = ProcessResult(result.exit_code, str(exc))
+                    else:  # the command's own failure stays the attempt's error
+                        spool.note(f"outputs not recorded: {exc}")
             if result.error is not None:
                 spool.note(f"attempt failed: {result.error}")
             await _settle(shipping)
@@ -319,13 +343,17 @@ class Agent:
             # itself (or was stopped for another reason) meanwhile is reported as usual.
             if result.error == _SHUTDOWN_REASON:
                 return await self._race(self._hand_back(attempt, shipper), {heartbeat})
-            return await self._race(self._report(attempt, work_dir, shipper, result), {heartbeat})
+            return await self._race(
+                self._report(attempt, work_dir, shipper, result, outputs), {heartbeat}
+            )
         finally:
             for watcher in (heartbeat, shipping):
                 with contextlib.suppress(ApiError):
                     await _settle(watcher)
 
-    async def _execute(self, attempt: _Attempt, work_dir: Path, spool: LogSpool) -> ProcessResult:
+    async def _execute(
+        self, attempt: _Attempt, work_dir: Path, output_file: Path, spool: LogSpool
+    ) -> ProcessResult:
         item = attempt.claim.task
         user = self.config.task_user
         inherited = self.config.inherited_env
@@ -335,7 +363,7 @@ class Agent:
             spec = ProcessSpec(
                 argv=attempt_argv(item),
                 cwd=work_dir,
-                env=attempt_environment(item, inherited),
+                env=attempt_environment(item, inherited, output_file=output_file),
                 timeout_s=item.timeout_s,
                 progress_timeout_s=item.progress_timeout_s,
                 kill_grace_s=self.config.kill_grace_s,
@@ -351,7 +379,12 @@ class Agent:
         return result
 
     async def _report(
-        self, attempt: _Attempt, work_dir: Path, shipper: LogShipper, result: ProcessResult
+        self,
+        attempt: _Attempt,
+        work_dir: Path,
+        shipper: LogShipper,
+        result: ProcessResult,
+        outputs: dict[str, str],
     ) -> AttemptEnd:
         deadline = _deadline(self.config.report_deadline_s)
         lease = attempt.lease
@@ -370,9 +403,23 @@ class Agent:
             status="success" if result.succeeded else "failed",
             exit_code=result.exit_code,
             error=result.error,
+            outputs=outputs,
         )
         try:
-            await self.client.complete(lease, completion, deadline=deadline)
+            try:
+                await self.client.complete(lease, completion, deadline=deadline)
+            except (BadRequestError, TooLargeError) as exc:
+                if not outputs:
+                    raise
+                # The server refused the outputs (its limit was lowered since the claim,
+                # say) and recorded nothing: the attempt still gets an outcome.
+                log.error("outputs refused by the server", error=str(exc))
+                completion = Completion(
+                    status="failed",
+                    exit_code=result.exit_code,
+                    error=f"outputs refused by the server: {exc.message}",
+                )
+                await self.client.complete(lease, completion, deadline=deadline)
         except LeaseLost:
             raise
         except ApiError as exc:
@@ -448,6 +495,25 @@ async def _settle(task: asyncio.Future[Any], *, reraise: bool = True) -> None:
     await asyncio.wait({task})
     if not task.cancelled() and task.exception() is not None and reraise:
         task.result()
+
+
+def read_outputs(path: Path, limit: int) -> dict[str, str]:
+    """The outputs in the attempt's output file; OutputFileError when it holds more than
+    `limit` bytes, is not in the form, or is no longer the file the executor made."""
+    try:
+        # Not following a link: run as the executor's user, a task could put one there.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return {}  # the task removed it: it leaves nothing
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OutputFileError(None, "was replaced by a symbolic link") from None
+        raise OutputFileError(None, f"cannot be read: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OutputFileError(None, "is not a regular file")
+        # One byte past the limit tells a file over it, however much a task wrote.
+        return parse_outputs(file.read(limit + 1), limit=limit)
 
 
 def _deadline(seconds: float) -> float:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final, Self
 
 from runsvc.executor.lifeline import lifeline, supervised
+from runsvc.executor.outputs import OUTPUT_VARIABLE
 from runsvc.executor.taskuser import TaskUser
 from runsvc.wire.executor import WorkItem, compose_environment
 
@@ -47,16 +48,23 @@ INHERITED_VARIABLES: Final = (
 _GROUP_POLL_S = 0.05
 
 
-def attempt_environment(item: WorkItem, inherited: Mapping[str, str]) -> dict[str, str]:
+def attempt_environment(
+    item: WorkItem, inherited: Mapping[str, str], *, output_file: Path | None = None
+) -> dict[str, str]:
     """The complete environment of an attempt: `INHERITED_VARIABLES` and the locale
-    (`LC_*`) from `inherited`, overlaid by what the service composed for the task."""
+    (`LC_*`) from `inherited`, overlaid by what the service composed for the task; then
+    `RUNSVC_OUTPUT`, the file the attempt writes its outputs to, which always wins like
+    the attempt's identity (the executor reads that file and no other)."""
     base = {
         name: value
         for name, value in inherited.items()
         if name in INHERITED_VARIABLES or name.startswith("LC_")
     }
     base.setdefault("PATH", os.defpath)
-    return {**base, **compose_environment(item)}
+    composed = {**base, **compose_environment(item)}
+    if output_file is not None:
+        composed[OUTPUT_VARIABLE] = str(output_file)
+    return composed
 
 
 def attempt_argv(item: WorkItem) -> list[str]:

@@ -48,6 +48,11 @@ class TaskUser:
         os.chown(directory, self.uid, self.gid)
         directory.chmod(0o700)
 
+    def give_file(self, path: Path) -> None:
+        """Make the file at `path` this user's own, readable and writable by them alone."""
+        os.chown(path, self.uid, self.gid)
+        path.chmod(0o600)
+
     def can_read(self, path: Path) -> bool:
         """Whether this user may read the file at `path`."""
         path = path.resolve()

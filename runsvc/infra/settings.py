@@ -151,6 +151,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         int,
         Meta(description="largest artifact file (1 GiB); a bigger upload is a 413"),
     ] = 1024 * 1024 * 1024
+    # Executors get it with each claim, so that they refuse what the server would.
+    max_output_bytes: Annotated[
+        int,
+        Meta(
+            description="what one attempt's output file ($RUNSVC_OUTPUT) may hold (64 KiB); "
+            "past it the attempt fails, and a completion whose outputs exceed it is a 413. "
+            "They are stored in one event: keep it well under RUNSVC_MAX_EVENT_BYTES"
+        ),
+    ] = 64 * 1024
     shutdown_grace_s: Annotated[
         float,
         Meta(description="on SIGTERM, seconds open requests get to finish"),
@@ -238,6 +247,7 @@ _ENV: dict[str, str] = {
     "timer_interval_s": "RUNSVC_TIMER_INTERVAL_S",
     "max_log_bytes": "RUNSVC_MAX_LOG_BYTES",
     "max_artifact_bytes": "RUNSVC_MAX_ARTIFACT_BYTES",
+    "max_output_bytes": "RUNSVC_MAX_OUTPUT_BYTES",
     "request_timeout_s": "RUNSVC_REQUEST_TIMEOUT_S",
     "auth_failure_limit": "RUNSVC_AUTH_FAILURE_LIMIT",
     "token_cache_s": "RUNSVC_TOKEN_CACHE_S",

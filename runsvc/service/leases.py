@@ -43,7 +43,14 @@ from runsvc.domain.model import Run, Task
 from runsvc.service.runs import RunService
 from runsvc.service.task_logs import append_chunk
 from runsvc.service.writer import Caller
-from runsvc.wire.executor import Claim, Completion, HeartbeatAnswer, WorkItem
+from runsvc.wire.executor import (
+    DEFAULT_MAX_OUTPUT_BYTES,
+    Claim,
+    Completion,
+    HeartbeatAnswer,
+    WorkItem,
+    outputs_size,
+)
 
 log = structlog.get_logger("runsvc.leases")
 _completions = msgspec.msgpack.Encoder()
@@ -66,7 +73,9 @@ class LeaseRow:
         return cls(**{name: record[name] for name in cls.__dataclass_fields__})
 
 
-def work_item(run: Run, task: Task) -> WorkItem:
+def work_item(
+    run: Run, task: Task, *, max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+) -> WorkItem:
     spec = task.spec
     return WorkItem(
         task_id=task.id,
@@ -85,6 +94,7 @@ def work_item(run: Run, task: Task) -> WorkItem:
         progress_timeout_s=(
             parse_duration(spec.progress_timeout).total_seconds() if spec.progress_timeout else None
         ),
+        max_output_bytes=max_output_bytes,
     )
 
 
@@ -116,8 +126,10 @@ class LeaseService:
         lease_ttl_s: float = 30.0,
         heartbeat_interval_s: float = 10.0,
         max_log_bytes: int = 64 * 1024 * 1024,
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
     ) -> None:
         self.max_log_bytes = max_log_bytes
+        self.max_output_bytes = max_output_bytes
         self.runs = runs
         self.pool = runs.pool
         self.ready = ready
@@ -321,7 +333,9 @@ class LeaseService:
                 lease=lease,
                 lease_expires_at=expires,
                 heartbeat_interval_s=self.heartbeat_interval_s,
-                task=work_item(run, run.tasks[entry["task"]]),
+                task=work_item(
+                    run, run.tasks[entry["task"]], max_output_bytes=self.max_output_bytes
+                ),
             )
         return None
 
@@ -421,15 +435,27 @@ class LeaseService:
         self, lease: str, completion: Completion, *, actor: str | None = None
     ) -> LeaseRow:
         """Record the attempt's outcome, then end the lease. The same completion sent
-        again (its answer was lost) is accepted again; a different one is refused."""
-        reported = _completions.encode(completion)
+        again (its answer was lost) is accepted again; a different one is refused, and so
+        are outputs over the limit (413: the executor fails the attempt instead)."""
         record = await self.pool.fetchrow("SELECT * FROM leases WHERE lease_id = $1", lease)
         if record is not None and record["state"] == "completed":
             accepted = record["completion"]
-            if accepted is not None and bytes(accepted) != reported:
-                earlier = msgspec.msgpack.decode(bytes(accepted), type=Completion)
+            # Compared decoded: a completion stored before a field existed decodes with
+            # its default, which the same completion sent again has too.
+            earlier = (
+                msgspec.msgpack.decode(bytes(accepted), type=Completion)
+                if accepted is not None
+                else None
+            )
+            if earlier is not None and earlier != completion:
                 raise Conflict(f"this attempt already completed as {earlier.status}")
             return LeaseRow.of(record)
+        size = outputs_size(completion.outputs)
+        if size > self.max_output_bytes:
+            raise TooLarge(
+                f"the attempt's outputs hold {size} bytes of names and values; "
+                f"RUNSVC_MAX_OUTPUT_BYTES allows {self.max_output_bytes}"
+            )
         row = await self._current(lease)
         await self.runs.execute(
             row.run_id,
@@ -441,10 +467,11 @@ class LeaseService:
                 exit_code=completion.exit_code,
                 error=completion.error,
                 now=now,
+                outputs=completion.outputs,
             ),
             Caller(Actor(kind="executor", id=actor or row.executor)),
         )
-        await self._close(lease, "completed", completion=reported)
+        await self._close(lease, "completed", completion=_completions.encode(completion))
         return row
 
     async def lose(

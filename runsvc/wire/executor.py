@@ -35,6 +35,25 @@ carries. A chunk sent twice (a retry after a lost answer) names the same offset,
 server stores it once."""
 
 
+OUTPUT_NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]*$(?!\n)"
+"""The names of an attempt's outputs: a letter or `_`, then letters, digits or `_`. (The
+lookahead refuses a trailing newline, which `$` alone lets through in Python's regular
+expressions; in JSON Schema's, where `$` ends the text, it changes nothing.)"""
+
+OutputName = Annotated[str, msgspec.Meta(pattern=OUTPUT_NAME_PATTERN)]
+
+DEFAULT_MAX_OUTPUT_BYTES: Final = 64 * 1024
+"""What an attempt's output file may hold unless the server says otherwise
+(`RUNSVC_MAX_OUTPUT_BYTES`)."""
+
+
+def outputs_size(outputs: dict[str, str]) -> int:
+    """The bytes (UTF-8) of an attempt's output names and values, which the server holds
+    to its limit. The file they were read from is at least as large (every entry also
+    takes a `=` or a block's delimiters), so a file within the limit always passes."""
+    return sum(len(name.encode()) + len(value.encode()) for name, value in outputs.items())
+
+
 class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Ask for one ready task. `labels` are matched against the task's `runs_on`; `wait` is
     how long the server may hold the request open until a task becomes ready."""
@@ -50,6 +69,8 @@ class WorkItem(msgspec.Struct, frozen=True, kw_only=True):
     Exactly one of `run` (a shell string, run by `/bin/sh -c`) and `command` (an argv
     list) is set. `item` is the foreach item of an expanded child task. `artifacts` are
     paths relative to the attempt's work directory, uploaded when it ends.
+    `max_output_bytes` is the most the attempt's output file may hold: the server's
+    limit, so that the executor refuses what the server would.
     """
 
     task_id: str
@@ -66,6 +87,7 @@ class WorkItem(msgspec.Struct, frozen=True, kw_only=True):
     artifacts: list[str] = []
     timeout_s: float | None = None
     progress_timeout_s: float | None = None
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
 
 
 class Claim(msgspec.Struct, frozen=True, kw_only=True):
@@ -97,11 +119,14 @@ some report a killing signal as a negative number)."""
 
 class Completion(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The outcome of an attempt. `exit_code` is None when the process did not exit by
-    itself (killed by a signal, could not start); `error` says why it failed."""
+    itself (killed by a signal, could not start); `error` says why it failed. `outputs`
+    are what the attempt wrote to its output file (`$RUNSVC_OUTPUT`), at most the
+    server's `RUNSVC_MAX_OUTPUT_BYTES` of names and values."""
 
     status: Literal["success", "failed"]
     exit_code: ExitCode | None = None
     error: str | None = None
+    outputs: dict[OutputName, str] = {}
 
 
 def lease_path(template: str, lease: str, path: str = "") -> str:

@@ -127,6 +127,49 @@ async def test_a_dag_runs_as_the_run_model_says(cluster: Cluster, tmp_path: Path
     assert max(concurrency) <= 2
 
 
+async def test_outputs_reach_the_view_and_the_history_or_fail_the_attempt(
+    cluster: Cluster,
+) -> None:
+    """A task's outputs (one plain, one multi-line) show under `tasks.<name>.outputs` and
+    in the event that ended its attempt; a task whose output file is over the limit fails
+    with the limit in its error, one whose file is malformed with the line."""
+    cluster.start_executor("e1", concurrency=3)
+    writes = """
+        echo "version=1.2.3" >> "$RUNSVC_OUTPUT"
+        printf 'notes<<EOF\nfirst line\nsecond line\nEOF\n' >> "$RUNSVC_OUTPUT"
+    """
+    config = {
+        "tasks": [
+            {"name": "writes", "run": writes},
+            {"name": "too_much", "run": 'yes line=x | head -n 12000 >> "$RUNSVC_OUTPUT"'},
+            {"name": "malformed", "run": 'printf "a=1\nb=2\nnot an output\n" >> "$RUNSVC_OUTPUT"'},
+        ]
+    }
+    run_id = (await submit(cluster, config))["id"]
+    final = await finished(cluster, run_id)
+    tasks = final["tasks"]
+    outputs = {"version": "1.2.3", "notes": "first line\nsecond line"}
+    assert (tasks["writes"]["status"], tasks["writes"]["outputs"]) == ("success", outputs)
+    assert (tasks["too_much"]["status"], tasks["too_much"]["exit_code"]) == ("failed", 0)
+    assert tasks["too_much"]["error"] == (
+        "$RUNSVC_OUTPUT: holds more than 65536 bytes, the limit of an attempt's outputs "
+        "(RUNSVC_MAX_OUTPUT_BYTES)"
+    )
+    assert tasks["malformed"]["status"] == "failed"
+    assert tasks["malformed"]["error"] == (
+        "$RUNSVC_OUTPUT line 3: 'not an output' is neither key=value nor key<<DELIMITER"
+    )
+    assert "outputs" not in tasks["too_much"]
+    assert "outputs" not in tasks["malformed"]
+    assert (final["phase"], final["result"]) == ("finished", "failed")
+    ended = [
+        event["data"]
+        for event in await events_of(cluster, run_id)
+        if event["type"] == "task_status_changed" and event["data"]["task"] == "writes"
+    ][-1]
+    assert (ended["status"], ended["outputs"]) == ("success", outputs)
+
+
 async def test_stopping_a_run_kills_the_running_process_group(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -323,8 +366,8 @@ async def test_as_root_tasks_run_as_nobody_in_a_work_dir_of_their_own(
 ) -> None:
     """An executor running as root without --task-user runs its task as nobody: the work
     directory is nobody's alone, the attempt's files beside it (the log spool, the lock)
-    are out of the task's sight, USER and HOME say nobody, and what the task built is
-    uploaded as an artifact."""
+    are out of the task's sight, USER and HOME say nobody, what the task built is
+    uploaded as an artifact, and its output file is nobody's to write."""
     nobody = pwd.getpwnam("nobody")
     cluster.start_executor("root", concurrency=1, task_user=None, work_dir=open_dir / "work")
     script = """
@@ -334,6 +377,7 @@ async def test_as_root_tasks_run_as_nobody_in_a_work_dir_of_their_own(
         ls -a .. || echo "cannot list the attempt directory"
         cat ../output.log || echo "cannot read the log spool"
         mkdir dist && echo built > dist/app.txt
+        echo "file=$(stat -c '%U %a' "$RUNSVC_OUTPUT")" >> "$RUNSVC_OUTPUT"
     """
     task = {"name": "build", "run": script, "artifacts": ["dist"]}
     final = await finished(cluster, (await submit(cluster, {"tasks": [task]}))["id"])
@@ -350,3 +394,4 @@ async def test_as_root_tasks_run_as_nobody_in_a_work_dir_of_their_own(
         cluster, "GET", f"/api/v1/tasks/{build['id']}/artifacts/dist/app.txt"
     )
     assert (status, artifact) == (200, b"built\n")
+    assert build["outputs"] == {"file": "nobody 600"}

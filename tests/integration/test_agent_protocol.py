@@ -73,6 +73,9 @@ class Double:
         self.unavailable: set[str] = set()
         """Calls (`claim`, `heartbeat`, `logs`, `complete`, ...) answered 503 for now."""
         self.refused: Counter[str] = Counter()
+        self.refuse_outputs = False
+        """Completions with outputs answered 413, as a server with a lower limit would."""
+        self.completions: list[Completion] = []
         self._changed = asyncio.Condition()
         self._ids = itertools.count(1)
         self.app = web.Application(middlewares=[self.gate])
@@ -183,6 +186,9 @@ class Double:
 
     async def complete(self, request: web.Request) -> web.Response:
         completion = msgspec.json.decode(await request.read(), type=Completion)
+        self.completions.append(completion)
+        if self.refuse_outputs and completion.outputs:
+            return error(413, "too_large", "RUNSVC_MAX_OUTPUT_BYTES allows 10")
         lease = self.leases.get(request.match_info["lease"])
         if lease is not None and lease.state == "completed" and lease.completion == completion:
             return web.Response(status=204)  # the same completion, repeated
@@ -328,6 +334,90 @@ async def test_failure_is_reported_with_exit_code(double: Double, tmp_path: Path
     assert absent.completion.exit_code is None
     assert (absent.completion.error or "").startswith("cannot start:")
     assert "[runsvc] attempt failed: cannot start" in absent.text
+
+
+async def test_outputs_are_reported_with_the_completion(double: Double, tmp_path: Path) -> None:
+    """What a task writes to $RUNSVC_OUTPUT (an empty file beside its work directory, not
+    in it) is sent with its completion: plain and multi-line values, the last of a name
+    written twice; a failed command's outputs too."""
+    script = """
+        [ -f "$RUNSVC_OUTPUT" ] && [ ! -s "$RUNSVC_OUTPUT" ] || exit 9
+        [ "$(dirname "$RUNSVC_OUTPUT")" != "$PWD" ] || exit 8
+        echo "version=1.2.3" >> "$RUNSVC_OUTPUT"
+        echo "version=1.2.4" >> "$RUNSVC_OUTPUT"
+        printf 'notes<<EOF\nfirst line\nsecond = line\nEOF\n' >> "$RUNSVC_OUTPUT"
+    """
+    await double.queue.put(item("writes", run=script))
+    await double.queue.put(item("fails", run='echo "why=disk full" >> "$RUNSVC_OUTPUT"; exit 4'))
+    async with agent_running(double, tmp_path):
+        await double.until(
+            lambda: sum(x.completion is not None for x in double.leases.values()) == 2
+        )
+    assert double.lease_of("writes").completion == Completion(
+        status="success",
+        exit_code=0,
+        outputs={"version": "1.2.4", "notes": "first line\nsecond = line"},
+    )
+    assert double.lease_of("fails").completion == Completion(
+        status="failed", exit_code=4, error="exit code 4", outputs={"why": "disk full"}
+    )
+
+
+async def test_an_unreadable_output_file_fails_the_attempt(double: Double, tmp_path: Path) -> None:
+    """A command that succeeded but left an output file over the claim's limit, malformed
+    (the error names the line), or swapped for a symbolic link fails the attempt, with no
+    outputs; a command that failed keeps its own error and the log says why its outputs
+    were not recorded."""
+    await double.queue.put(
+        item("big", run='printf "k=%051d" 0 >> "$RUNSVC_OUTPUT"', max_output_bytes=50)
+    )
+    await double.queue.put(item("bad", run='printf "a=1\nb 2\n" >> "$RUNSVC_OUTPUT"'))
+    await double.queue.put(item("link", run='ln -sf /etc/hostname "$RUNSVC_OUTPUT"'))
+    await double.queue.put(item("both", run='echo "<<" >> "$RUNSVC_OUTPUT"; exit 3'))
+    async with agent_running(double, tmp_path):
+        await double.until(
+            lambda: sum(x.completion is not None for x in double.leases.values()) == 4
+        )
+    assert double.lease_of("big").completion == Completion(
+        status="failed",
+        exit_code=0,
+        error="$RUNSVC_OUTPUT: holds more than 50 bytes, the limit of an attempt's outputs "
+        "(RUNSVC_MAX_OUTPUT_BYTES)",
+    )
+    assert double.lease_of("bad").completion == Completion(
+        status="failed",
+        exit_code=0,
+        error="$RUNSVC_OUTPUT line 2: 'b 2' is neither key=value nor key<<DELIMITER",
+    )
+    assert "[runsvc] attempt failed: $RUNSVC_OUTPUT line 2:" in double.lease_of("bad").text
+    assert double.lease_of("link").completion == Completion(
+        status="failed", exit_code=0, error="$RUNSVC_OUTPUT: was replaced by a symbolic link"
+    )
+    both = double.lease_of("both")
+    assert both.completion == Completion(status="failed", exit_code=3, error="exit code 3")
+    assert "[runsvc] outputs not recorded: $RUNSVC_OUTPUT line 1: '' is not an output name" in (
+        both.text
+    )
+
+
+async def test_outputs_the_server_refuses_fail_the_attempt(double: Double, tmp_path: Path) -> None:
+    """A server that refuses the outputs (413: its limit is lower than the claim said)
+    records nothing; the attempt is reported again, failed, with the server's reason."""
+    double.refuse_outputs = True
+    await double.queue.put(item("writes", run='echo "k=v" >> "$RUNSVC_OUTPUT"'))
+    async with agent_running(double, tmp_path) as (_agent, ends, _):
+        await double.until(lambda: bool(double.leases))
+        lease_id = next(iter(double.leases))
+        assert await ends.of(lease_id) is AttemptEnd.COMPLETED
+    assert double.completions == [
+        Completion(status="success", exit_code=0, outputs={"k": "v"}),
+        Completion(
+            status="failed",
+            exit_code=0,
+            error="outputs refused by the server: RUNSVC_MAX_OUTPUT_BYTES allows 10",
+        ),
+    ]
+    assert double.lease_of("writes").completion == double.completions[1]
 
 
 async def test_stop_from_heartbeat_kills_the_group(double: Double, tmp_path: Path) -> None:

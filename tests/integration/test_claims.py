@@ -103,6 +103,100 @@ async def test_a_contradicting_completion_is_refused(service: Service) -> None:
     assert after.tasks["only"].status == "success"
 
 
+async def test_a_completions_outputs_reach_the_event_the_view_and_the_history(
+    service: Service,
+) -> None:
+    """The outputs of a completion are in the attempt's `task_status_changed` event, the
+    run's view (`tasks.<name>.outputs`), its state at that version, and verify still holds.
+    The same completion sent again, its outputs in another order, is accepted again;
+    other outputs for the same attempt are a 409."""
+    run = await create(service, config={"tasks": [{"name": "only", "run": "true"}]})
+    run_id = run["id"]
+    await caught_up(service)
+    claim = await service.app[LEASES].claim("executor-1", {}, wait_s=0)
+    assert claim is not None
+    assert claim.task.max_output_bytes == 64 * 1024
+    path = f"/api/v1/executor/leases/{claim.lease}/complete"
+    headers = service.auth("executor")
+    outputs = {"version": "1.2.3", "notes": "first line\nsecond line"}
+    success = {"status": "success", "exit_code": 0, "outputs": outputs}
+
+    assert (await service.client.post(path, json=success, headers=headers)).status == 204
+    again = {**success, "outputs": dict(reversed(outputs.items()))}
+    assert (await service.client.post(path, json=again, headers=headers)).status == 204
+    other = {**success, "outputs": {"version": "9"}}
+    assert (await service.client.post(path, json=other, headers=headers)).status == 409
+
+    await caught_up(service)
+    reader = service.auth("reader")
+    view = await (await service.client.get(f"/api/v1/runs/{run_id}", headers=reader)).json()
+    assert view["tasks"]["only"]["outputs"] == outputs
+    history = await (
+        await service.client.get(f"/api/v1/runs/{run_id}/events", headers=reader)
+    ).json()
+    ends = [
+        e
+        for e in history["events"]
+        if e["type"] == "task_status_changed" and "outputs" in e["data"]
+    ]
+    assert [(e["data"]["status"], e["data"]["outputs"]) for e in ends] == [("success", outputs)]
+    state = await (
+        await service.client.get(
+            f"/api/v1/runs/{run_id}/state?at_version={ends[0]['version']}", headers=reader
+        )
+    ).json()
+    assert state["tasks"]["only"]["outputs"] == outputs
+    verified = await (
+        await service.client.get(f"/api/v1/runs/{run_id}/verify", headers=reader)
+    ).json()
+    assert verified["ok"], verified
+
+
+async def test_outputs_over_the_limit_or_with_bad_names_are_refused(
+    database_dsn: str, tmp_path: Path, object_store_config: ObjectStoreConfig
+) -> None:
+    """With RUNSVC_MAX_OUTPUT_BYTES at 10, claims carry that limit; a completion whose
+    names and values hold 11 bytes is a 413 naming the setting, one with a name that is
+    not an output name a 400 naming it; neither appends anything, and the attempt can
+    still be completed within the rules."""
+    settings = service_settings(database_dsn, tmp_path, object_store_config, max_output_bytes=10)
+    async for service in start_service(settings):
+        run = await create(service, config={"tasks": [{"name": "only", "run": "true"}]})
+        await caught_up(service)
+        claim = await service.app[LEASES].claim("executor-1", {}, wait_s=0)
+        assert claim is not None
+        assert claim.task.max_output_bytes == 10
+        version = (await service.app[SERVICE].load(run["id"])).version
+        path = f"/api/v1/executor/leases/{claim.lease}/complete"
+        headers = service.auth("executor")
+
+        too_large = await service.client.post(
+            path,
+            json={"status": "success", "exit_code": 0, "outputs": {"key": "1234567x"}},
+            headers=headers,
+        )
+        assert too_large.status == 413
+        body = await too_large.json()
+        assert body["code"] == "too_large"
+        assert body["message"] == (
+            "the attempt's outputs hold 11 bytes of names and values; "
+            "RUNSVC_MAX_OUTPUT_BYTES allows 10"
+        )
+        bad_name = await service.client.post(
+            path,
+            json={"status": "success", "exit_code": 0, "outputs": {"my-key": "1"}},
+            headers=headers,
+        )
+        assert bad_name.status == 400
+        assert "outputs" in (await bad_name.json())["message"]
+        assert (await service.app[SERVICE].load(run["id"])).version == version
+
+        fits = {"status": "success", "exit_code": 0, "outputs": {"key": "1234567"}}
+        assert (await service.client.post(path, json=fits, headers=headers)).status == 204
+        task = (await service.app[SERVICE].load(run["id"])).tasks["only"]
+        assert (task.status, task.outputs) == ("success", {"key": "1234567"})
+
+
 async def test_an_executor_that_hung_up_is_granted_nothing(service: Service) -> None:
     """A claim whose executor no longer waits for the answer (it shut down, or gave up its
     long poll) takes nothing: the ready task stays for the next executor, attempt 1."""

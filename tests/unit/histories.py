@@ -99,7 +99,13 @@ class History:
         )
 
     def finish(
-        self, name: str, ok: bool = True, *, exit_code: int | None = None, error: str | None = None
+        self,
+        name: str,
+        ok: bool = True,
+        *,
+        exit_code: int | None = None,
+        error: str | None = None,
+        outputs: dict[str, str] | None = None,
     ) -> list[Event]:
         attempt = self.state.tasks[name].attempt
         code = exit_code if exit_code is not None else (0 if ok else 1)
@@ -112,6 +118,7 @@ class History:
                 exit_code=code,
                 error=error,
                 now=self.now,
+                outputs=outputs,
             )
         )
 

@@ -3,6 +3,8 @@ format of the protocol types."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 
@@ -86,6 +88,20 @@ def test_only_a_few_executor_variables_reach_the_task() -> None:
     assert env["LC_ALL"] == "C.UTF-8"
     assert "RUNSVC_TOKEN" not in env
     assert "AWS_SECRET_ACCESS_KEY" not in env
+
+
+def test_the_output_file_variable_always_wins(tmp_path: Path) -> None:
+    """RUNSVC_OUTPUT names the file the executor made and reads, whatever a layer set."""
+    output_file = tmp_path / "outputs"
+    item = work_item(env={"RUNSVC_OUTPUT": "/etc/passwd"})
+    assert attempt_environment(item, {}, output_file=output_file)["RUNSVC_OUTPUT"] == str(
+        output_file
+    )
+
+
+def test_a_claim_from_an_older_server_has_the_default_output_limit() -> None:
+    """A claim without `max_output_bytes` holds outputs to the default 64 KiB."""
+    assert work_item().max_output_bytes == 64 * 1024
 
 
 def test_path_has_a_default() -> None:

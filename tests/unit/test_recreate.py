@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from runsvc.domain import commands
@@ -92,3 +93,23 @@ def test_only_ended_runs_can_be_recreated() -> None:
             now=T0,
             admitted=True,
         )
+
+
+def test_carried_tasks_keep_their_outputs() -> None:
+    """A task carried into the recreated run keeps the outputs of its successful attempt,
+    as it keeps its exit code; a carried task without outputs encodes as before."""
+    history = History(CONFIG)
+    history.start("a")
+    history.finish("a", outputs={"artifact": "app-1.2.tar.gz"})
+    history.run_task("d")
+    history.start("b")
+    history.finish("b", ok=False)
+    created = recreated(history, mode="failed", tasks=None, environment=None)
+    assert created.carried["a"].outputs == {"artifact": "app-1.2.tar.gz"}
+    assert created.carried["d"].outputs == {}
+    again = History(CONFIG)
+    again.events, again.run = [], None
+    again.apply([created])
+    assert again.state.tasks["a"].outputs == {"artifact": "app-1.2.tar.gz"}
+    assert again.state.tasks["d"].outputs == {}
+    assert b"outputs" not in msgspec.msgpack.encode(created.carried["d"])

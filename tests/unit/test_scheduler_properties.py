@@ -18,6 +18,7 @@ from runsvc.domain.events import TaskStatusChanged
 from runsvc.domain.fold import apply_event, rebuild_indexes
 from runsvc.domain.model import FINAL, Run
 from runsvc.domain.scheduler import decide, retry_policy
+from runsvc.domain.view import run_view
 from tests.unit.histories import T0, History
 from tests.unit.strategies import run_configs
 
@@ -45,6 +46,7 @@ def drive(history: History, rng: random.Random, *, allow_stop: bool) -> list[Ste
         options = [a for a, present in (("start", claimable), ("approve", gated)) if present]
         if running:
             options += ["finish_ok", "finish_ok", "finish_failed", "lose", "unconfirmed", "tick"]
+            options += ["finish_outputs", "fail_outputs"]
         if allow_stop and not run.stop_requested and rng.random() < 0.05:
             options.append("stop")
         if not options:
@@ -59,13 +61,26 @@ def drive(history: History, rng: random.Random, *, allow_stop: bool) -> list[Ste
             target = rng.choice(claimable)
         elif action == "approve":
             target = rng.choice(gated)
-        elif action in ("finish_ok", "finish_failed", "lose", "unconfirmed"):
+        elif action in FINISHES or action in ("lose", "unconfirmed"):
             target = rng.choice(running)
         elif action == "tick":
             clock += rng.choice([1, 60, 400])
         steps.append((action, target, clock))
         perform(history, (action, target, clock))
     return steps
+
+
+FINISHES = ("finish_ok", "finish_failed", "finish_outputs", "fail_outputs")
+
+
+def outputs_of(step: Step) -> dict[str, str]:
+    """What an attempt ending in this step wrote: nothing, one line, or several lines."""
+    action, target, clock = step
+    if action == "finish_outputs":
+        return {"task": target, "at": f"{clock}"}
+    if action == "fail_outputs":
+        return {"why": f"{target} failed\nat {clock}\n"}
+    return {}
 
 
 def perform(history: History, step: Step) -> None:
@@ -79,10 +94,9 @@ def perform(history: History, step: Step) -> None:
         history.start(target)
     elif action == "approve":
         history.approve(target)
-    elif action == "finish_ok":
-        history.finish(target, ok=True)
-    elif action == "finish_failed":
-        history.finish(target, ok=False)
+    elif action in FINISHES:
+        ok = action in ("finish_ok", "finish_outputs")
+        history.finish(target, ok=ok, outputs=outputs_of(step))
     elif action == "lose":
         history.lose(target)
     elif action == "unconfirmed":
@@ -177,12 +191,40 @@ def test_every_run_ends_and_replays_to_the_same_state(
             assert unconfirmed <= commands.MAX_UNCONFIRMED
             assert failures <= retry_policy(run, task).max_attempts
 
+    # Each task shows the outputs its last status change carried.
+    shown: dict[str, dict[str, str]] = {}
+    for event in history.events:
+        if isinstance(event, TaskStatusChanged):
+            shown[event.task] = event.outputs or {}
+    assert {name: task.outputs for name, task in run.tasks.items()} == {
+        name: shown.get(name, {}) for name in run.tasks
+    }
+
     again = replayed(history)
     assert encode_run(again) == encode_run(run)
     assert indexes(again) == indexes(run)
+    assert run_view(again) == run_view(run)
     decoded = decode_run(encode_run(run))
     assert encode_run(decoded) == encode_run(run)
     assert indexes(decoded) == indexes(run)
+    assert run_view(decoded) == run_view(run)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(run_configs(), st.integers(0, 2**32))
+def test_replaying_a_history_with_outputs_reproduces_its_view(config: RunConfig, seed: int) -> None:
+    """After every step of a history whose attempts report outputs (one-line and
+    multi-line ones, from succeeded and failed attempts), replaying the events so far,
+    and decoding the stored state, give the view the live run shows, outputs included."""
+    history = History(config, environment={"BRANCH": "main"})
+    steps = drive(history, random.Random(seed), allow_stop=True)
+    again = History(config, environment={"BRANCH": "main"})
+    for step in steps:
+        perform(again, step)
+        view = run_view(again.state)
+        assert run_view(replayed(again)) == view
+        assert run_view(decode_run(encode_run(again.state))) == view
+    assert run_view(again.state) == run_view(history.state)
 
 
 @SETTINGS

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
 
 from runsvc.domain import commands
 from runsvc.domain.codec import decode_run, encode_run
+from runsvc.domain.config import RunConfig, TaskConfig
 from runsvc.domain.errors import Conflict, Forbidden, NotFound
 from runsvc.domain.events import (
+    CarriedTask,
+    RunCreated,
     RunPhaseChanged,
     RunResultChanged,
     RunStopRequested,
     TaskApproved,
     TaskExpanded,
     TaskStatusChanged,
+    decode_event,
+    encode_event,
+    event_type_of,
 )
+from runsvc.domain.model import approximate_size
 from runsvc.domain.scheduler import decide, next_wakeup
 from runsvc.domain.view import run_view
 from tests.unit.histories import T0, History, config, task
@@ -802,3 +809,108 @@ def test_a_loss_while_the_run_stops_ends_the_task_stopped() -> None:
     history.lose("a")
     assert history.changes() == [("a", "lost"), ("a", "stopped")]
     assert (history.state.phase, history.state.result) == ("finished", "stopped")
+
+
+def test_an_attempts_outputs_travel_with_its_end_and_show_until_the_next_starts() -> None:
+    """The change that ends an attempt carries the outputs its executor reported, failed
+    or not, and the task shows them (like its exit code) until its next attempt starts; a
+    lost attempt reported none."""
+    history = History(config(task("a", retry={"max_attempts": 3}), task("b", "a")))
+    history.start("a")
+    history.finish("a", ok=False, outputs={"why": "flaky"})
+    retry = history.last[0]
+    assert isinstance(retry, TaskStatusChanged)
+    assert (retry.status, retry.outputs) == ("scheduled", {"why": "flaky"})
+    assert history.state.tasks["a"].outputs == {"why": "flaky"}
+    history.start("a")
+    assert history.state.tasks["a"].outputs == {}
+    history.lose("a")
+    assert history.state.tasks["a"].outputs == {}
+    history.start("a")
+    history.finish("a", outputs={"version": "1.2", "notes": "one\ntwo\n"})
+    assert history.changes() == [("a", "success"), ("b", "scheduled")]
+    assert history.state.tasks["a"].outputs == {"version": "1.2", "notes": "one\ntwo\n"}
+    assert history.state.tasks["b"].outputs == {}
+
+
+def test_a_stopped_or_failed_task_keeps_its_last_attempts_outputs() -> None:
+    """A run stopped while a task runs: the task ends `stopped` with what its attempt
+    wrote; a task failed for good shows its last attempt's outputs."""
+    history = History(config(task("a"), task("b")))
+    history.start("a")
+    history.start("b")
+    history.finish("b", ok=False, outputs={"log": "b.txt"})
+    history.stop()
+    history.finish("a", ok=False, outputs={"partial": "yes"})
+    assert history.statuses() == {"a": "stopped", "b": "failed"}
+    assert history.state.tasks["a"].outputs == {"partial": "yes"}
+    assert history.state.tasks["b"].outputs == {"log": "b.txt"}
+
+
+def test_the_view_shows_outputs_only_where_an_attempt_wrote_some() -> None:
+    """`tasks.<name>.outputs` is the map of the attempt's outputs, and absent for a task
+    without any, so that views of runs without outputs keep their shape."""
+    history = History(config(task("a"), task("b")))
+    history.start("a")
+    history.finish("a", outputs={"image": "registry/app:1.2"})
+    history.run_task("b")
+    view = msgspec.json.decode(msgspec.json.encode(run_view(history.state)))
+    assert view["tasks"]["a"]["outputs"] == {"image": "registry/app:1.2"}
+    assert "outputs" not in view["tasks"]["b"]
+
+
+def test_a_runs_size_in_memory_counts_its_outputs() -> None:
+    """Caches bounded by memory see a run's outputs, which may be far larger than the
+    rest of a task."""
+    history = History(config(task("a"), task("b")))
+    before = approximate_size(history.state)
+    history.start("a")
+    history.finish("a", outputs={"blob": "x" * 60_000})
+    assert approximate_size(history.state) >= before + 60_000
+
+
+# What the version before outputs stored for an attempt's success and for a recreation
+# carrying a task: the bytes the hash chain covers.
+SUCCESS_BEFORE_OUTPUTS = bytes.fromhex(
+    "89a474797065b37461736b5f7374617475735f6368616e676564a47461736ba56275696c64a673746174"
+    "7573a773756363657373a7617474656d707401a26174d7ff1d6f2800695735a5a86578656375746f72a2"
+    "7831a9657869745f636f646500a56572726f72c0af6e6578745f617474656d70745f6174c0"
+)
+CREATED_BEFORE_OUTPUTS = bytes.fromhex(
+    "de000fa474797065ab72756e5f63726561746564a672756e5f6964a27231a567726f7570a22f67a46e61"
+    "6d65a16ea7636f756e74657201a6636f6e66696781a57461736b7391de0002a46e616d65a56275696c64"
+    "a372756ea474727565aa637265617465645f6174d7ff1d6f2800695735a5ab616e6e6f746174696f6e73"
+    "80b27374617469635f656e7669726f6e6d656e7480ab656e7669726f6e6d656e7480ac73657475705f65"
+    "72726f727390af6964656d706f74656e63795f6b6579c0af636f6e63757272656e63795f6b6579c0ae72"
+    "65637265617465645f66726f6dc0a76361727269656481a56275696c6483a26964a3616263a761747465"
+    "6d707401a9657869745f636f646500"
+)
+
+
+def test_events_without_outputs_keep_the_bytes_they_had_before_outputs() -> None:
+    """Events stored before outputs existed decode without any and encode back to the
+    very bytes stored, which their hashes cover; the same events made now, without
+    outputs, are those bytes too. With outputs, they round-trip."""
+    at = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+    success = TaskStatusChanged(
+        task="build", status="success", attempt=1, at=at, executor="x1", exit_code=0
+    )
+    created = RunCreated(
+        run_id="r1",
+        group="/g",
+        name="n",
+        counter=1,
+        config=RunConfig(tasks=[TaskConfig(name="build", run="true")]),
+        created_at=at,
+        carried={"build": CarriedTask(id="abc", attempt=1, exit_code=0)},
+    )
+    for event, stored in ((success, SUCCESS_BEFORE_OUTPUTS), (created, CREATED_BEFORE_OUTPUTS)):
+        decoded = decode_event(event_type_of(event), stored)
+        assert decoded == event
+        assert encode_event(decoded) == stored
+        assert encode_event(event) == stored
+    with_outputs = msgspec.structs.replace(success, outputs={"k": "v\nw"})
+    assert decode_event("task_status_changed", encode_event(with_outputs)) == with_outputs
+    history = History(config(task("a")))
+    history.run_task("a")
+    assert all(b"outputs" not in encode_event(event) for event in history.events)
