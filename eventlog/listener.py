@@ -63,8 +63,12 @@ class ChannelListener:
         limit = self._poll_interval if at_most is None else at_most
         if not self.connected:
             limit = min(limit, _DISCONNECTED_POLL)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+        # arrives as the awaited future completes (cpython#86296), and a hub or runner
+        # whose cancellation is lost never ends: a service's shutdown hung on it.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._changed), limit)
+            async with asyncio.timeout(limit):
+                await asyncio.shield(self._changed)
 
     def wake(self) -> None:
         if self._changed is not None and not self._changed.done():

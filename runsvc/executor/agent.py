@@ -204,8 +204,9 @@ class Agent:
                 failures += 1
                 pause = _CLAIM_BACKOFF.backoff(failures)
                 log.warning("claim failed", error=str(exc), retry_in_s=round(pause, 1))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), pause)
+                with contextlib.suppress(TimeoutError):  # not wait_for: eventlog.listener
+                    async with asyncio.timeout(pause):
+                        await self._stopping.wait()
                 continue
             except ApiError as exc:
                 self._slots.release()

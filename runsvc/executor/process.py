@@ -209,10 +209,9 @@ class TaskProcess:
                 await self._end_group()
             # The output ends once every member of the group has exited; a member that
             # escaped into its own session could hold it open forever, so this is bounded.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    asyncio.shield(self._watch.output_ended), self._spec.kill_grace_s
-                )
+            with contextlib.suppress(TimeoutError):  # not wait_for: see eventlog.listener
+                async with asyncio.timeout(self._spec.kill_grace_s):
+                    await asyncio.shield(self._watch.output_ended)
         finally:
             stopping.cancel()
             if self._transport.get_returncode() is None:
@@ -253,8 +252,9 @@ class TaskProcess:
         exited = self._watch.exited
         grace_ends = time.monotonic() + self._spec.kill_grace_s
         signal_group(self.pid, signal.SIGTERM)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(exited), self._spec.kill_grace_s)
+        with contextlib.suppress(TimeoutError):  # not wait_for: see eventlog.listener
+            async with asyncio.timeout(self._spec.kill_grace_s):
+                await asyncio.shield(exited)
         await self._until_group_gone(grace_ends)
         signal_group(self.pid, signal.SIGKILL)
         await exited

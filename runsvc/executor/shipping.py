@@ -123,8 +123,9 @@ class LogShipper:
         """Ship as output comes. A failed chunk is tried again on the next round (the server
         may be down for a while); only `LeaseLost` ends this."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.spool.wake.wait(), self._interval_s)
+            with contextlib.suppress(TimeoutError):  # not wait_for: see eventlog.listener
+                async with asyncio.timeout(self._interval_s):
+                    await self.spool.wake.wait()
             self.spool.wake.clear()
             try:
                 # Each round gives up after a few intervals so that it starts again from
