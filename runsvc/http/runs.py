@@ -45,7 +45,9 @@ class ListQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     result: Result | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
-    waiting_approval: bool | None = None
+    # Unset rather than None: with None allowed, `?waiting_approval=null` would pass as
+    # "no filter" although the parameter is a boolean.
+    waiting_approval: bool | msgspec.UnsetType = msgspec.UNSET
     limit: int = 50
     cursor: str | None = None
 
@@ -110,7 +112,9 @@ async def list_runs_handler(request: web.Request) -> web.Response:
             result=query.result,
             created_after=query.created_after,
             created_before=query.created_before,
-            waiting_approval=query.waiting_approval,
+            waiting_approval=(
+                None if query.waiting_approval is msgspec.UNSET else query.waiting_approval
+            ),
             limit=query.limit,
             cursor=query.cursor,
         )

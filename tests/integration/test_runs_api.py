@@ -336,6 +336,12 @@ async def test_list_filters_runs_waiting_for_an_approval(service: Service) -> No
     assert others == [stopped["id"], approved["id"], not_there_yet["id"]]
     combined = await listed("waiting_approval=true&group=/elsewhere")
     assert combined["runs"] == []
+    for not_a_boolean in ("null", "maybe"):
+        refused = await service.client.get(
+            f"/api/v1/runs?waiting_approval={not_a_boolean}", headers=service.auth()
+        )
+        assert refused.status == 400
+        assert (await refused.json())["details"][0]["path"] == "query.waiting_approval"
 
     # The gate of the last one approved: it no longer waits.
     await service.client.post(
