@@ -1,0 +1,91 @@
+"""`${{ … }}` templates in a task's `run`, `command` and `env`: checked when a run is
+created (`check_config`).
+
+A string without `${{` is no template: it is neither checked nor rendered, so it means
+what it meant before expressions existed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from runsvc.domain.config import RunConfig, TaskConfig
+from runsvc.domain.errors import Problem
+from runsvc.domain.expressions import (
+    ExpressionSyntaxError,
+    check,
+    parse,
+    referenced_tasks,
+)
+from runsvc.domain.expressions.lexer import OPEN
+from runsvc.domain.model import topological_order
+
+
+def task_strings(spec: TaskConfig) -> Iterator[tuple[str, str]]:
+    """Each string of the task that may hold a template, with its place in the task
+    (`run`, `command[1]`, `env.TAG`)."""
+    if spec.run is not None:
+        yield "run", spec.run
+    for index, argument in enumerate(spec.command or ()):
+        yield f"command[{index}]", argument
+    for name, value in spec.env.items():
+        yield f"env.{name}", value
+
+
+def _templates(spec: TaskConfig) -> Iterator[tuple[str, str]]:
+    return ((place, text) for place, text in task_strings(spec) if OPEN in text)
+
+
+def check_config(config: RunConfig, root: str = "config") -> list[Problem]:
+    """The problems of every template of the config, each at the path of its string and
+    saying where in it (`column 7`)."""
+    problems: list[Problem] = []
+    known = {task.name for task in config.tasks}
+    ancestry: _Ancestry | None = None
+    for index, spec in enumerate(config.tasks):
+        for place, text in _templates(spec):
+            path = f"{root}.tasks[{index}].{place}"
+            try:
+                template = parse(text)
+            except ExpressionSyntaxError as exc:
+                problems.append(Problem(path=path, message=str(exc)))
+                continue
+            referenced = referenced_tasks(template)
+            if referenced and ancestry is None:
+                ancestry = _Ancestry(config)
+            ancestors = (
+                {name for name in referenced if ancestry.has(spec.name, name)}
+                if ancestry is not None
+                else set()
+            )
+            for message in check(
+                template,
+                ancestors=ancestors,
+                known_tasks=known,
+                in_foreach=spec.foreach is not None,
+            ):
+                problems.append(Problem(path=path, message=message))
+    return problems
+
+
+class _Ancestry:
+    """Which tasks each task depends on, directly or not, as one bit per task in an
+    integer: a chain of 10,000 tasks takes some 12 MB this way, where sets of names
+    would take gigabytes. Unknown dependencies are left out (validation reports them);
+    in a cycle, what is found is incomplete but finite (the cycle is reported too)."""
+
+    def __init__(self, config: RunConfig) -> None:
+        ordered = topological_order(config)
+        self._bit = {spec.name: 1 << index for index, spec in enumerate(ordered)}
+        self._above: dict[str, int] = {}
+        for spec in ordered:
+            found = 0
+            for dependency in spec.dependencies():
+                parent = dependency.task
+                if parent in self._bit and parent != spec.name:
+                    found |= self._bit[parent] | self._above.get(parent, 0)
+            self._above[spec.name] = found
+
+    def has(self, task: str, ancestor: str) -> bool:
+        bit = self._bit.get(ancestor)
+        return bit is not None and bool(self._above.get(task, 0) & bit)
