@@ -8,7 +8,7 @@ from datetime import datetime
 import msgspec
 
 from runsvc.domain.config import Dependency, RunConfig
-from runsvc.domain.events import Phase, Result, TaskStatus
+from runsvc.domain.events import Phase, Resolved, Result, TaskStatus
 from runsvc.domain.fold import child_spec, rebuild_indexes
 from runsvc.domain.model import Run, Task, task_id, topological_order
 
@@ -36,6 +36,7 @@ class TaskState(msgspec.Struct, array_like=True):
     unconfirmed: int = 0
     approved_at: datetime | None = None
     outputs: dict[str, str] = {}
+    resolved: Resolved | None = None
 
 
 class RunState(msgspec.Struct, array_like=True):

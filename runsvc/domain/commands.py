@@ -14,6 +14,7 @@ from datetime import datetime
 
 import msgspec
 
+from runsvc.domain import templates
 from runsvc.domain.config import Approval, RunConfig
 from runsvc.domain.errors import Conflict, Forbidden, NotFound
 from runsvc.domain.events import (
@@ -26,6 +27,7 @@ from runsvc.domain.events import (
     TaskApproved,
     TaskStatusChanged,
 )
+from runsvc.domain.expressions import ExpressionError
 from runsvc.domain.fold import apply_event
 from runsvc.domain.model import FINAL, Run, Task
 from runsvc.domain.requests import CreateRunRequest
@@ -165,14 +167,38 @@ def claimable(run: Run, task: Task, now: datetime) -> bool:
 
 
 def start_attempt(
-    run: Run, task_name: str, *, attempt: int, executor: str, now: datetime
+    run: Run,
+    task_name: str,
+    *,
+    attempt: int,
+    executor: str,
+    now: datetime,
+    resolve: bool = True,
 ) -> list[Event]:
-    """An executor claimed the task: its attempt is running."""
+    """An executor claimed the task: its attempt is running, with its templates rendered
+    (recorded in the start). A template that cannot be rendered (an output its task
+    never set) fails the task instead, naming the reference, and nothing runs: no retry,
+    as every attempt would render the same. `resolve=False` (simulation, which has no
+    outputs) starts the attempt without rendering."""
     task = _task(run, task_name)
     if not claimable(run, task, now) or task.attempt != attempt:
         raise Conflict(f"task {task_name!r} attempt {attempt} cannot start now")
+    resolved = None
+    if resolve:
+        try:
+            resolved = templates.resolve(run, task)
+        except ExpressionError as exc:
+            failed = TaskStatusChanged(
+                task=task_name, status="failed", attempt=attempt, at=now, error=str(exc)
+            )
+            return _then_plan(run, now, [failed])
     started = TaskStatusChanged(
-        task=task_name, status="running", attempt=attempt, at=now, executor=executor
+        task=task_name,
+        status="running",
+        attempt=attempt,
+        at=now,
+        executor=executor,
+        resolved=resolved or msgspec.UNSET,
     )
     return _then_plan(run, now, [started])
 

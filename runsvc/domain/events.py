@@ -132,6 +132,16 @@ class RunStopRequested(Event, tag="run_stop_requested", frozen=True):
     reason: str | None = None
 
 
+class Resolved(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What an attempt runs in place of the `${{ … }}` templates of its task: `run` and
+    the whole `command` when they hold one, and the `env` values that do (the others are
+    the task's own)."""
+
+    run: str | None = None
+    command: list[str] | None = None
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+
+
 class TaskStatusChanged(Event, tag="task_status_changed", frozen=True):
     task: str
     status: TaskStatus
@@ -150,6 +160,10 @@ class TaskStatusChanged(Event, tag="task_status_changed", frozen=True):
     # wrote. Left out of the encoding when there are none, so that every event written
     # before outputs existed, and every change that carries none, keeps its bytes.
     outputs: dict[str, str] | msgspec.UnsetType = msgspec.UNSET
+    # On the start of an attempt (`running`) whose task has templates: what they
+    # rendered to, so that history and replay show what ran. Left out otherwise, so the
+    # events of tasks without templates keep their bytes.
+    resolved: Resolved | msgspec.UnsetType = msgspec.UNSET
 
 
 class ForeachChild(msgspec.Struct, frozen=True):

@@ -282,6 +282,9 @@ def _task_status(run: Run, event: TaskStatusChanged) -> None:
     ):
         run.set(task, "executor", event.executor)
     if new == "running" and old != "running":
+        resolved = event.resolved or None
+        if task.resolved != resolved:
+            run.set(task, "resolved", resolved)
         run.set(task, "started_at", event.at)
         if task.finished_at is not None:
             run.set(task, "finished_at", None)

@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from runsvc.domain.config import Dependency, RunConfig, TaskConfig, parse_duration
-from runsvc.domain.events import Phase, Result, TaskStatus
+from runsvc.domain.events import Phase, Resolved, Result, TaskStatus
 
 FINAL = frozenset({"success", "failed", "skipped", "stopped", "cancelled"})
 ACTIVE = frozenset({"scheduled", "running"})
@@ -80,6 +80,7 @@ class Task:
         "order",
         "outputs",
         "parent",
+        "resolved",
         "spec",
         "started_at",
         "status",
@@ -124,6 +125,9 @@ class Task:
         # What the attempt whose end the task shows (as `exit_code`) wrote to its output
         # file; replaced, never changed in place, so views may hold on to it.
         self.outputs: dict[str, str] = {}
+        # What the templates of the latest attempt rendered to (its start event says);
+        # None when the task has none, or before its first start.
+        self.resolved: Resolved | None = None
         self.approved_by: str | None = None
         self.approved_at: datetime | None = None
         self.approval_comment: str | None = None

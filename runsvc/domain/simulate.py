@@ -85,7 +85,9 @@ def simulate(request: SimulationRequest) -> SimulationResult:
             attempt = task.attempt
             run = applied(
                 run,
-                commands.start_attempt(run, name, attempt=attempt, executor="simulation", now=now),
+                commands.start_attempt(
+                    run, name, attempt=attempt, executor="simulation", now=now, resolve=False
+                ),
             )
             fails = request.outcomes.get(_outcome_key(task)) == "failure"
             run = applied(

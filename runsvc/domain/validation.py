@@ -10,6 +10,7 @@ from runsvc.domain.config import Approval, Retry, RunConfig, TaskConfig, parse_d
 from runsvc.domain.errors import BadRequest, Problem
 from runsvc.domain.requests import CreateRunRequest
 from runsvc.domain.suggest import did_you_mean
+from runsvc.domain.templates import check_config
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 GROUP_SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -83,6 +84,7 @@ def validate_config(
     if cycle:
         first = next(i for i, t in enumerate(config.tasks) if t.name == cycle[0])
         add(f"{root}.tasks[{first}].depends", "cycle: " + " -> ".join([*cycle, cycle[0]]))
+    add.extend(check_config(config, root))
     return list(add)
 
 

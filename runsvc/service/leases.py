@@ -38,7 +38,7 @@ from eventlog.listener import ChannelListener
 from runsvc.domain import commands
 from runsvc.domain.config import parse_duration
 from runsvc.domain.errors import BadRequest, Conflict, NotFound, TooLarge
-from runsvc.domain.events import SYSTEM, Actor, Event
+from runsvc.domain.events import SYSTEM, Actor, Event, Resolved
 from runsvc.domain.model import Run, Task
 from runsvc.service.runs import RunService
 from runsvc.service.task_logs import append_chunk
@@ -77,17 +77,20 @@ def work_item(
     run: Run, task: Task, *, max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
 ) -> WorkItem:
     spec = task.spec
+    # The start of the attempt recorded what its templates rendered to: the executor
+    # runs exactly that, whichever process answers the claim.
+    resolved = task.resolved or Resolved()
     return WorkItem(
         task_id=task.id,
         run_id=run.id,
         group=run.group,
         task=task.name,
         attempt=task.attempt,
-        run=spec.run,
-        command=spec.command,
+        run=resolved.run if resolved.run is not None else spec.run,
+        command=resolved.command if resolved.command is not None else spec.command,
         static_environment=run.static_environment,
         environment=run.environment,
-        env=spec.env,
+        env={**spec.env, **resolved.env} if resolved.env else spec.env,
         item=task.item,
         artifacts=spec.artifacts,
         timeout_s=parse_duration(spec.timeout).total_seconds() if spec.timeout else None,
@@ -329,13 +332,17 @@ class LeaseService:
                 await self._settle(entry["task_id"], entry["attempt"])
                 continue
             await self._settle(entry["task_id"], entry["attempt"])
+            task = run.tasks[entry["task"]]
+            if task.status != "running" or task.attempt != entry["attempt"]:
+                # The start failed the task instead (a template could not be rendered):
+                # there is nothing to run, so no lease either.
+                await self.pool.execute("DELETE FROM leases WHERE lease_id = $1", lease)
+                continue
             return Claim(
                 lease=lease,
                 lease_expires_at=expires,
                 heartbeat_interval_s=self.heartbeat_interval_s,
-                task=work_item(
-                    run, run.tasks[entry["task"]], max_output_bytes=self.max_output_bytes
-                ),
+                task=work_item(run, task, max_output_bytes=self.max_output_bytes),
             )
         return None
 

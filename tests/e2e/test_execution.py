@@ -299,6 +299,60 @@ def alive(pid: int) -> bool:
     return stat[stat.rfind(")") + 2] not in "ZX"
 
 
+async def test_templates_hand_an_output_to_a_later_task(cluster: Cluster) -> None:
+    """A task's output, referenced by a later task's script and env, reaches its process
+    rendered, and its start records what ran; a task referencing an output never set
+    fails naming it, while an independent task succeeds."""
+    cluster.start_executor("e1", concurrency=2)
+    config = {
+        "tasks": [
+            {"name": "version", "run": 'echo "v=1.2.3" >> "$RUNSVC_OUTPUT"'},
+            {
+                "name": "deploy",
+                "depends": ["version"],
+                "run": 'echo deploying ${{ tasks.version.outputs.v }}; echo "tag $TAG"',
+                "env": {"TAG": "${{ tasks.version.outputs.v }}"},
+            },
+            {
+                "name": "broken",
+                "depends": ["version"],
+                "run": "echo ${{ tasks.version.outputs.missing }}",
+            },
+            {"name": "independent", "run": "echo fine"},
+        ]
+    }
+    run_id = (await submit(cluster, config))["id"]
+    final = await finished(cluster, run_id)
+    tasks = final["tasks"]
+    assert {name: task["status"] for name, task in tasks.items()} == {
+        "version": "success",
+        "deploy": "success",
+        "broken": "failed",
+        "independent": "success",
+    }
+    assert tasks["broken"]["error"] == (
+        "run: tasks.version.outputs.missing was never set: task 'version' set no such output"
+    )
+    assert (final["phase"], final["result"]) == ("finished", "failed")
+    async with (
+        aiohttp.ClientSession(headers=cluster.headers()) as session,
+        session.get(f"{cluster.url}/api/v1/tasks/{tasks['deploy']['id']}/logs") as response,
+    ):
+        assert response.status == 200
+        assert await response.read() == b"deploying 1.2.3\ntag 1.2.3\n"
+    start = next(
+        event["data"]
+        for event in await events_of(cluster, run_id)
+        if event["type"] == "task_status_changed"
+        and event["data"]["task"] == "deploy"
+        and event["data"]["status"] == "running"
+    )
+    assert start["resolved"] == {
+        "run": 'echo deploying 1.2.3; echo "tag $TAG"',
+        "env": {"TAG": "1.2.3"},
+    }
+
+
 async def test_logs_live_and_archived_byte_for_byte(cluster: Cluster) -> None:
     """A live follow receives the lines while the task runs; once finished, the log is
     served from object storage byte for byte."""

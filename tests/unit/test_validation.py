@@ -208,3 +208,88 @@ def test_ordinary_environment_names_and_annotation_keys_pass() -> None:
         config=config(task("a", env={"GOFLAGS": "-mod=mod"})),
     )
     validate_create(request)
+
+
+def test_templates_are_checked_at_the_path_of_their_string_with_the_column() -> None:
+    """A syntax error, an unknown function, a task that is not an ancestor, an unknown
+    task and `item` outside a foreach task are each reported at the string's path,
+    saying where in it; references to ancestors (indirect ones too), to the run and to
+    the environment pass, and so does `item` in a foreach task."""
+    found = validate_config(
+        config(
+            task("version"),
+            task("build", "version"),
+            task("lint"),
+            {
+                "name": "deploy",
+                "depends": ["build"],
+                "command": ["deploy", "--to", "${{ env.TARGET || 'staging' }}", "${{ run.id"],
+                "env": {
+                    "VERSION": "${{ tasks.version.outputs.v }}",
+                    "RESULT": "${{ tasks.build.result }}-${{ run.group }}",
+                    "LINT": "${{ tasks.lint.outputs.v }}",
+                    "TYPO": "${{ tasks.versoin.outputs.v }}",
+                    "ITEM": "${{ item }}",
+                    "JSON": "${{ fromJson(tasks.version.outputs.v) }}",
+                },
+            },
+            task(
+                "shard",
+                "version",
+                run="echo ${{ item }} ${{ tasks.version.outputs.v }}",
+                foreach=[1, 2],
+            ),
+        )
+    )
+    assert [(p.path, p.message) for p in found] == [
+        (
+            "config.tasks[3].command[3]",
+            "column 1: ${{ is not closed by }}",
+        ),
+        (
+            "config.tasks[3].env.LINT",
+            "column 5: task 'lint' is not a dependency of this task, direct or indirect",
+        ),
+        ("config.tasks[3].env.TYPO", "column 5: unknown task 'versoin' (did you mean 'version'?)"),
+        ("config.tasks[3].env.ITEM", "column 5: item is only defined in a task with foreach"),
+        (
+            "config.tasks[3].env.JSON",
+            "column 5: unknown function 'fromJson' (did you mean 'fromJSON'?); "
+            "the functions are fromJSON and toJSON",
+        ),
+    ]
+
+
+def test_a_multi_line_script_is_checked_with_its_line() -> None:
+    found = problems(task("a", run="set -e\necho ${{ tasks.a.result }}\n"))
+    assert found == {
+        "config.tasks[0].run": (
+            "line 2, column 10: task 'a' is not a dependency of this task, direct or indirect"
+        )
+    }
+
+
+@pytest.mark.parametrize(
+    "text", ["echo }} {{ $HOME ${HOME} $${{", "awk '{print $1}'", "echo '${{' not closed"]
+)
+def test_strings_without_a_template_mean_what_they_meant(text: str) -> None:
+    """Only `${{` opens a template: any other braces are the shell's. An unclosed `${{`
+    is refused, with where it stands."""
+    found = problems(task("a", run=text, env={"X": text}))
+    if "${{" in text:
+        assert set(found) == {"config.tasks[0].run", "config.tasks[0].env.X"}
+        assert found["config.tasks[0].run"].startswith("column ")
+    else:
+        assert found == {}
+
+
+def test_ancestors_of_a_deep_chain_are_found() -> None:
+    """The last of a 10,000-task chain may read the first one's outputs; the first may
+    not read the last's."""
+    chain = [task("t0", run="echo ${{ tasks.t9999.outputs.x }}")] + [
+        task(f"t{i}", f"t{i - 1}") for i in range(1, 10_000)
+    ]
+    chain[-1] = task("t9999", "t9998", run="echo ${{ tasks.t0.outputs.x }}")
+    found = problems(*chain)
+    assert list(found) == ["config.tasks[0].run"]
+    assert "not a dependency" in found["config.tasks[0].run"]

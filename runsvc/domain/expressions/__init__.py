@@ -1,6 +1,7 @@
 """Expressions in run files: `${{ … }}` inside a string, read by `parse`.
 
-Not yet wired into run files: nothing in validation or the executor calls this package.
+Run files use it through `runsvc.domain.templates`: a task's `run`, `command` and `env`
+are checked when a run is created and rendered when an attempt starts.
 
 Grammar (EBNF; `{ x }` repeats, `[ x ]` is optional; whitespace — space, tab, newline —
 may stand between the tokens of an expression):
