@@ -18,6 +18,7 @@ import pyte
 
 from tests.fixtures.processes import ROOT, Cluster
 from tests.integration.test_cli import (  # the module's server, shared with test_cli
+    EXPLAINED,
     WITHIN_S,
     Cli,
     cli,
@@ -156,6 +157,26 @@ async def test_watch_exits_1_when_the_run_is_stopped(cli: Cli, tmp_path: Path) -
     assert row(screen, "gate")[2] != "waiting_approval"
     assert await terminal.exit_code() == 1
     assert f"run {run['id']} finished: stopped" in terminal.text()
+
+
+async def test_watch_says_why_a_task_is_skipped_while_the_run_still_waits(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """A task below a failure is shown skipped, with the failure that decided it, while
+    the run still waits for an approval elsewhere: not "waiting for flaky, gate" until
+    someone approves."""
+    config = tmp_path / "explained.yaml"
+    config.write_text(EXPLAINED)
+    run = await submitted(cli, str(config), "--group", "/cli/tty-skip", "--name", "skip")
+    terminal = Terminal()
+    await terminal.spawn(cli.environment(), "watch", run["id"])
+    # The note is cut at the terminal's width: "(because flaky failed)" ends past it.
+    screen = await terminal.until(lambda s: "(because flaky" in s and "waiting_approval" in s)
+    assert row(screen, "after")[2] == "skipped"
+    assert "flaky ended failed" in screen
+    assert row(screen, "gate")[2] == "waiting_approval"
+    assert (await cli("stop", run["id"])).code == 0
+    assert await terminal.exit_code() == 1
 
 
 class Relay:
