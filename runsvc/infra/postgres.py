@@ -9,16 +9,21 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
-from runsvc.infra.warden import Warden, owner_alive, record_owner, watch_over
+from runsvc.infra.warden import Warden, owner_alive, record_owner, start_time, watch_over
 
 _SYSTEM_USER = "embedded_postgres"
-# Fast shutdown: sessions are disconnected, committed work is kept.
-_STOP = ["-w", "-t", "60", "-m", "fast", "stop"]
+# Fast shutdown: sessions are disconnected, committed work is kept. By signal rather
+# than `pg_ctl stop`, which runs as the server's user and needs to reach the data
+# directory, whose parents may no longer let that user through.
+_FAST_SHUTDOWN = signal.SIGINT
+_STOP_WAIT_S = 60.0
 
 
 def _postgres_bin_path() -> Path:
@@ -120,7 +125,7 @@ class EmbeddedPostgres:
         disconnected, committed work is kept)."""
         if not self._started_here:
             return
-        self._pg_ctl(_postgres_bin_path(), self._user(), _STOP)
+        self._stop_postmaster()
         self._started_here = False
         self._stand_down()
         self.owner_path.unlink(missing_ok=True)
@@ -154,8 +159,28 @@ class EmbeddedPostgres:
         warden should this process die without stopping it."""
         self._started_here = True
         record_owner(self.owner_path)
-        argv = [str(bin_path / "pg_ctl"), "-D", str(self.pgdata), *_STOP]
-        self._warden = watch_over(stop_argv=argv, user=user)
+        self._warden = watch_over(
+            self._postmaster_pid(), stop_signal=_FAST_SHUTDOWN, grace_s=_STOP_WAIT_S
+        )
+
+    def _postmaster_pid(self) -> int:
+        return int((self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+
+    def _stop_postmaster(self) -> None:
+        """Fast shutdown, and wait until the postmaster has exited."""
+        try:
+            pid = self._postmaster_pid()
+        except (OSError, ValueError):
+            return  # not running
+        started = start_time(pid)
+        if started is None:
+            return
+        os.kill(pid, _FAST_SHUTDOWN)
+        deadline = time.monotonic() + _STOP_WAIT_S
+        while start_time(pid) == started:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL (pid {pid}) did not shut down\n{self.log_tail()}")
+            time.sleep(0.05)
 
     def _stand_down(self) -> None:
         if self._warden is not None:

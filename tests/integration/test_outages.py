@@ -222,7 +222,10 @@ async def _until(check: Callable[[], Awaitable[bool]], within: float = 60.0) -> 
 async def _serving_objects_again(service: Service, pid_file: Path, killed: int) -> bool:
     ready = await service.client.get("/readyz")
     checks = {c["name"]: c["ok"] for c in (await ready.json())["checks"]}
-    recorded = await asyncio.to_thread(pid_file.read_text)
+    try:
+        recorded = await asyncio.to_thread(pid_file.read_text)
+    except FileNotFoundError:  # the killed server's record is gone, the new one's not yet
+        return False
     return bool(checks["object_store"]) and int(recorded.split()[0]) != killed
 
 
