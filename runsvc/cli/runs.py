@@ -294,7 +294,33 @@ def show_run(run: RunView, *, live: bool = True) -> str:
     headers = ["TASK", *(["ITEM"] if items else []), "STATUS", "ATTEMPT", "TOOK", "EXIT", "NOTE"]
     # Below the table rather than in NOTE, which an approved task's error may need.
     approved = [f"{t.name} {approval(t)}" for t in run.tasks.values() if t.approved_by]
-    return "\n".join([*lines, "", table(headers, rows), *(["", *approved] if approved else [])])
+    outputs = [
+        f"{t.name}.{key} = {output_summary(value)}"
+        for t in run.tasks.values()
+        if t.outputs is not msgspec.UNSET
+        for key, value in t.outputs.items()
+    ]
+    return "\n".join(
+        [
+            *lines,
+            "",
+            table(headers, rows),
+            *(["", *approved] if approved else []),
+            *(["", "outputs:", *(f"  {line}" for line in outputs)] if outputs else []),
+        ]
+    )
+
+
+OUTPUT_WIDTH = 80
+
+
+def output_summary(value: str) -> str:
+    """An output on one line of a table's width: its first line, cut, with what was left
+    out counted (`--format json` has them whole)."""
+    first, *rest = value.split("\n")
+    shown = first if len(first) <= OUTPUT_WIDTH else first[: OUTPUT_WIDTH - 1] + "…"
+    more = f" (+{len(rest)} more line{'s' if len(rest) > 1 else ''})" if rest else ""
+    return shown + more
 
 
 def run_show(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ skips began, an approval, a long item."""
 from __future__ import annotations
 
 from runsvc.cli.describe import ITEM_WIDTH, first_cause, item_of, note
+from runsvc.cli.runs import show_run
 from runsvc.domain.view import run_view
 from tests.unit.histories import History, config, task
 
@@ -69,3 +70,20 @@ def test_a_long_item_is_cut_to_fit_a_line() -> None:
     assert item_of(view.tasks["each[0]"]) == "short"
     assert item_of(view.tasks["each[1]"]) == "x" * (ITEM_WIDTH - 1) + "…"
     assert item_of(view.tasks["each"]) == ""
+
+
+def test_runs_show_lists_each_tasks_outputs_one_line_each() -> None:
+    """Below the table, every output of every task, on one line each: a long value cut,
+    a multi-line one as its first line and a count of the rest; none, no section."""
+    history = History(config(task("version"), task("deploy", "version")))
+    assert "outputs:" not in show_run(run_view(history.state))
+    history.start("version")
+    history.finish("version", outputs={"v": "1.2.3", "notes": "line one\nline two\nline three"})
+    history.start("deploy")
+    history.finish("deploy", outputs={"url": "https://example.com/" + "x" * 100})
+    text = show_run(run_view(history.state))
+    section = text.split("\noutputs:\n", 1)[1].splitlines()
+    assert section[:2] == ["  version.v = 1.2.3", "  version.notes = line one (+2 more lines)"]
+    assert section[2].startswith("  deploy.url = https://example.com/xxx")
+    assert section[2].endswith("…")
+    assert len(section[2]) == len("  deploy.url = ") + 80
