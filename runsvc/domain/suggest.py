@@ -19,8 +19,16 @@ _STEP = re.compile(r"\.([^.\[\]]+)|\[(\d+)\]")
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:
     """` (did you mean 'x'?)` for the closest of `known` to `name`, or nothing when none
-    is close enough to be a likely typo."""
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    is close enough to be a likely typo. A difference in case alone (`fromJson`) is
+    matched first: difflib, being case-sensitive, finds `fromJSON` too far from it."""
+    # Sorted, so that the hint never depends on the order of a set.
+    candidates = sorted(known)
+    by_case: dict[str, str] = {}
+    for candidate in candidates:
+        by_case.setdefault(candidate.lower(), candidate)
+    if name.lower() in by_case:
+        return f" (did you mean {by_case[name.lower()]!r}?)"
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 

@@ -82,18 +82,10 @@ class RunWriter:
             return await self._load(run_id)
 
     async def _load(self, run_id: str) -> Run:
-        run = self._cache.get(run_id)
-        if run is None:
-            run = await stored_run(self.store.pool, run_id)
-        try:
-            tail = await self.store.read_stream(
-                stream_of(run_id), from_version=(run.version if run else 0) + 1
-            )
-        except StreamNotFound:
-            raise NotFound(f"no run {run_id}") from None
-        for recorded in tail:
-            run = apply(run, recorded)
-        assert run is not None
+        cached = self._cache.get(run_id)
+        if cached is None:
+            cached = await stored_run(self.store.pool, run_id)
+        run = await self._caught_up(cached, run_id)
         self.remember(run)
         return run
 
@@ -103,7 +95,12 @@ class RunWriter:
         connection, this process's lock of the run): creates waiting on its lock may hold
         every pooled connection, and a command on the run may be waiting for one.
         Raises NotFound."""
-        run = await stored_run(connection, run_id)
+        return await self._caught_up(await stored_run(connection, run_id), run_id, connection)
+
+    async def _caught_up(
+        self, run: Run | None, run_id: str, connection: asyncpg.Connection | None = None
+    ) -> Run:
+        """`run` (None: nothing folded yet) with the events after it applied."""
         try:
             tail = await self.store.read_stream(
                 stream_of(run_id),

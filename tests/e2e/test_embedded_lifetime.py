@@ -13,10 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from tests.fixtures.processes import ROOT, free_port
+from tests.fixtures.processes import ROOT, free_port, wait_ready
 
 SERVERS = ("postgres", "weed")
 
@@ -85,16 +84,7 @@ class Serve:
             )
 
     async def ready(self) -> None:
-        async with aiohttp.ClientSession() as session, asyncio.timeout(180):
-            while True:
-                assert self.process.poll() is None, self.log.read_text()
-                try:
-                    async with session.get(f"http://127.0.0.1:{self.port}/readyz") as answer:
-                        if answer.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.2)
+        await wait_ready(f"http://127.0.0.1:{self.port}", self.process)
 
     async def ended(self) -> int:
         return await asyncio.to_thread(self.process.wait, 120)

@@ -17,8 +17,8 @@ from runsvc.domain.expressions.nodes import (
     Template,
     walk,
 )
-from runsvc.domain.expressions.suggest import hint
 from runsvc.domain.expressions.values import FUNCTIONS
+from runsvc.domain.suggest import did_you_mean
 
 
 def references(template: Template) -> list[Reference]:
@@ -59,7 +59,7 @@ def _problem(
     if isinstance(node, Call):
         if node.function not in FUNCTIONS:
             return (
-                f"unknown function {node.function!r}{hint(node.function, FUNCTIONS)}; "
+                f"unknown function {node.function!r}{did_you_mean(node.function, FUNCTIONS)}; "
                 f"the functions are {' and '.join(FUNCTIONS)}"
             )
         if len(node.arguments) != 1:
@@ -73,7 +73,7 @@ def _problem(
     if isinstance(reference, TaskResult | TaskOutput):
         task = reference.task
         if task not in known_tasks:
-            return f"unknown task {task!r}{hint(task, known_tasks)}"
+            return f"unknown task {task!r}{did_you_mean(task, known_tasks)}"
         if task not in ancestors:
             # Its result and outputs may not exist yet when this task runs.
             return f"task {task!r} is not a dependency of this task, direct or indirect"

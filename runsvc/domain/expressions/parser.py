@@ -23,7 +23,7 @@ from runsvc.domain.expressions.nodes import (
     TaskResult,
     Template,
 )
-from runsvc.domain.expressions.suggest import hint
+from runsvc.domain.suggest import did_you_mean
 
 MAX_DEPTH = 32
 """Levels of parentheses, `!` and function calls, one inside the other. Bounds the
@@ -183,7 +183,7 @@ class _Parser:
                 reference = TaskOutput(task, self._key(root))
         else:
             raise self._error(
-                f"unknown name {root!r}{hint(root, (*ROOTS, *KEYWORDS))}; "
+                f"unknown name {root!r}{did_you_mean(root, (*ROOTS, *KEYWORDS))}; "
                 f"names are tasks, env, item, run, true, false and null",
                 name.offset,
             )
@@ -216,9 +216,8 @@ class _Parser:
             raise self._error(f"expected {_USAGE[root]}")
         if token.text not in fields:
             owner = "a task" if root == "tasks" else root
-            raise self._error(
-                f"{owner} has no field {token.text!r}{hint(token.text, fields)}; use {_USAGE[root]}"
-            )
+            meant = did_you_mean(token.text, fields)
+            raise self._error(f"{owner} has no field {token.text!r}{meant}; use {_USAGE[root]}")
         self._advance()
         return token.text
 
