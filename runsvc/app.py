@@ -134,7 +134,9 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     """The command side, executors' leases, and in the background the timer loop."""
     settings = app[SETTINGS]
     database = app[DATABASE]
-    service = RunService(app[STORE], max_tasks=settings.max_tasks)
+    service = RunService(
+        app[STORE], max_tasks=settings.max_tasks, max_foreach_items=settings.max_foreach_items
+    )
     ready = ChannelListener(database.dsn, READY_CHANNEL)
     logs = ChannelListener(database.dsn, LOG_CHANNEL)
     await ready.start()

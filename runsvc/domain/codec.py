@@ -10,7 +10,7 @@ import msgspec
 from runsvc.domain.config import Dependency, RunConfig
 from runsvc.domain.events import Phase, Resolved, Result, TaskStatus
 from runsvc.domain.fold import child_spec, rebuild_indexes
-from runsvc.domain.model import Run, Task, task_id, topological_order
+from runsvc.domain.model import DEFAULT_MAX_FOREACH_ITEMS, Run, Task, task_id, topological_order
 
 
 class TaskState(msgspec.Struct, array_like=True):
@@ -37,6 +37,7 @@ class TaskState(msgspec.Struct, array_like=True):
     approved_at: datetime | None = None
     outputs: dict[str, str] = {}
     resolved: Resolved | None = None
+    item_json: bool = False
 
 
 class RunState(msgspec.Struct, array_like=True):
@@ -66,6 +67,7 @@ class RunState(msgspec.Struct, array_like=True):
     tasks: list[TaskState]
     output_deleted_at: datetime | None = None
     submitted_by: str | None = None
+    max_foreach_items: int = DEFAULT_MAX_FOREACH_ITEMS
 
 
 _TASK_FIELDS = TaskState.__struct_fields__

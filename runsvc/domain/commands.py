@@ -29,7 +29,7 @@ from runsvc.domain.events import (
 )
 from runsvc.domain.expressions import ExpressionError
 from runsvc.domain.fold import apply_event
-from runsvc.domain.model import FINAL, Run, Task
+from runsvc.domain.model import DEFAULT_MAX_FOREACH_ITEMS, FINAL, Run, Task
 from runsvc.domain.requests import CreateRunRequest
 from runsvc.domain.scheduler import attempt_outcome, emit, plan
 
@@ -60,6 +60,7 @@ def create_run(
     carried: dict[str, CarriedTask] | None = None,
     recreated_from: str | None = None,
     submitted_by: str | None = None,
+    max_foreach_items: int = DEFAULT_MAX_FOREACH_ITEMS,
 ) -> list[Event]:
     """A new run: RunCreated, then `setuperror`, or (when its concurrency key lets it run
     now) `running` and its first decisions; otherwise it stays `queued`."""
@@ -79,6 +80,9 @@ def create_run(
         recreated_from=recreated_from,
         carried=carried or {},
         submitted_by=submitted_by if submitted_by is not None else msgspec.UNSET,
+        max_foreach_items=(
+            msgspec.UNSET if max_foreach_items == DEFAULT_MAX_FOREACH_ITEMS else max_foreach_items
+        ),
     )
     run = apply_event(None, created, version=1)
     if request.setup_errors:
@@ -346,6 +350,7 @@ def recreate(
     now: datetime,
     admitted: bool,
     submitted_by: str | None = None,
+    max_foreach_items: int = DEFAULT_MAX_FOREACH_ITEMS,
 ) -> list[Event]:
     """A new run from `old`'s config: from scratch, from its failed tasks, or from chosen
     tasks, each with what depends on them. Succeeded tasks not re-run are carried over
@@ -370,7 +375,7 @@ def recreate(
             finished_at=t.finished_at,
             exit_code=t.exit_code,
             executor=t.executor,
-            outputs=t.outputs,
+            outputs=templates.gathered_texts(old, t) if t.is_parent else t.outputs,
         )
         for t in top
         if t.status == "success" and t.name not in rerun
@@ -384,4 +389,5 @@ def recreate(
         carried=carried,
         recreated_from=old.id,
         submitted_by=submitted_by,
+        max_foreach_items=max_foreach_items,
     )

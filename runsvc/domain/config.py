@@ -186,6 +186,22 @@ class TaskConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
         Retry | None,
         Meta(description="This task's retry policy, in place of the run's `retry`."),
     ] = None
+    fail_if: Annotated[
+        str | None,
+        Meta(
+            description="One ${{ … }} expression judged when an attempt exits 0, on its "
+            "exit_code and outputs.<key>: when it holds, the attempt failed (and `retry` "
+            "applies)."
+        ),
+    ] = None
+    retry_if: Annotated[
+        str | None,
+        Meta(
+            description="One ${{ … }} expression judged when an attempt failed, on its "
+            "exit_code and outputs.<key>: the task is tried again (within `retry`) only "
+            "when it holds."
+        ),
+    ] = None
     continue_on_error: Annotated[
         bool,
         Meta(description="This task failing does not make the run fail."),
@@ -198,14 +214,20 @@ class TaskConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
         ),
     ] = False
     when: Annotated[
-        When | None,
-        Meta(description="Run only when the run's environment matches; otherwise skipped."),
+        When | str | None,
+        Meta(
+            description="Run only when this holds, else skipped: {env, equals | not_equals "
+            "| in} on the run's environment, or one ${{ … }} expression, looked at once "
+            "the task's dependencies have ended."
+        ),
     ] = None
     foreach: Annotated[
-        list[ForeachItem] | None,
+        list[ForeachItem] | str | None,
         Meta(
-            description="Run once per item (strings, numbers or booleans), as tasks "
-            "name[0], name[1], ...; each sees its item as RUNSVC_ITEM."
+            description="Run once per item, as tasks name[0], name[1], ...; each sees its "
+            "item as RUNSVC_ITEM: a list of strings, numbers or booleans, or one ${{ … }} "
+            "expression giving a list once the task's dependencies have ended, such as "
+            "${{ fromJSON(tasks.plan.outputs.shards) }}."
         ),
     ] = None
     foreach_strategy: Annotated[

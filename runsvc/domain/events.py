@@ -115,6 +115,10 @@ class RunCreated(Event, tag="run_created", frozen=True):
     # The token name that created the run (its submitter); absent from runs created
     # before it was recorded.
     submitted_by: str | msgspec.UnsetType = msgspec.UNSET
+    # The most items a `foreach` expression of this run may give (the service's setting
+    # when the run was created), so that a replay expands as the run did; absent when it
+    # was the default.
+    max_foreach_items: int | msgspec.UnsetType = msgspec.UNSET
 
 
 class RunPhaseChanged(Event, tag="run_phase_changed", frozen=True):
@@ -166,10 +170,14 @@ class TaskStatusChanged(Event, tag="task_status_changed", frozen=True):
     resolved: Resolved | msgspec.UnsetType = msgspec.UNSET
 
 
-class ForeachChild(msgspec.Struct, frozen=True):
+class ForeachChild(msgspec.Struct, frozen=True, omit_defaults=True):
     name: str
     index: int
     item: str
+    # The item was not a string (a `foreach` expression gave a number, a list, an
+    # object): `item` is its JSON, and expressions see the value. Static items are read
+    # from the run file instead.
+    json: bool = False
 
 
 class TaskExpanded(Event, tag="task_expanded", frozen=True):

@@ -27,6 +27,7 @@ from runsvc.domain.events import (
     UnknownEvent,
 )
 from runsvc.domain.model import ACTIVE, FINAL, OUTCOME, Run, Task, task_id, topological_order
+from runsvc.domain.templates import when_verdict
 
 TERMINAL_PHASES = frozenset({"finished", "cancelled", "setuperror"})
 UNSTARTED = frozenset({"notstarted", "waiting_approval", "scheduled"})
@@ -51,9 +52,13 @@ def unmet_dependency(run: Run, task: Task) -> str | None:
 
 
 def when_holds(run: Run, task: Task) -> bool:
+    """Whether the task's `when` lets it run; an expression that cannot be evaluated
+    does not (the scheduler fails the task with `when_failure`)."""
     condition = task.spec.when
     if condition is None or task.parent is not None:
         return True
+    if isinstance(condition, str):
+        return when_verdict(run, task) is True
     value = run.merged_environment.get(condition.env)
     if condition.equals is not None:
         return value == condition.equals
@@ -64,9 +69,19 @@ def when_holds(run: Run, task: Task) -> bool:
     return True
 
 
+def when_failure(run: Run, task: Task) -> str | None:
+    """Why the task's expression `when` cannot be evaluated, if it cannot."""
+    if not isinstance(task.spec.when, str) or task.parent is not None:
+        return None
+    verdict = when_verdict(run, task)
+    return verdict if isinstance(verdict, str) else None
+
+
 def describe_when(task: Task) -> str:
     condition = task.spec.when
     assert condition is not None
+    if isinstance(condition, str):
+        return f"when {condition.strip()} does not hold"
     if condition.equals is not None:
         return f"when {condition.env} == {condition.equals!r} does not hold"
     if condition.not_equals is not None:
@@ -101,6 +116,8 @@ def _create(event: RunCreated) -> Run:
     run.submitted_by = event.submitted_by or None
     run.concurrency_key = event.concurrency_key
     run.recreated_from = event.recreated_from
+    if event.max_foreach_items is not msgspec.UNSET:
+        run.max_foreach_items = event.max_foreach_items
     for index, spec in enumerate(topological_order(event.config)):
         task = Task(
             name=spec.name,
@@ -148,6 +165,7 @@ def add_children(run: Run, parent: Task, event: TaskExpanded) -> None:
             item=child.item,
             index=child.index,
         )
+        task.item_json = child.json
         run.set_item(run.tasks, task.name, task)
         run.set_item(run.dependents, task.name, [])
         if sequence and previous is not None:

@@ -55,6 +55,10 @@ def task_id(run_id: str, task_name: str) -> str:
     return hashlib.blake2b(f"{run_id}\x00{task_name}".encode(), digest_size=16).hexdigest()
 
 
+DEFAULT_MAX_FOREACH_ITEMS = 1000
+"""The most items a `foreach` expression may give, unless the service says otherwise."""
+
+
 class Task:
     """One task (or foreach child) of a run."""
 
@@ -74,6 +78,7 @@ class Task:
         "id",
         "index",
         "item",
+        "item_json",
         "lost",
         "name",
         "next_attempt_at",
@@ -107,6 +112,8 @@ class Task:
         self.parent = parent
         self.item = item
         self.index = index
+        # `item` is the JSON of an item that was not a string (see ForeachChild.json).
+        self.item_json = False
         self.status: TaskStatus = "notstarted"
         self.attempt = 0
         # Attempts that ended `lost`, counted by the fold from the events (so a replay
@@ -182,6 +189,7 @@ class Run:
         self.concurrency_key: str | None = None
         self.recreated_from: str | None = None
         self.submitted_by: str | None = None
+        self.max_foreach_items = DEFAULT_MAX_FOREACH_ITEMS
         self.config = RunConfig(tasks=[])
         self.version = 0
         self.position = 0

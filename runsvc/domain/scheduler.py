@@ -63,8 +63,10 @@ from runsvc.domain.events import (
     TaskStatus,
     TaskStatusChanged,
 )
-from runsvc.domain.fold import apply_event, describe_when, unmet_dependency
+from runsvc.domain.expressions import Attempt
+from runsvc.domain.fold import apply_event, describe_when, unmet_dependency, when_failure
 from runsvc.domain.model import FINAL, TOP, Run, Task
+from runsvc.domain.templates import foreach_items, judge_attempt
 from runsvc.domain.timing import next_wakeup, run_deadline
 
 _NO_LIMIT = 1 << 62
@@ -140,6 +142,14 @@ def attempt_outcome(
     counts it). Whatever it makes of it, the change carries the attempt's `outputs`."""
     name, attempt, executor = task.name, task.attempt, task.executor
     written = outputs or msgspec.UNSET
+    judged = Attempt(exit_code=exit_code, outputs=outputs or {})
+    if succeeded and task.spec.fail_if is not None and not run.stop_requested:
+        verdict = judge_attempt(run, task, "fail_if", judged)
+        if isinstance(verdict, str):
+            return _failed(task, now, exit_code, verdict, written)
+        if verdict:
+            succeeded = False
+            error = f"fail_if {task.spec.fail_if.strip()} held"
     if succeeded:
         return TaskStatusChanged(
             task=name,
@@ -167,6 +177,13 @@ def attempt_outcome(
     policy = retry_policy(run, task)
     # Lost attempts are not failures of the task: they do not use its failure budget.
     failures = task.attempt - task.lost - task.unconfirmed
+    if failures < policy.max_attempts and task.spec.retry_if is not None:
+        verdict = judge_attempt(run, task, "retry_if", judged)
+        if isinstance(verdict, str):
+            return _failed(task, now, exit_code, f"{cause}; {verdict}", written)
+        if not verdict:
+            cause = f"{cause} (retry_if {task.spec.retry_if.strip()} does not hold)"
+            return _failed(task, now, exit_code, cause, written)
     if failures < policy.max_attempts:
         delay = backoff(policy, task.attempt)
         return TaskStatusChanged(
@@ -179,15 +196,25 @@ def attempt_outcome(
             error=f"attempt {attempt} failed: {cause}",
             outputs=written,
         )
+    return _failed(task, now, exit_code, cause, written)
+
+
+def _failed(
+    task: Task,
+    now: datetime,
+    exit_code: int | None,
+    error: str,
+    outputs: dict[str, str] | msgspec.UnsetType,
+) -> TaskStatusChanged:
     return TaskStatusChanged(
-        task=name,
+        task=task.name,
         status="failed",
-        attempt=attempt,
+        attempt=task.attempt,
         at=now,
         exit_code=exit_code,
-        executor=executor,
-        error=cause,
-        outputs=written,
+        executor=task.executor,
+        error=error,
+        outputs=outputs,
     )
 
 
@@ -275,12 +302,19 @@ def _cancel_waiting(run: Run, now: datetime, events: list[Event]) -> None:
 def _skip(run: Run, now: datetime, events: list[Event]) -> None:
     while run.skip:
         task = run.tasks[run.by_order[run.skip[0]]]
-        reason = unmet_dependency(run, task) or describe_when(task)
+        reason = unmet_dependency(run, task)
+        status: TaskStatus = "skipped"
+        if reason is None:
+            failure = when_failure(run, task)
+            if failure is not None:
+                status, reason = "failed", failure
+            else:
+                reason = describe_when(task)
         emit(
             run,
             events,
             TaskStatusChanged(
-                task=task.name, status="skipped", attempt=task.attempt, at=now, error=reason
+                task=task.name, status=status, attempt=task.attempt, at=now, error=reason
             ),
         )
 
@@ -305,10 +339,26 @@ def _expand(run: Run, now: datetime, events: list[Event]) -> None:
     while run.expand:
         parent = run.tasks[run.by_order[run.expand[0]]]
         items = parent.spec.foreach or []
-        children = [
-            ForeachChild(name=f"{parent.name}[{index}]", index=index, item=item_text(item))
-            for index, item in enumerate(items)
-        ]
+        if isinstance(items, str):
+            expansion = foreach_items(run, parent, run.max_foreach_items)
+            if isinstance(expansion, str):
+                emit(
+                    run,
+                    events,
+                    TaskStatusChanged(
+                        task=parent.name, status="failed", attempt=0, at=now, error=expansion
+                    ),
+                )
+                continue
+            children = [
+                ForeachChild(name=f"{parent.name}[{index}]", index=index, item=text, json=json)
+                for index, (text, json) in enumerate(expansion)
+            ]
+        else:
+            children = [
+                ForeachChild(name=f"{parent.name}[{index}]", index=index, item=item_text(item))
+                for index, item in enumerate(items)
+            ]
         emit(run, events, TaskExpanded(task=parent.name, children=children, at=now))
         emit(
             run,

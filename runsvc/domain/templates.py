@@ -1,13 +1,20 @@
-"""`${{ … }}` templates in a task's `run`, `command` and `env`: checked when a run is
-created (`check_config`), rendered when an attempt starts (`resolve`).
+"""`${{ … }}` expressions in a run file: checked when a run is created (`check_config`)
+and evaluated where each field says.
 
-A string without `${{` is no template: it is neither checked nor rendered, so it means
-what it meant before expressions existed.
+- `run`, `command` and `env` are templates, rendered when an attempt starts (`resolve`).
+  A string without `${{` is no template: it is neither checked nor rendered, so it means
+  what it meant before expressions existed.
+- `when`, `foreach`, `fail_if` and `retry_if` (as strings) are conditions: exactly one
+  `${{ … }}`. `when` and `foreach` are evaluated once the task's dependencies have ended
+  (`when_verdict`, `foreach_items`), `fail_if` and `retry_if` when an attempt ends
+  (`judge_attempt`), each on the state the events have made, so a replay decides alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import lru_cache
+from typing import Literal
 
 import msgspec
 
@@ -15,17 +22,21 @@ from runsvc.domain.config import RunConfig, TaskConfig
 from runsvc.domain.errors import Problem
 from runsvc.domain.events import Resolved
 from runsvc.domain.expressions import (
+    Attempt,
     Context,
     ExpressionError,
     ExpressionSyntaxError,
     Template,
     Value,
     check,
+    evaluate,
+    holds,
     parse,
     referenced_tasks,
     render,
 )
 from runsvc.domain.expressions.lexer import OPEN
+from runsvc.domain.expressions.values import to_json, type_name
 from runsvc.domain.model import FINAL, Run, Task, topological_order
 
 
@@ -44,19 +55,50 @@ def _templates(spec: TaskConfig) -> Iterator[tuple[str, str]]:
     return ((place, text) for place, text in task_strings(spec) if OPEN in text)
 
 
+ConditionField = Literal["when", "foreach", "fail_if", "retry_if"]
+ATTEMPT_CONDITIONS: tuple[ConditionField, ...] = ("fail_if", "retry_if")
+
+
+def conditions(spec: TaskConfig) -> Iterator[tuple[ConditionField, str]]:
+    """Each field of the task given as an expression, with its text."""
+    if isinstance(spec.when, str):
+        yield "when", spec.when
+    if isinstance(spec.foreach, str):
+        yield "foreach", spec.foreach
+    if spec.fail_if is not None:
+        yield "fail_if", spec.fail_if
+    if spec.retry_if is not None:
+        yield "retry_if", spec.retry_if
+
+
+@lru_cache(maxsize=4096)
+def parsed(text: str) -> Template:
+    """`parse`, remembered: the fold and the scheduler evaluate the same few conditions
+    again and again, and a template is immutable."""
+    return parse(text)
+
+
 def check_config(config: RunConfig, root: str = "config") -> list[Problem]:
-    """The problems of every template of the config, each at the path of its string and
-    saying where in it (`column 7`)."""
+    """The problems of every expression of the config, each at the path of its string
+    and saying where in it (`column 7`)."""
     problems: list[Problem] = []
     known = {task.name for task in config.tasks}
     ancestry: _Ancestry | None = None
     for index, spec in enumerate(config.tasks):
-        for place, text in _templates(spec):
-            path = f"{root}.tasks[{index}].{place}"
+        path = f"{root}.tasks[{index}]"
+        strings: list[tuple[str, str, bool]] = [
+            (place, text, False) for place, text in _templates(spec)
+        ]
+        strings.extend((field, text, True) for field, text in conditions(spec))
+        for place, text, condition in strings:
+            at = f"{path}.{place}"
             try:
                 template = parse(text)
             except ExpressionSyntaxError as exc:
-                problems.append(Problem(path=path, message=str(exc)))
+                problems.append(Problem(path=at, message=str(exc)))
+                continue
+            if condition and template.single is None:
+                problems.append(Problem(path=at, message=_NOT_ONE_EXPRESSION))
                 continue
             referenced = referenced_tasks(template)
             if referenced and ancestry is None:
@@ -66,14 +108,23 @@ def check_config(config: RunConfig, root: str = "config") -> list[Problem]:
                 if ancestry is not None
                 else set()
             )
+            # `when` and `foreach` belong to the task as a whole, before any item.
+            per_item = spec.foreach is not None and place not in ("when", "foreach")
             for message in check(
                 template,
                 ancestors=ancestors,
                 known_tasks=known,
-                in_foreach=spec.foreach is not None,
+                in_foreach=per_item,
+                judges_attempt=place in ATTEMPT_CONDITIONS,
             ):
-                problems.append(Problem(path=path, message=message))
+                problems.append(Problem(path=at, message=message))
     return problems
+
+
+_NOT_ONE_EXPRESSION = (
+    "must be one ${{ … }} expression and nothing around it, "
+    "such as ${{ tasks.plan.outputs.deploy == 'yes' }}"
+)
 
 
 class _Ancestry:
@@ -132,7 +183,7 @@ def resolve(run: Run, task: Task) -> Resolved | None:
     return Resolved(run=rendered.get("run"), command=command, env=env)
 
 
-def _context(run: Run, task: Task, referenced: set[str]) -> Context:
+def _context(run: Run, task: Task, referenced: set[str], attempt: Attempt | None = None) -> Context:
     """What the task's templates may read: the results and outputs of the tasks they
     name (looked up alone, so a start costs what the task refers to, not the size of the
     run). Only ancestors can be named (validation holds templates to that), and they
@@ -142,17 +193,92 @@ def _context(run: Run, task: Task, referenced: set[str]) -> Context:
     themselves."""
     named = [run.tasks[name] for name in sorted(referenced) if name in run.tasks]
     results: dict[str, str] = {t.name: t.status for t in named if t.status in FINAL}
-    outputs = {t.name: t.outputs for t in named if t.outputs}
-    item: Value | msgspec.UnsetType = msgspec.UNSET
-    if task.parent is not None and task.index is not None:
-        # The item as the run file gave it (a number stays a number), not its text.
-        items = run.tasks[task.parent].spec.foreach or []
-        item = items[task.index] if task.index < len(items) else task.item
+    outputs: dict[str, dict[str, Value]] = {}
+    for t in named:
+        gathered: dict[str, Value] = _gathered_outputs(run, t) if t.is_parent else dict(t.outputs)
+        if gathered:
+            outputs[t.name] = gathered
     return Context(
         run_id=run.id,
         run_group=run.group,
         env=run.merged_environment,
         results=results,
         outputs=outputs,
-        item=item,
+        item=_item(run, task),
+        attempt=attempt,
     )
+
+
+def _item(run: Run, task: Task) -> Value | msgspec.UnsetType:
+    """The item as the run file or the expansion gave it (a number stays a number), not
+    its text."""
+    if task.parent is None or task.index is None or task.item is None:
+        return msgspec.UNSET
+    items = run.tasks[task.parent].spec.foreach
+    if isinstance(items, list) and task.index < len(items):
+        return items[task.index]
+    if task.item_json:
+        value: Value = msgspec.json.decode(task.item)
+        return value
+    return task.item
+
+
+def _gathered_outputs(run: Run, parent: Task) -> dict[str, Value]:
+    """A foreach task's outputs: for each key any item set, the list of every item's
+    value in item order, null where an item did not set it."""
+    if not parent.children and parent.outputs:
+        # Carried into a recreated run without its items: `gathered_texts` kept them.
+        return {key: msgspec.json.decode(text) for key, text in parent.outputs.items()}
+    children = [run.tasks[name] for name in parent.children]
+    keys = sorted({key for child in children for key in child.outputs})
+    return {key: [child.outputs.get(key) for child in children] for key in keys}
+
+
+def gathered_texts(run: Run, parent: Task) -> dict[str, str]:
+    """A foreach task's gathered outputs as JSON texts, for carrying it into a recreated
+    run, where its items are not (a foreach task never sets outputs of its own)."""
+    return {key: to_json(value) for key, value in _gathered_outputs(run, parent).items()}
+
+
+def _condition_context(run: Run, task: Task, text: str, attempt: Attempt | None) -> Context:
+    return _context(run, task, referenced_tasks(parsed(text)), attempt)
+
+
+def when_verdict(run: Run, task: Task) -> bool | str:
+    """Whether the task's expression `when` holds, or why it cannot be told (an output
+    never set, a failing `fromJSON`): then the task fails with that error."""
+    assert isinstance(task.spec.when, str)
+    text = task.spec.when
+    try:
+        return holds(parsed(text), _condition_context(run, task, text, None))
+    except ExpressionError as exc:
+        return f"when: {exc}"
+
+
+def foreach_items(run: Run, task: Task, limit: int) -> list[tuple[str, bool]] | str:
+    """The items of the task's expression `foreach`, or why there are none: it cannot
+    be evaluated, gives no list, or more than `limit` items. Each item is given as the
+    text its child sees as RUNSVC_ITEM and whether that text is JSON (the item was not
+    a string)."""
+    assert isinstance(task.spec.foreach, str)
+    text = task.spec.foreach
+    try:
+        value = evaluate(parsed(text), _condition_context(run, task, text, None))
+    except ExpressionError as exc:
+        return f"foreach: {exc}"
+    if not isinstance(value, list):
+        return f"foreach: {text.strip()} gave {type_name(value)}, not a list"
+    if len(value) > limit:
+        return f"foreach: {text.strip()} gave {len(value)} items, over the limit of {limit}"
+    return [(item, False) if isinstance(item, str) else (to_json(item), True) for item in value]
+
+
+def judge_attempt(run: Run, task: Task, field: ConditionField, attempt: Attempt) -> bool | str:
+    """Whether the task's `fail_if` or `retry_if` holds on an attempt that ended so, or
+    why it cannot be told."""
+    text = getattr(task.spec, field)
+    assert isinstance(text, str)
+    try:
+        return holds(parsed(text), _condition_context(run, task, text, attempt))
+    except ExpressionError as exc:
+        return f"{field}: {exc}"

@@ -40,7 +40,10 @@ def validate_config(
 
     if not config.tasks:
         add(f"{root}.tasks", "a run needs at least one task")
-    total = len(config.tasks) + sum(len(t.foreach or ()) for t in config.tasks)
+    # A `foreach` expression's items are bounded when it expands (`max_foreach_items`).
+    total = len(config.tasks) + sum(
+        len(t.foreach) for t in config.tasks if isinstance(t.foreach, list)
+    )
     if total > max_tasks:
         add(
             f"{root}.tasks",
@@ -105,7 +108,7 @@ def _task(task: TaskConfig, path: str, report: _Problems) -> None:
         report(f"{path}.max_lost", f"must be between 1 and {MAX_LOST}")
     if task.foreach_strategy not in FOREACH_STRATEGIES:
         report(f"{path}.foreach_strategy", "must be parallel or sequence")
-    if task.foreach is not None and not task.foreach:
+    if isinstance(task.foreach, list) and not task.foreach:
         report(f"{path}.foreach", "must list at least one item")
     if task.max_parallel is not None and task.max_parallel < 1:
         report(f"{path}.max_parallel", "must be at least 1")
@@ -115,7 +118,7 @@ def _task(task: TaskConfig, path: str, report: _Problems) -> None:
         for b_index, who in enumerate(task.approval.by):
             if not who.strip() or len(who) > 100:
                 report(f"{path}.approval.by[{b_index}]", "a token name or role, 1-100 characters")
-    if task.when is not None:
+    if task.when is not None and not isinstance(task.when, str):
         given = [
             x for x in (task.when.equals, task.when.not_equals, task.when.in_) if x is not None
         ]

@@ -79,6 +79,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         ),
     ] = 1000
     max_tasks: Annotated[int, Meta(description="tasks per run, foreach items included")] = 10_000
+    max_foreach_items: Annotated[
+        int,
+        Meta(
+            description="items a foreach expression may give when it expands; more fail "
+            "the task (a foreach list in the run file counts towards max_tasks instead)"
+        ),
+    ] = 1000
     s3_endpoint: Annotated[
         str | None,
         Meta(
@@ -231,6 +238,7 @@ _ENV: dict[str, str] = {
     "max_subscribers": "RUNSVC_MAX_SUBSCRIBERS",
     "subscriber_buffer": "RUNSVC_SUBSCRIBER_BUFFER",
     "max_tasks": "RUNSVC_MAX_TASKS",
+    "max_foreach_items": "RUNSVC_MAX_FOREACH_ITEMS",
     "s3_endpoint": "RUNSVC_S3_ENDPOINT",
     "s3_bucket": "RUNSVC_S3_BUCKET",
     "s3_region": "RUNSVC_S3_REGION",

@@ -23,7 +23,7 @@ from runsvc.domain import commands
 from runsvc.domain.errors import NotFound
 from runsvc.domain.events import stream_of
 from runsvc.domain.fold import TERMINAL_PHASES
-from runsvc.domain.model import Run
+from runsvc.domain.model import DEFAULT_MAX_FOREACH_ITEMS, Run
 from runsvc.domain.requests import CreateRunRequest, RecreateRequest
 from runsvc.domain.validation import validate_create
 from runsvc.service import counters
@@ -45,12 +45,14 @@ class RunService:
         store: EventStore,
         *,
         max_tasks: int = 10_000,
+        max_foreach_items: int = DEFAULT_MAX_FOREACH_ITEMS,
         cache_bytes: int = 128 * 1024 * 1024,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
         self.pool: asyncpg.Pool = store.pool
         self.max_tasks = max_tasks
+        self.max_foreach_items = max_foreach_items
         self.clock = clock
         self.writer = RunWriter(store, clock=clock, cache_bytes=cache_bytes)
         self.slots = ConcurrencySlots(store, self.writer)
@@ -98,6 +100,7 @@ class RunService:
             counter=counter,
             now=now,
             submitted_by=caller.actor.id,
+            max_foreach_items=self.max_foreach_items,
         )
         if request.idempotency_key is None and request.concurrency_key is None:
             events = await decide(admitted=True)
@@ -157,6 +160,7 @@ class RunService:
                 now=now,
                 admitted=admitted,
                 submitted_by=caller.actor.id,
+                max_foreach_items=self.max_foreach_items,
             )
             positions = await self.store.append_in_transaction(
                 connection,

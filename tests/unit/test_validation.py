@@ -113,7 +113,7 @@ def test_wrong_types_are_reported_by_path_when_decoding() -> None:
     with pytest.raises(msgspec.ValidationError, match=r"\$\.config\.tasks\[0\]\.foreach"):
         msgspec.json.decode(
             b'{"group": "/a", "name": "n", "config": {"tasks": '
-            b'[{"name": "a", "run": "x", "foreach": "1,2"}]}}',
+            b'[{"name": "a", "run": "x", "foreach": {"a": 1}}]}}',
             type=CreateRunRequest,
         )
     with pytest.raises(msgspec.ValidationError, match="unknown field `colour`"):

@@ -91,10 +91,12 @@ from runsvc.domain.expressions.errors import (
     ExpressionSyntaxError,
     Unresolved,
 )
-from runsvc.domain.expressions.evaluator import Context, evaluate, holds, render
+from runsvc.domain.expressions.evaluator import Attempt, Context, evaluate, holds, render
 from runsvc.domain.expressions.lexer import MAX_EXPRESSION_LENGTH
 from runsvc.domain.expressions.nodes import (
+    AttemptOutput,
     EnvVar,
+    ExitCode,
     Item,
     Reference,
     RunField,
@@ -110,9 +112,12 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_EXPRESSION_LENGTH",
     "MAX_JSON_DEPTH",
+    "Attempt",
+    "AttemptOutput",
     "Context",
     "EnvVar",
     "EvaluationError",
+    "ExitCode",
     "ExpressionError",
     "ExpressionSyntaxError",
     "Item",

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from runsvc.domain.expressions.errors import where
 from runsvc.domain.expressions.nodes import (
+    ATTEMPT_REFERENCES,
     Call,
     Item,
     Node,
@@ -36,17 +37,28 @@ def referenced_tasks(template: Template) -> set[str]:
 
 
 def check(
-    template: Template, *, ancestors: set[str], known_tasks: set[str], in_foreach: bool
+    template: Template,
+    *,
+    ancestors: set[str],
+    known_tasks: set[str],
+    in_foreach: bool,
+    judges_attempt: bool = False,
 ) -> list[str]:
     """The problems of a template in a task whose (direct and indirect) dependencies are
     `ancestors`, in a run of `known_tasks`; `in_foreach` when the template is evaluated
-    for each item (not in the `foreach` field itself, where there is no item yet).
+    for each item (not in the `foreach` field itself, where there is no item yet);
+    `judges_attempt` when it is evaluated on an attempt's end (`fail_if`, `retry_if`),
+    the only place `exit_code` and `outputs` mean something.
     Each message says where; a problem found again later in the template is not
     repeated."""
     problems: dict[str, str] = {}
     for node in _nodes(template):
         problem = _problem(
-            node, ancestors=ancestors, known_tasks=known_tasks, in_foreach=in_foreach
+            node,
+            ancestors=ancestors,
+            known_tasks=known_tasks,
+            in_foreach=in_foreach,
+            judges_attempt=judges_attempt,
         )
         if problem is not None and problem not in problems:
             problems[problem] = f"{where(template.text, node.offset)}: {problem}"
@@ -54,7 +66,12 @@ def check(
 
 
 def _problem(
-    node: Node, *, ancestors: set[str], known_tasks: set[str], in_foreach: bool
+    node: Node,
+    *,
+    ancestors: set[str],
+    known_tasks: set[str],
+    in_foreach: bool,
+    judges_attempt: bool,
 ) -> str | None:
     if isinstance(node, Call):
         if node.function not in FUNCTIONS:
@@ -70,6 +87,11 @@ def _problem(
     reference = node.reference
     if isinstance(reference, Item) and not in_foreach:
         return "item is only defined in a task with foreach"
+    if isinstance(reference, ATTEMPT_REFERENCES) and not judges_attempt:
+        return (
+            f"{reference} is only defined in fail_if and retry_if; "
+            f"another task's outputs are tasks.<name>.outputs.<key>"
+        )
     if isinstance(reference, TaskResult | TaskOutput):
         task = reference.task
         if task not in known_tasks:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from runsvc.domain.expressions.nodes import Item, Reference, TaskOutput, TaskResult
+from runsvc.domain.expressions.nodes import (
+    AttemptOutput,
+    ExitCode,
+    Item,
+    Reference,
+    TaskOutput,
+    TaskResult,
+)
 
 
 def where(text: str, offset: int) -> str:
@@ -51,5 +58,9 @@ def _explain(reference: Reference) -> str:
             return f"{reference} is not known: task {reference.task!r} has not ended"
         case Item():
             return "item is only defined in a child of a foreach task"
+        case AttemptOutput():
+            return f"{reference} was never set: the attempt set no such output"
+        case ExitCode():
+            return "exit_code is only defined in fail_if and retry_if"
         case _:
             return f"{reference} has no value"

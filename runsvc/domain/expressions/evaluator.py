@@ -8,10 +8,12 @@ import msgspec
 from runsvc.domain.expressions.errors import EvaluationError, Unresolved, where
 from runsvc.domain.expressions.nodes import (
     And,
+    AttemptOutput,
     Call,
     Compare,
     Constant,
     EnvVar,
+    ExitCode,
     Item,
     Node,
     Not,
@@ -33,6 +35,13 @@ from runsvc.domain.expressions.values import (
 )
 
 
+class Attempt(msgspec.Struct, frozen=True, kw_only=True):
+    """How an attempt ended, as `fail_if` and `retry_if` see it."""
+
+    exit_code: int | None
+    outputs: dict[str, str] = msgspec.field(default_factory=dict)
+
+
 class Context(msgspec.Struct, frozen=True, kw_only=True):
     """What references resolve to when a task's template is evaluated."""
 
@@ -42,10 +51,13 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
     """The task's environment: the run's, with the task's `env` over it."""
     results: dict[str, str] = msgspec.field(default_factory=dict)
     """How each ended task ended (its final status, such as `success` or `failed`)."""
-    outputs: dict[str, dict[str, str]] = msgspec.field(default_factory=dict)
-    """The outputs each task set, by task and key."""
+    outputs: dict[str, dict[str, Value]] = msgspec.field(default_factory=dict)
+    """The outputs each task set, by task and key: a string, or for a foreach task the
+    list of its items' values in item order (null for an item that did not set it)."""
     item: Value | msgspec.UnsetType = msgspec.UNSET
     """The item of a foreach task's child; unset elsewhere."""
+    attempt: Attempt | None = None
+    """The attempt being judged, in `fail_if` and `retry_if`; None elsewhere."""
 
 
 def evaluate(template: Template, context: Context) -> Value:
@@ -120,6 +132,12 @@ class _Evaluation:
             case Item():
                 if not isinstance(context.item, msgspec.UnsetType):
                     return context.item
+            case ExitCode():
+                if context.attempt is not None:
+                    return context.attempt.exit_code
+            case AttemptOutput():
+                if context.attempt is not None and reference.key in context.attempt.outputs:
+                    return context.attempt.outputs[reference.key]
         raise Unresolved(reference)
 
     def _call(self, call: Call) -> Value:

@@ -68,7 +68,27 @@ class RunField(msgspec.Struct, frozen=True):
         return f"run.{self.field}"
 
 
-Reference = TaskResult | TaskOutput | EnvVar | Item | RunField
+class ExitCode(msgspec.Struct, frozen=True):
+    """`exit_code`: how the attempt being judged ended (null when it has none, such as
+    an attempt past its timeout); only in `fail_if` and `retry_if`."""
+
+    def __str__(self) -> str:
+        return "exit_code"
+
+
+class AttemptOutput(msgspec.Struct, frozen=True):
+    """`outputs.<key>`: a value the attempt being judged set; only in `fail_if` and
+    `retry_if`."""
+
+    key: str
+
+    def __str__(self) -> str:
+        return f"outputs{selector(self.key)}"
+
+
+Reference = TaskResult | TaskOutput | EnvVar | Item | RunField | ExitCode | AttemptOutput
+ATTEMPT_REFERENCES = (ExitCode, AttemptOutput)
+"""The references that name the attempt being judged, not the run."""
 Scalar = str | int | float | bool | None
 
 

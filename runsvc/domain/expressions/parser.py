@@ -7,10 +7,12 @@ from runsvc.domain.expressions.errors import ExpressionSyntaxError
 from runsvc.domain.expressions.lexer import CLOSE, OPEN, Lexer, Token
 from runsvc.domain.expressions.nodes import (
     And,
+    AttemptOutput,
     Call,
     Compare,
     Constant,
     EnvVar,
+    ExitCode,
     Item,
     Node,
     Not,
@@ -29,7 +31,7 @@ MAX_DEPTH = 32
 """Levels of parentheses, `!` and function calls, one inside the other. Bounds the
 recursion of the parser, of evaluation and of the checks."""
 
-ROOTS = ("tasks", "env", "item", "run")
+ROOTS = ("tasks", "env", "item", "run", "exit_code", "outputs")
 KEYWORDS = {"true": True, "false": False, "null": None}
 RUN_FIELDS = ("id", "group")
 TASK_FIELDS = ("result", "outputs")
@@ -37,6 +39,7 @@ _USAGE = {
     "tasks": "tasks.<name>.result or tasks.<name>.outputs.<key>",
     "env": "env.<NAME>",
     "run": "run.id or run.group",
+    "outputs": "outputs.<key>",
 }
 
 
@@ -170,6 +173,10 @@ class _Parser:
         root = name.text
         if root == "item":
             reference = Item()
+        elif root == "exit_code":
+            reference = ExitCode()
+        elif root == "outputs":
+            reference = AttemptOutput(self._key(root))
         elif root == "env":
             reference = EnvVar(self._key(root))
         elif root == "run":
@@ -184,7 +191,7 @@ class _Parser:
         else:
             raise self._error(
                 f"unknown name {root!r}{did_you_mean(root, (*ROOTS, *KEYWORDS))}; "
-                f"names are tasks, env, item, run, true, false and null",
+                f"names are tasks, env, item, run, exit_code, outputs, true, false and null",
                 name.offset,
             )
         if self._at(".", "["):
