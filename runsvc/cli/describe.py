@@ -4,6 +4,8 @@ foreach child."""
 
 from __future__ import annotations
 
+import msgspec
+
 from runsvc.cli.output import moment
 from runsvc.client import NotFoundError
 from runsvc.domain.model import FINAL, OUTCOME
@@ -26,6 +28,33 @@ def item_of(task: TaskView) -> str:
     if task.item is None:
         return ""
     return task.item if len(task.item) <= ITEM_WIDTH else task.item[: ITEM_WIDTH - 1] + "…"
+
+
+OUTPUT_WIDTH = 80
+
+
+def output_summary(value: str, width: int = OUTPUT_WIDTH) -> str:
+    """An output on one line: its first line, cut at `width`, with what was left out
+    counted (`--format json` has them whole)."""
+    first, *rest = value.split("\n")
+    shown = first if len(first) <= width else first[: width - 1] + "…"
+    more = f" (+{len(rest)} more line{'s' if len(rest) > 1 else ''})" if rest else ""
+    return shown + more
+
+
+def output_lines(task: TaskView) -> list[str]:
+    """`name.key = value`, one line per output the task's attempt wrote."""
+    if task.outputs is msgspec.UNSET:
+        return []
+    return [f"{task.name}.{key} = {output_summary(value)}" for key, value in task.outputs.items()]
+
+
+def outputs_note(task: TaskView, width: int = 60) -> str:
+    """The outputs in a table's note: `key=value, …`, each value's first line, cut."""
+    if task.outputs is msgspec.UNSET or not task.outputs:
+        return ""
+    text = ", ".join(f"{k}={output_summary(v, 30)}" for k, v in task.outputs.items())
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def has_items(run: RunView) -> bool:

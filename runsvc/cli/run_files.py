@@ -13,6 +13,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from runsvc.cli.connection import UsageError
 from runsvc.cli.documents import Document, DocumentError
 from runsvc.client import ApiError, BadRequestError
@@ -31,6 +33,19 @@ def pairs(values: list[str], what: str) -> dict[str, str]:
         if not sep or not key:
             raise UsageError(f"{what} {value!r} is not KEY=VALUE")
         found[key] = rest
+    return found
+
+
+def task_outputs(values: list[str]) -> dict[str, dict[str, str]]:
+    """`TASK.KEY=VALUE` arguments (`--output`) by task and key. An output key has no
+    dot, so a task named `v1.2` is `v1.2.key=…`."""
+    found: dict[str, dict[str, str]] = {}
+    for value in values:
+        target, sep, rest = value.partition("=")
+        task, dot, key = target.rpartition(".")
+        if not sep or not dot or not task or not key:
+            raise UsageError(f"--output {value!r} is not TASK.KEY=VALUE")
+        found.setdefault(task, {})[key] = rest
     return found
 
 
@@ -81,24 +96,36 @@ class RunFile:
         return self.document.decode(CreateRunRequest)
 
     def simulation_request(
-        self, *, environment: dict[str, str], outcomes: dict[str, str]
+        self,
+        *,
+        environment: dict[str, str],
+        outcomes: dict[str, str],
+        outputs: dict[str, dict[str, str]] | None = None,
     ) -> SimulationRequest:
         for task, outcome in outcomes.items():
             if outcome not in OUTCOMES:
                 raise UsageError(f"--outcome {task}={outcome}: one of {', '.join(OUTCOMES)}")
+        outputs = outputs or {}
         self.from_flags.update({f"outcomes.{task}": "--outcome" for task in outcomes})
+        self.from_flags.update({f"outcomes.{task}": "--output" for task in outputs})
         self.from_flags.update({f"environment.{key}": "--env" for key in environment})
+        given: dict[str, Any] = {**outcomes}
+        for task, written in outputs.items():
+            given[task] = {"status": outcomes.get(task, "success"), "outputs": written}
         if self.bare:
-            return SimulationRequest(
-                config=self.document.decode(RunConfig),
-                environment=environment,
-                outcomes=outcomes,  # type: ignore[arg-type]  # checked against OUTCOMES
+            return msgspec.convert(
+                {
+                    "config": self.document.decode(RunConfig),
+                    "environment": environment,
+                    "outcomes": given,
+                },
+                SimulationRequest,
             )
         self.document.data = {
             "config": self.data["config"],
             "environment": {**self.data.get("environment", {}), **environment},
             "static_environment": self.data.get("static_environment", {}),
-            "outcomes": outcomes,
+            "outcomes": given,
         }
         return self.document.decode(SimulationRequest)
 

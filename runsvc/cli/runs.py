@@ -12,9 +12,9 @@ from typing import Any, get_args
 import msgspec
 
 from runsvc.cli.connection import EXIT_OK, EXIT_RUN_FAILED, add_connection_options, remote
-from runsvc.cli.describe import approval, has_items, item_of, note
+from runsvc.cli.describe import approval, has_items, item_of, note, output_lines
 from runsvc.cli.output import duration, emit_json, moment, table
-from runsvc.cli.run_files import RunFile, pairs
+from runsvc.cli.run_files import RunFile, pairs, task_outputs
 from runsvc.cli.watch import closing_note, follow_run, outcome_code
 from runsvc.client import ApiError, RunsClient
 from runsvc.domain.events import Phase, Result
@@ -66,7 +66,9 @@ def register(commands: Any) -> None:
         commands,
         "simulate",
         "preview what a config would run, skip or wait for",
-        "runsvc simulate examples/ci.yaml --outcome test=failure",
+        "runsvc simulate examples/ci.yaml --outcome test=failure\n"
+        '  runsvc simulate examples/matrix.yaml --output \'plan.shards=["unit","api"]\' '
+        "--output test.passed=3",
     )
     simulate.add_argument("file", type=Path)
     simulate.add_argument("--env", action="append", default=[], metavar="K=V")
@@ -76,6 +78,13 @@ def register(commands: Any) -> None:
         default=[],
         metavar="TASK=OUTCOME",
         help="success, failure or no_approval (repeatable)",
+    )
+    simulate.add_argument(
+        "--output",
+        action="append",
+        default=[],
+        metavar="TASK.KEY=VALUE",
+        help="an output the task's attempts write, for the expressions that read it (repeatable)",
     )
     simulate.set_defaults(handler=run_simulate)
 
@@ -210,7 +219,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     async def work(runs: RunsClient) -> int:
         file = RunFile(args.file)
         request = file.simulation_request(
-            environment=pairs(args.env, "--env"), outcomes=pairs(args.outcome, "--outcome")
+            environment=pairs(args.env, "--env"),
+            outcomes=pairs(args.outcome, "--outcome"),
+            outputs=task_outputs(args.output),
         )
         try:
             result = await runs.simulate(request)
@@ -294,12 +305,7 @@ def show_run(run: RunView, *, live: bool = True) -> str:
     headers = ["TASK", *(["ITEM"] if items else []), "STATUS", "ATTEMPT", "TOOK", "EXIT", "NOTE"]
     # Below the table rather than in NOTE, which an approved task's error may need.
     approved = [f"{t.name} {approval(t)}" for t in run.tasks.values() if t.approved_by]
-    outputs = [
-        f"{t.name}.{key} = {output_summary(value)}"
-        for t in run.tasks.values()
-        if t.outputs is not msgspec.UNSET
-        for key, value in t.outputs.items()
-    ]
+    outputs = [line for t in run.tasks.values() for line in output_lines(t)]
     return "\n".join(
         [
             *lines,
@@ -309,18 +315,6 @@ def show_run(run: RunView, *, live: bool = True) -> str:
             *(["", "outputs:", *(f"  {line}" for line in outputs)] if outputs else []),
         ]
     )
-
-
-OUTPUT_WIDTH = 80
-
-
-def output_summary(value: str) -> str:
-    """An output on one line of a table's width: its first line, cut, with what was left
-    out counted (`--format json` has them whole)."""
-    first, *rest = value.split("\n")
-    shown = first if len(first) <= OUTPUT_WIDTH else first[: OUTPUT_WIDTH - 1] + "…"
-    more = f" (+{len(rest)} more line{'s' if len(rest) > 1 else ''})" if rest else ""
-    return shown + more
 
 
 def run_show(args: argparse.Namespace) -> int:

@@ -15,7 +15,14 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import TextIO
 
-from runsvc.cli.describe import approval, has_items, item_of, note
+from runsvc.cli.describe import (
+    approval,
+    has_items,
+    item_of,
+    note,
+    output_lines,
+    outputs_note,
+)
 from runsvc.cli.output import duration, table
 from runsvc.domain.fold import TERMINAL_PHASES
 from runsvc.domain.model import FINAL
@@ -80,7 +87,8 @@ def _row(run: RunView, task: TaskView, wave: int, now: datetime, items: bool) ->
         task.status,
         task.attempt,
         duration(task.started_at, task.finished_at, now),
-        note(run, task),
+        # What a task decided for those after it, where nothing else needs saying.
+        note(run, task) or outputs_note(task),
     )
 
 
@@ -173,6 +181,7 @@ class LineScreen:
                     f"{now} {task.name} {task.status} (attempt {task.attempt}{item})"
                     + (f" - {why}" if why else "")
                 )
+                lines.extend(f"  {line}" for line in output_lines(task))
         if run.phase != self.phase:
             self.phase = run.phase
             line = f"{now} run {run.id} {run.phase} ({run.result})"

@@ -38,6 +38,7 @@ class TaskState(msgspec.Struct, array_like=True):
     outputs: dict[str, str] = {}
     resolved: Resolved | None = None
     item_json: bool = False
+    approval_message: str | None = None
 
 
 class RunState(msgspec.Struct, array_like=True):

@@ -80,6 +80,13 @@ class Approval(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_def
         bool,
         Meta(description="The token that created the run may not approve it."),
     ] = False
+    message: Annotated[
+        str | None,
+        Meta(
+            description="What approvers are asked, shown while the task waits; may hold "
+            "${{ … }} expressions, rendered when the task starts to wait."
+        ),
+    ] = None
 
 
 class When(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):

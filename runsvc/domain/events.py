@@ -168,6 +168,9 @@ class TaskStatusChanged(Event, tag="task_status_changed", frozen=True):
     # rendered to, so that history and replay show what ran. Left out otherwise, so the
     # events of tasks without templates keep their bytes.
     resolved: Resolved | msgspec.UnsetType = msgspec.UNSET
+    # On the change to `waiting_approval` of a task whose approval has a message: the
+    # message, its expressions rendered.
+    message: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class ForeachChild(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -299,6 +299,10 @@ def _task_status(run: Run, event: TaskStatusChanged) -> None:
         task.executor != event.executor
     ):
         run.set(task, "executor", event.executor)
+    if new == "waiting_approval" and old != "waiting_approval":
+        message = event.message or None
+        if task.approval_message != message:
+            run.set(task, "approval_message", message)
     if new == "running" and old != "running":
         resolved = event.resolved or None
         if task.resolved != resolved:

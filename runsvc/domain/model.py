@@ -65,6 +65,7 @@ class Task:
     __slots__ = (
         "accepts",
         "approval_comment",
+        "approval_message",
         "approved_at",
         "approved_by",
         "attempt",
@@ -138,6 +139,8 @@ class Task:
         self.approved_by: str | None = None
         self.approved_at: datetime | None = None
         self.approval_comment: str | None = None
+        # What approvers are asked (the approval's message, rendered when the wait began).
+        self.approval_message: str | None = None
         self.children: list[str] = []
         self.expanded = False
         # The parent outcomes each parent must end with for this task to run (a parent

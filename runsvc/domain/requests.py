@@ -78,8 +78,20 @@ class ApproveRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 Outcome = Literal["success", "failure", "no_approval"]
 
 
+class SimulatedOutcome(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The long form of a simulated outcome: how the task's attempts end and what they
+    write to their output file, for the expressions that read it."""
+
+    status: Outcome = "success"
+    outputs: dict[str, str] = msgspec.field(default_factory=dict)
+
+
 class SimulationRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     config: RunConfig
     environment: dict[str, str] = msgspec.field(default_factory=dict)
     static_environment: dict[str, str] = msgspec.field(default_factory=dict)
-    outcomes: dict[str, Outcome] = msgspec.field(default_factory=dict)
+    outcomes: dict[str, Outcome | SimulatedOutcome] = msgspec.field(default_factory=dict)
+
+    def outcome(self, task: str) -> SimulatedOutcome:
+        given = self.outcomes.get(task, "success")
+        return SimulatedOutcome(status=given) if isinstance(given, str) else given

@@ -5,6 +5,12 @@ Every task succeeds unless `outcomes` says otherwise: `failure` (every attempt f
 `no_approval` (its approval never comes: it and everything waiting on it are `blocked`).
 Other approvals are granted. Retry waits and timeouts do not slow the preview down: the
 clock jumps to whenever the next attempt may start.
+
+An outcome may also give the outputs the task's attempts write, so that `when`, a
+`foreach` expression, `fail_if` and `retry_if` decide on them. An expression that reads
+an output the simulation was not given cannot decide: its task is `blocked` (with the
+reference in the reason), and so is what waits for it. `run`, `command` and `env` are
+not rendered.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import msgspec
 
 from runsvc.domain import commands
 from runsvc.domain.events import Event, TaskStatusChanged
+from runsvc.domain.expressions.errors import NEVER_SET
 from runsvc.domain.fold import apply_event
 from runsvc.domain.model import Run, Task
 from runsvc.domain.requests import CreateRunRequest, SimulationRequest
@@ -89,7 +96,8 @@ def simulate(request: SimulationRequest) -> SimulationResult:
                     run, name, attempt=attempt, executor="simulation", now=now, resolve=False
                 ),
             )
-            fails = request.outcomes.get(_outcome_key(task)) == "failure"
+            outcome = request.outcome(_outcome_key(task))
+            fails = outcome.status == "failure"
             run = applied(
                 run,
                 commands.finish_attempt(
@@ -100,10 +108,11 @@ def simulate(request: SimulationRequest) -> SimulationResult:
                     exit_code=1 if fails else 0,
                     error="failure injected by the simulation" if fails else None,
                     now=now,
+                    outputs=dict(outcome.outputs),
                 ),
             )
             continue
-        waiting = [n for n in gated if request.outcomes.get(n) != "no_approval"]
+        waiting = [n for n in gated if request.outcome(n).status != "no_approval"]
         if not waiting:
             break
         gated.remove(waiting[0])
@@ -123,6 +132,11 @@ def _in_order(run: Run) -> list[Task]:
     return sorted(run.tasks.values(), key=lambda t: t.order)
 
 
+def _undecided(task: Task) -> bool:
+    """The task failed on an output the simulation was not given."""
+    return task.status == "failed" and NEVER_SET in (task.error or "")
+
+
 def _waves(run: Run) -> dict[str, int]:
     waves: dict[str, int] = {}
     for task in _in_order(run):
@@ -137,15 +151,29 @@ def _result(run: Run, approved: set[str]) -> SimulationResult:
     waves = _waves(run)
     blocked: set[str] = set()
     tasks: list[SimulatedTask] = []
+    undecided = {t.name for t in run.tasks.values() if _undecided(t)}
+    # A foreach task comes before its items: one that could not decide blocks it.
+    undecided |= {t.parent for t in run.tasks.values() if t.name in undecided and t.parent}
     for task in _in_order(run):
         status: SimulatedStatus
-        if task.status == "skipped":
+        waiting = [d.task for d in task.depends if d.task in blocked]
+        if task.is_parent and task.name in undecided and not _undecided(task):
+            status, reason = "blocked", "an item is blocked"
+            blocked.add(task.name)
+        elif _undecided(task):
+            status = "blocked"
+            reason = f"{task.error}; give it in the task's outcome"
+            blocked.add(task.name)
+        elif task.status == "skipped" and waiting:
+            # Skipped because something it waits on could not decide: it is as unknown.
+            status, reason = "blocked", f"waits for {', '.join(waiting)}, which is blocked"
+            blocked.add(task.name)
+        elif task.status == "skipped":
             status, reason = "skipped", task.error or "skipped"
         elif task.status == "waiting_approval" or (
             task.status == "notstarted" and run.phase == "running"
         ):
             status = "blocked"
-            waiting = [d.task for d in task.depends if d.task in blocked]
             if task.status == "waiting_approval":
                 reason = "waits for an approval that never comes"
             elif waiting:

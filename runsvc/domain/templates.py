@@ -18,7 +18,7 @@ from typing import Literal
 
 import msgspec
 
-from runsvc.domain.config import RunConfig, TaskConfig
+from runsvc.domain.config import Approval, RunConfig, TaskConfig
 from runsvc.domain.errors import Problem
 from runsvc.domain.events import Resolved
 from runsvc.domain.expressions import (
@@ -90,6 +90,9 @@ def check_config(config: RunConfig, root: str = "config") -> list[Problem]:
             (place, text, False) for place, text in _templates(spec)
         ]
         strings.extend((field, text, True) for field, text in conditions(spec))
+        message = spec.approval.message if isinstance(spec.approval, Approval) else None
+        if message is not None and OPEN in message:
+            strings.append(("approval.message", message, False))
         for place, text, condition in strings:
             at = f"{path}.{place}"
             try:
@@ -108,8 +111,8 @@ def check_config(config: RunConfig, root: str = "config") -> list[Problem]:
                 if ancestry is not None
                 else set()
             )
-            # `when` and `foreach` belong to the task as a whole, before any item.
-            per_item = spec.foreach is not None and place not in ("when", "foreach")
+            # These belong to the task as a whole, before any item.
+            per_item = spec.foreach is not None and place not in _BEFORE_ITEMS
             for message in check(
                 template,
                 ancestors=ancestors,
@@ -121,6 +124,7 @@ def check_config(config: RunConfig, root: str = "config") -> list[Problem]:
     return problems
 
 
+_BEFORE_ITEMS = ("when", "foreach", "approval.message")
 _NOT_ONE_EXPRESSION = (
     "must be one ${{ … }} expression and nothing around it, "
     "such as ${{ tasks.plan.outputs.deploy == 'yes' }}"
@@ -271,6 +275,22 @@ def foreach_items(run: Run, task: Task, limit: int) -> list[tuple[str, bool]] | 
     if len(value) > limit:
         return f"foreach: {text.strip()} gave {len(value)} items, over the limit of {limit}"
     return [(item, False) if isinstance(item, str) else (to_json(item), True) for item in value]
+
+
+def approval_message(run: Run, task: Task) -> str | ExpressionError | None:
+    """The task's approval message, rendered (None when it has none), or why it cannot
+    be (`approval.message: …`)."""
+    rule = task.spec.approval
+    if not isinstance(rule, Approval) or rule.message is None:
+        return None
+    text = rule.message
+    if OPEN not in text:
+        return text
+    template = parsed(text)
+    try:
+        return render(template, _context(run, task, referenced_tasks(template)))
+    except ExpressionError as exc:
+        return ExpressionError(f"approval.message: {exc}")
 
 
 def judge_attempt(run: Run, task: Task, field: ConditionField, attempt: Attempt) -> bool | str:

@@ -108,7 +108,8 @@ def task_reason(run: Run, task: Task) -> str | None:
     if status == "waiting_approval":
         if task.approved_by is not None:
             return f"approved by {task.approved_by}; " + _slot_limit(run, task)
-        return "waiting for approval" + approvers(task)
+        asked = f": {task.approval_message}" if task.approval_message else ""
+        return "waiting for approval" + approvers(task) + asked
     if status == "lost":
         return "its executor was lost; deciding what follows"
     if status == "scheduled":

@@ -500,6 +500,52 @@ async def test_fanout_example_runs_every_partition(cli: Cli) -> None:
     )
 
 
+async def test_matrix_example_plans_its_shards_and_gathers_their_counts(cli: Cli) -> None:
+    """examples/matrix.yaml with `--wait`: `plan` decides four shards at run time, each
+    reports a count, `report` prints them in shard order and `release` reads the
+    version `plan` decided; `runs show` lists the outputs."""
+    outcome = await cli("submit", "examples/matrix.yaml", "--wait")
+    assert outcome.code == 0, outcome.stdout + outcome.stderr
+    for index, shard in enumerate(["unit", "api", "ui", "e2e"]):
+        assert f" test[{index}] success (attempt 1, item {shard})" in outcome.stdout
+    run_id = re.search(r"^run (\w+) created", outcome.stderr)[1]  # type: ignore[index]
+    report = await cli("logs", run_id, "report")
+    assert report.stdout == 'passed per shard ["4","3","2","3"]\n'
+    shown = await eventually(
+        cli, lambda o: o.json()["phase"] == "finished", "runs", "show", run_id, "--format", "json"
+    )
+    tasks = shown.json()["tasks"]
+    version = tasks["plan"]["outputs"]["version"]
+    assert re.fullmatch(r"1\.4\.\d{8}", version)
+    release = await cli("logs", run_id, "release")
+    assert release.stdout == f"releasing {version}\n"
+
+
+async def test_simulate_expands_what_outputs_would_plan(cli: Cli) -> None:
+    """`simulate --output` expands the matrix example's shards from the given output (and
+    gives each shard's count to its `fail_if`); without it, the fan-out is blocked on
+    the output and says so."""
+    given, missing = await asyncio.gather(
+        cli("simulate", "examples/matrix.yaml", "--output", 'plan.shards=["a","b"]',
+            "--output", "plan.version=1", "--output", "test.passed=3", "--format", "json"),
+        cli("simulate", "examples/matrix.yaml", "--format", "json"),
+    )  # fmt: skip
+    assert given.code == missing.code == 0, given.stderr + missing.stderr
+    planned = {t["name"]: t["status"] for t in given.json()["tasks"]}
+    assert planned == {
+        "plan": "would_run",
+        "test": "would_run",
+        "test[0]": "would_run",
+        "test[1]": "would_run",
+        "report": "would_run",
+        "release": "would_run",
+    }
+    blocked = {t["name"]: t for t in missing.json()["tasks"]}
+    assert missing.json()["result"] == "blocked"
+    assert blocked["test"]["status"] == "blocked"
+    assert blocked["test"]["reason"].startswith("foreach: tasks.plan.outputs.shards was never set")
+
+
 # -- simulate, failures, stop and cancel --------------------------------------------------
 
 

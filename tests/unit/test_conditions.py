@@ -354,8 +354,8 @@ def test_valid_conditions_pass() -> None:
 
 
 def with_conditions(plain: RunConfig, choices: list[int]) -> RunConfig:
-    """Conditions on every other task, reading what the random drive makes happen:
-    results, outputs it may or may not set (`task`), a list or not a list."""
+    """Conditions on many tasks, reading what the random drive makes happen: results,
+    outputs it may or may not set (`task`), a list or not a list; approval messages."""
     tasks = []
     for spec, choice in zip(plain.tasks, choices, strict=False):
         parents = spec.dependencies()
@@ -372,6 +372,9 @@ def with_conditions(plain: RunConfig, choices: list[int]) -> RunConfig:
             fields["fail_if"] = "${{ outputs.task != null && exit_code == 0 }}"
         if choice % 7 == 0:
             fields["retry_if"] = "${{ exit_code == 1 || outputs.why }}"
+        if parents and choice % 11 == 0:
+            asked = f"ship ${{{{ tasks.{parents[0].task}.outputs.task }}}}?"
+            fields["approval"] = {"message": asked}
         tasks.append(msgspec.structs.replace(spec, **fields))
     return msgspec.structs.replace(plain, tasks=tasks)
 
@@ -399,3 +402,61 @@ def test_replaying_a_history_with_conditions_reproduces_every_decision(
         assert encode_run(replayed(again)) == encode_run(again.state)
         assert run_view(decode_run(encode_run(again.state))) == run_view(again.state)
     assert again.events == history.events
+
+
+# -- approval messages --------------------------------------------------------------------
+
+
+def test_an_approval_message_is_rendered_when_the_wait_begins() -> None:
+    history = History(
+        config(
+            task("build"),
+            task(
+                "deploy",
+                "build",
+                approval={
+                    "by": ["release"],
+                    "message": "Deploy ${{ tasks.build.outputs.version }} to production?",
+                },
+            ),
+        )
+    )
+    history.start("build")
+    history.finish("build", outputs={"version": "1.2.3"})
+    wait = next(e for e in history.last if isinstance(e, TaskStatusChanged) and e.task == "deploy")
+    assert wait.status == "waiting_approval"
+    assert wait.message == "Deploy 1.2.3 to production?"
+    view = run_view(history.state).tasks["deploy"]
+    assert view.reason == "waiting for approval (by release): Deploy 1.2.3 to production?"
+    assert run_view(decode_run(encode_run(history.state))) == run_view(history.state)
+
+
+def test_an_approval_message_that_cannot_be_rendered_fails_the_task() -> None:
+    history = History(
+        config(
+            task("build"),
+            task("deploy", "build", approval={"message": "${{ tasks.build.outputs.v }}"}),
+        )
+    )
+    history.run_task("build")
+    deploy = history.state.tasks["deploy"]
+    assert deploy.status == "failed"
+    assert deploy.error == (
+        "approval.message: tasks.build.outputs.v was never set: task 'build' set no such output"
+    )
+
+
+def test_an_approval_message_is_checked_at_create() -> None:
+    found = problems(
+        task("a"),
+        task("b", approval={"message": "ok ${{ tasks.a.outputs.v }}"}),
+        task("c", "a", foreach=[1], approval={"message": "${{ item }}"}),
+    )
+    assert found == {
+        "config.tasks[1].approval.message": (
+            "column 8: task 'a' is not a dependency of this task, direct or indirect"
+        ),
+        "config.tasks[2].approval.message": (
+            "column 5: item is only defined in a task with foreach"
+        ),
+    }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from runsvc.domain.requests import SimulationRequest
 from runsvc.domain.simulate import SimulationResult, simulate
 from tests.unit.histories import config, task
@@ -70,3 +72,57 @@ def test_when_conditions_are_previewed() -> None:
     tasks = {t.name: t for t in run(branch="dev").tasks}
     assert tasks["deploy"].status == "skipped"
     assert "does not hold" in tasks["deploy"].reason
+
+
+DATA_FLOW = config(
+    task("plan"),
+    task("shard", "plan", foreach="${{ fromJSON(tasks.plan.outputs.shards) }}"),
+    task("deploy", "shard", when="${{ tasks.plan.outputs.deploy == 'yes' }}"),
+    task("probe", fail_if="${{ outputs.status == 'degraded' }}"),
+    task("after_probe", "probe"),
+)
+
+
+def request(outcomes: dict[str, Any]) -> SimulationRequest:
+    # Decoded as the API decodes a body: the long form of an outcome is a struct.
+    return msgspec.convert({"config": DATA_FLOW, "outcomes": outcomes}, SimulationRequest)
+
+
+def simulated(outcomes: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    result = simulate(request(outcomes))
+    return {t.name: (t.status, t.reason) for t in result.tasks}
+
+
+def test_injected_outputs_expand_a_foreach_and_decide_conditions() -> None:
+    tasks = simulated(
+        {
+            "plan": {"outputs": {"shards": '["a", "b", "c"]', "deploy": "no"}},
+            "probe": {"status": "success", "outputs": {"status": "degraded"}},
+        }
+    )
+    assert [n for n in tasks if n.startswith("shard[")] == ["shard[0]", "shard[1]", "shard[2]"]
+    assert tasks["shard"] == ("would_run", "fans out into 3 items")
+    assert tasks["deploy"][0] == "skipped"
+    assert tasks["probe"] == ("would_run", "runs and fails")
+    assert tasks["after_probe"][0] == "skipped"
+
+
+def test_an_output_the_simulation_was_not_given_blocks_what_reads_it() -> None:
+    result = simulate(request({"probe": {"outputs": {"status": "ok"}}}))
+    tasks = {t.name: (t.status, t.reason) for t in result.tasks}
+    assert result.result == "blocked"
+    assert tasks["shard"] == (
+        "blocked",
+        "foreach: tasks.plan.outputs.shards was never set: task 'plan' set no such output; "
+        "give it in the task's outcome",
+    )
+    assert tasks["deploy"] == ("blocked", "waits for shard, which is blocked")
+    assert tasks["probe"] == ("would_run", "runs and succeeds")
+
+
+def test_a_condition_on_an_attempt_without_its_outputs_blocks_the_task() -> None:
+    tasks = simulated({"plan": {"outputs": {"shards": "[]", "deploy": "yes"}}})
+    assert tasks["probe"][0] == "blocked"
+    assert tasks["probe"][1].startswith("fail_if: outputs.status was never set")
+    assert tasks["after_probe"] == ("blocked", "waits for probe, which is blocked")
+    assert tasks["deploy"] == ("would_run", "runs and succeeds")

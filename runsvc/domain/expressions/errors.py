@@ -50,16 +50,21 @@ class Unresolved(ExpressionError):
         super().__init__(_explain(reference))
 
 
+NEVER_SET = "was never set"
+"""What the error of an output reference without a value says, so that a simulation,
+which runs nothing, can tell a value it was not given from a real failure."""
+
+
 def _explain(reference: Reference) -> str:
     match reference:
         case TaskOutput():
-            return f"{reference} was never set: task {reference.task!r} set no such output"
+            return f"{reference} {NEVER_SET}: task {reference.task!r} set no such output"
         case TaskResult():
             return f"{reference} is not known: task {reference.task!r} has not ended"
         case Item():
             return "item is only defined in a child of a foreach task"
         case AttemptOutput():
-            return f"{reference} was never set: the attempt set no such output"
+            return f"{reference} {NEVER_SET}: the attempt set no such output"
         case ExitCode():
             return "exit_code is only defined in fail_if and retry_if"
         case _:
