@@ -12,23 +12,42 @@ its lease expires).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from runsvc.client.base import ApiClient, ApiError, ConflictError, NotFoundError, Response
+import aiohttp
+from yarl import URL
+
+from runsvc.client.base import (
+    ApiClient,
+    ApiError,
+    ConflictError,
+    ConnectionFailed,
+    NotFoundError,
+    Response,
+    error_from_response,
+)
 from runsvc.wire.executor import (
     ARTIFACT_PATH,
     CLAIM_PATH,
     COMPLETE_PATH,
     HEARTBEAT_PATH,
+    INPUT_PATH,
+    INPUTS_PATH,
     KEEP_GOING,
     LOG_OFFSET_HEADER,
     LOGS_PATH,
     RELEASE_PATH,
+    SHA256_HEADER,
     Claim,
     ClaimRequest,
     Completion,
     HeartbeatAnswer,
+    InputFiles,
     format_duration,
+    input_path,
     lease_path,
 )
 
@@ -44,6 +63,26 @@ class LeaseLost(ConflictError):
     def __init__(self, lease: str, cause: ApiError) -> None:
         super().__init__(cause.status, cause.code, cause.message, cause.details)
         self.lease = lease
+
+
+@dataclass(frozen=True)
+class InputDownload:
+    """An input file's answer, its body not read yet: `chunks` hands it out as it
+    arrives. `sha256` is what the server recorded for it (None: nothing was)."""
+
+    size: int | None
+    sha256: str | None
+    _response: aiohttp.ClientResponse
+    _what: str
+
+    async def chunks(self, size: int = 1 << 20) -> AsyncIterator[bytes]:
+        """The body in chunks of at most `size` bytes; a transfer cut short raises
+        `ConnectionFailed`."""
+        try:
+            async for chunk in self._response.content.iter_chunked(size):
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ConnectionFailed(f"{self._what}: {str(exc) or type(exc).__name__}") from exc
 
 
 class ExecutorClient:
@@ -89,10 +128,17 @@ class ExecutorClient:
         )
 
     async def upload_artifact(
-        self, lease: str, path: str, source: Path, *, deadline: float | None = None
+        self,
+        lease: str,
+        path: str,
+        source: Path,
+        *,
+        sha256: str | None = None,
+        deadline: float | None = None,
     ) -> None:
         """Upload the file `source` as the artifact `path` (relative, `/`-separated),
-        streamed from disk."""
+        streamed from disk. `sha256`: of the file's bytes, which the server checks what it
+        receives against and records (the executors' inputs check it again)."""
         await self._report(
             "PUT",
             ARTIFACT_PATH,
@@ -100,8 +146,49 @@ class ExecutorClient:
             path=path,
             content=source,
             content_type="application/octet-stream",
+            headers={SHA256_HEADER: sha256} if sha256 is not None else None,
             deadline=deadline,
         )
+
+    async def input_files(
+        self, lease: str, task_id: str, *, deadline: float | None = None
+    ) -> InputFiles:
+        """The files of the input source `task_id` that the attempt's inputs ask for."""
+        try:
+            response = await self.api.request(
+                "GET", input_path(INPUTS_PATH, lease, task_id), deadline=deadline
+            )
+        except ConflictError as exc:
+            raise LeaseLost(lease, exc) from exc
+        return response.decode(InputFiles)
+
+    @contextlib.asynccontextmanager
+    async def download_input(
+        self, lease: str, task_id: str, path: str
+    ) -> AsyncIterator[InputDownload]:
+        """Open the input file `path` of the source `task_id` for streaming (one try: a
+        download is repeated by the caller, who knows what it has written). 404 raises
+        `NotFoundError`: the source uploaded no such file when it succeeded."""
+        what = f"GET input {path!r}"
+        url = URL(self.api.base_url + input_path(INPUT_PATH, lease, task_id, path), encoded=True)
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.api.timeout_s, sock_read=self.api.timeout_s
+        )
+        try:
+            async with self.api.session.get(url, timeout=timeout) as answer:
+                if answer.status >= 400:
+                    error = error_from_response(answer.status, answer.reason, await answer.read())
+                    if isinstance(error, ConflictError):
+                        raise LeaseLost(lease, error)
+                    raise error
+                yield InputDownload(
+                    size=answer.content_length,
+                    sha256=answer.headers.get(SHA256_HEADER),
+                    _response=answer,
+                    _what=what,
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ConnectionFailed(f"{what}: {str(exc) or type(exc).__name__}") from exc
 
     async def complete(
         self, lease: str, completion: Completion, *, deadline: float | None = None

@@ -113,6 +113,26 @@ class When(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_default
     ] = msgspec.field(default=None, name="in")
 
 
+class Input(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Artifacts of an earlier task that an attempt gets in its work directory before it
+    starts."""
+
+    task: Annotated[
+        str,
+        Meta(
+            description="The task that uploaded them: one this task depends on, directly or "
+            "not (a foreach task: all its items)."
+        ),
+    ]
+    paths: Annotated[
+        list[str],
+        Meta(
+            description="Which of its artifacts: files or directories, relative to its "
+            "work directory; each must have been uploaded. Empty: all of them."
+        ),
+    ] = msgspec.field(default_factory=list)
+
+
 ForeachItem = str | int | float | bool
 
 
@@ -150,6 +170,14 @@ class TaskConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
         Meta(
             description="Files or directories, relative to the attempt's work directory, "
             "uploaded when an attempt ends."
+        ),
+    ] = msgspec.field(default_factory=list)
+    inputs: Annotated[
+        list[str | Input],
+        Meta(
+            description="Artifacts of earlier tasks downloaded into the work directory, at "
+            "the same paths, before the command starts: a task name (all its artifacts), "
+            "or {task, paths}."
         ),
     ] = msgspec.field(default_factory=list)
     runs_on: Annotated[
@@ -254,6 +282,12 @@ class TaskConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
         if not self.depends:
             return []
         return [Dependency(task=d) if isinstance(d, str) else d for d in self.depends]
+
+    def input_specs(self) -> list[Input]:
+        """`inputs` with the shorthand (a bare task name) spelled out."""
+        if not self.inputs:
+            return []
+        return [Input(task=i) if isinstance(i, str) else i for i in self.inputs]
 
 
 class RunConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):

@@ -37,7 +37,7 @@ from runsvc.domain.expressions import (
 )
 from runsvc.domain.expressions.lexer import OPEN
 from runsvc.domain.expressions.values import to_json, type_name
-from runsvc.domain.model import FINAL, Run, Task, topological_order
+from runsvc.domain.model import FINAL, Ancestry, Run, Task
 
 
 def task_strings(spec: TaskConfig) -> Iterator[tuple[str, str]]:
@@ -83,7 +83,7 @@ def check_config(config: RunConfig, root: str = "config") -> list[Problem]:
     and saying where in it (`column 7`)."""
     problems: list[Problem] = []
     known = {task.name for task in config.tasks}
-    ancestry: _Ancestry | None = None
+    ancestry: Ancestry | None = None
     for index, spec in enumerate(config.tasks):
         path = f"{root}.tasks[{index}]"
         strings: list[tuple[str, str, bool]] = [
@@ -105,7 +105,7 @@ def check_config(config: RunConfig, root: str = "config") -> list[Problem]:
                 continue
             referenced = referenced_tasks(template)
             if referenced and ancestry is None:
-                ancestry = _Ancestry(config)
+                ancestry = Ancestry(config)
             ancestors = (
                 {name for name in referenced if ancestry.has(spec.name, name)}
                 if ancestry is not None
@@ -129,29 +129,6 @@ _NOT_ONE_EXPRESSION = (
     "must be one ${{ … }} expression and nothing around it, "
     "such as ${{ tasks.plan.outputs.deploy == 'yes' }}"
 )
-
-
-class _Ancestry:
-    """Which tasks each task depends on, directly or not, as one bit per task in an
-    integer: a chain of 10,000 tasks takes some 12 MB this way, where sets of names
-    would take gigabytes. Unknown dependencies are left out (validation reports them);
-    in a cycle, what is found is incomplete but finite (the cycle is reported too)."""
-
-    def __init__(self, config: RunConfig) -> None:
-        ordered = topological_order(config)
-        self._bit = {spec.name: 1 << index for index, spec in enumerate(ordered)}
-        self._above: dict[str, int] = {}
-        for spec in ordered:
-            found = 0
-            for dependency in spec.dependencies():
-                parent = dependency.task
-                if parent in self._bit and parent != spec.name:
-                    found |= self._bit[parent] | self._above.get(parent, 0)
-            self._above[spec.name] = found
-
-    def has(self, task: str, ancestor: str) -> bool:
-        bit = self._bit.get(ancestor)
-        return bit is not None and bool(self._above.get(task, 0) & bit)
 
 
 def resolve(run: Run, task: Task) -> Resolved | None:

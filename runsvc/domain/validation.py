@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from runsvc.domain.config import Approval, Retry, RunConfig, TaskConfig, parse_duration
 from runsvc.domain.errors import BadRequest, Problem
+from runsvc.domain.model import Ancestry
 from runsvc.domain.requests import CreateRunRequest
 from runsvc.domain.suggest import did_you_mean
 from runsvc.domain.templates import check_config
@@ -24,6 +25,8 @@ MAX_ENVIRONMENT = 1000
 MAX_ATTEMPTS = 100
 MAX_LOST = 100
 MAX_FACTOR = 100
+MAX_PATH = 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class _Problems(list[Problem]):
@@ -87,6 +90,10 @@ def validate_config(
     if cycle:
         first = next(i for i, t in enumerate(config.tasks) if t.name == cycle[0])
         add(f"{root}.tasks[{first}].depends", "cycle: " + " -> ".join([*cycle, cycle[0]]))
+    if any(task.inputs for task in config.tasks):
+        ancestry = Ancestry(config)
+        for index, task in enumerate(config.tasks):
+            _inputs(task, f"{root}.tasks[{index}]", names, ancestry, add)
     add.extend(check_config(config, root))
     return list(add)
 
@@ -127,6 +134,57 @@ def _task(task: TaskConfig, path: str, report: _Problems) -> None:
     for a_index, artifact in enumerate(task.artifacts):
         if not artifact or artifact.startswith("/") or ".." in artifact.split("/"):
             report(f"{path}.artifacts[{a_index}]", "must be a path inside the work directory")
+
+
+def _inputs(
+    task: TaskConfig, path: str, names: set[str], ancestry: Ancestry, report: _Problems
+) -> None:
+    seen: dict[str, int] = {}
+    for i_index, spec in enumerate(task.input_specs()):
+        at = f"{path}.inputs[{i_index}]"
+        # The shorthand (a bare name) is the task itself, the long form has a field.
+        task_at = f"{at}.task" if not isinstance(task.inputs[i_index], str) else at
+        producer = spec.task
+        if producer not in names:
+            report(task_at, f"unknown task {producer!r}{did_you_mean(producer, names)}")
+        elif producer == task.name:
+            report(task_at, "a task cannot take its own artifacts as inputs")
+        elif not ancestry.has(task.name, producer):
+            report(
+                task_at,
+                f"{producer!r} is not a dependency of {task.name!r}, directly or through "
+                f"others, so it may not have run yet: add it to `depends`",
+            )
+        if producer in seen:
+            report(
+                task_at,
+                f"{producer!r} is named twice (also inputs[{seen[producer]}]); "
+                "list all its paths in one entry",
+            )
+        seen.setdefault(producer, i_index)
+        for p_index, text in enumerate(spec.paths):
+            if plain_path(text) is None:
+                report(
+                    f"{at}.paths[{p_index}]",
+                    f"{text!r} is not a path inside the work directory: relative, without "
+                    "'.', '..' or empty segments",
+                )
+
+
+def plain_path(text: str) -> str | None:
+    """An input's path as artifacts are stored (`dist/` is `dist`), or None when it is
+    not relative with plain segments (nothing that could leave the work directory)."""
+    path = text[:-1] if text.endswith("/") else text
+    if (
+        not path
+        or len(path) > MAX_PATH
+        or path.startswith("/")
+        or "\\" in path
+        or _CONTROL.search(path)
+        or any(segment in ("", ".", "..") for segment in path.split("/"))
+    ):
+        return None
+    return path
 
 
 def _retry(retry: Retry, path: str, report: _Problems) -> None:

@@ -50,6 +50,7 @@ from runsvc.client import (
     ServerError,
     TooLargeError,
 )
+from runsvc.executor.inputs import InputError, fetch_inputs
 from runsvc.executor.outputs import OutputFileError, parse_outputs
 from runsvc.executor.process import (
     ProcessResult,
@@ -357,6 +358,15 @@ class Agent:
     ) -> ProcessResult:
         item = attempt.claim.task
         user = self.config.task_user
+        if item.inputs:
+            try:
+                await fetch_inputs(
+                    self.client, attempt.lease, item.inputs, work_dir, spool, task_user=user
+                )
+            except InputError as exc:
+                return ProcessResult(None, str(exc))
+            if attempt.stop_reason is not None:  # stopped while the inputs came
+                return ProcessResult(None, attempt.stop_reason)
         inherited = self.config.inherited_env
         if user is not None:
             inherited = {**inherited, **user.identity()}
@@ -390,8 +400,8 @@ class Agent:
         deadline = _deadline(self.config.report_deadline_s)
         lease = attempt.lease
 
-        async def upload(name: str, source: Path) -> None:
-            await self.client.upload_artifact(lease, name, source, deadline=deadline)
+        async def upload(name: str, source: Path, sha256: str) -> None:
+            await self.client.upload_artifact(lease, name, source, sha256=sha256, deadline=deadline)
 
         await upload_artifacts(work_dir, attempt.claim.task.artifacts, upload, shipper.spool)
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import hashlib
 import os
 import stat
 import time
@@ -221,7 +222,21 @@ def _collect_directory(
                 problems.append(f"artifact {artifact!r} skipped: not a regular file")
 
 
-ArtifactUploader = Callable[[str, Path], Awaitable[None]]
+ArtifactUploader = Callable[[str, Path, str], Awaitable[None]]
+"""Uploads one file: (artifact path, the file, the SHA-256 of its bytes)."""
+
+_HASH_READ = 1 << 20
+
+
+def sha256_of(fd: int) -> str:
+    """The SHA-256 (hex) of the whole file open as `fd`, read by offset (the descriptor's
+    own position is left alone), a chunk at a time."""
+    digest = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, _HASH_READ, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()
 
 
 class ArtifactRefused(Exception):
@@ -289,9 +304,13 @@ async def upload_artifacts(
             spool.note(f"artifact {artifact.name!r} refused: {exc}")
             continue
         try:
+            # Sent with the file: should it change while it is read (a leftover process of
+            # the task), the server refuses the upload instead of storing a file whose
+            # checksum does not hold.
+            sha256 = await asyncio.to_thread(sha256_of, fd)
             # The descriptor's own name: every try of the upload reads the file that was
             # checked, whatever its path names by then.
-            await upload(artifact.name, Path(f"/proc/self/fd/{fd}"))
+            await upload(artifact.name, Path(f"/proc/self/fd/{fd}"), sha256)
         except LeaseLost:
             raise
         except ApiError as exc:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -13,33 +15,43 @@ import structlog
 from aiohttp import web
 
 from runsvc.domain.config import parse_duration
-from runsvc.domain.errors import BadRequest, NotFound, TooLarge, Unavailable
+from runsvc.domain.errors import BadRequest, Forbidden, NotFound, TooLarge, Unavailable
 from runsvc.http.keys import LEASES, LOG_LISTENER, OBJECTS, SETTINGS
 from runsvc.http.routing import Endpoint, decode_body, decode_query, json_response, principal
 from runsvc.infra.objectstore import InvalidKey, ObjectNotFound, ObjectStoreError
 from runsvc.service.auth import Permission
 from runsvc.service.leases import attempt_of
 from runsvc.service.task_logs import (
+    SHA256_METADATA,
     archive,
+    artifact_metadata,
     artifact_prefix,
+    attempt_artifacts,
     check_artifact_path,
     has_chunks,
     log_key,
     read_log,
+    uploaded_by,
 )
 from runsvc.wire.api import Artifact, ArtifactList
 from runsvc.wire.executor import (
     ARTIFACT_PATH,
+    ATTEMPT_HEADER,
     CLAIM_PATH,
     COMPLETE_PATH,
     HEARTBEAT_PATH,
+    INPUT_PATH,
+    INPUTS_PATH,
     LOG_OFFSET_HEADER,
     LOGS_PATH,
     RELEASE_PATH,
+    SHA256_HEADER,
     Claim,
     ClaimRequest,
     Completion,
     HeartbeatAnswer,
+    InputFiles,
+    wanted,
 )
 
 log = structlog.get_logger("runsvc.http")
@@ -116,8 +128,16 @@ async def append_log(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
 async def upload_artifact(request: web.Request) -> web.Response:
     path = check_artifact_path(request.match_info["path"])
+    claimed = request.headers.get(SHA256_HEADER)
+    if claimed is not None:
+        claimed = claimed.strip().lower()
+        if not _SHA256.match(claimed):
+            raise BadRequest(f"{SHA256_HEADER} must be a SHA-256 in 64 hexadecimal digits")
     lease = await request.app[LEASES].lease_for_upload(_lease(request))
     limit = request.app[SETTINGS].max_artifact_bytes
     too_large = TooLarge(f"an artifact may hold {limit} bytes at most")
@@ -126,17 +146,82 @@ async def upload_artifact(request: web.Request) -> web.Response:
 
     async def body() -> AsyncIterator[bytes]:
         received = 0
+        digest = hashlib.sha256()
         async for chunk in request.content.iter_chunked(1 << 20):
             received += len(chunk)
             if received > limit:  # the upload is aborted: nothing is stored
                 raise too_large
+            digest.update(chunk)
             yield chunk
+        # Before the last part is sent: raising here aborts the upload, so an artifact
+        # is stored only with the checksum of the bytes it holds.
+        if claimed is not None and digest.hexdigest() != claimed:
+            raise BadRequest(
+                f"artifact {path!r} not stored: its bytes do not match its {SHA256_HEADER} "
+                "(the file changed while it was uploaded?)"
+            )
 
+    # The checksum is recorded as sent (it must be known when the upload begins) and
+    # holds because the bytes were checked against it above.
+    metadata = artifact_metadata(lease.attempt, claimed)
     try:
-        await request.app[OBJECTS].put_stream(artifact_prefix(lease.task_id) + path, body())
+        await request.app[OBJECTS].put_stream(
+            artifact_prefix(lease.task_id) + path, body(), metadata=metadata
+        )
     except ObjectStoreError as exc:
         raise Unavailable(f"artifact not stored: {exc}") from exc
     return web.Response(status=204)
+
+
+async def list_inputs(request: web.Request) -> web.Response:
+    """The artifacts of one source of the attempt's inputs that the input asks for,
+    from that source's successful attempt only."""
+    task_id = request.match_info["task_id"]
+    source, paths = await request.app[LEASES].input_source(_lease(request), task_id)
+    if source.attempt is None:  # it did not succeed: it gives nothing
+        return json_response(InputFiles())
+    async with storage_answering():
+        files = await attempt_artifacts(request.app[OBJECTS], task_id, source.attempt, paths)
+    return json_response(InputFiles(files=files))
+
+
+async def get_input(request: web.Request) -> web.StreamResponse:
+    """One artifact of a source of the attempt's inputs, streamed from object storage,
+    with its size, its SHA-256 and the attempt that uploaded it."""
+    task_id = request.match_info["task_id"]
+    path = check_artifact_path(request.match_info["path"])
+    source, paths = await request.app[LEASES].input_source(_lease(request), task_id)
+    if not wanted(path, paths):
+        raise Forbidden(f"{path!r} is not among the paths this attempt's input asks for")
+    missing = NotFound(f"task {source.task!r} uploaded no artifact {path!r} when it succeeded")
+    if source.attempt is None:
+        raise missing
+    key = artifact_prefix(task_id) + path
+    objects = request.app[OBJECTS]
+    try:
+        async with storage_answering():
+            info = await objects.head(key)
+    except ObjectNotFound:
+        raise missing from None
+    if not uploaded_by(info, source.attempt):  # left by an attempt that failed
+        raise missing
+    headers = {"Content-Type": "application/octet-stream", ATTEMPT_HEADER: str(source.attempt)}
+    if SHA256_METADATA in info.metadata:
+        headers[SHA256_HEADER] = info.metadata[SHA256_METADATA]
+    response = web.StreamResponse(headers=headers)
+    # A transfer cut short is then one the client can tell from a whole one.
+    response.content_length = info.size
+    await response.prepare(request)
+    try:
+        async for data in objects.get_stream(key):
+            await response.write(data)
+    except ObjectStoreError as exc:
+        log.warning("input read failed", task_id=task_id, path=path, error=str(exc))
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    await response.write_eof()
+    return response
 
 
 async def complete(request: web.Request) -> web.Response:
@@ -294,6 +379,26 @@ EXECUTOR_ENDPOINTS = [
         "executors",
         responses={204: None},
         body_content_type="application/octet-stream",
+        bounded=False,
+    ),
+    Endpoint(
+        "GET",
+        INPUTS_PATH,
+        list_inputs,
+        Permission.EXECUTE,
+        "The files of one source of an attempt's inputs",
+        "executors",
+        responses={200: InputFiles},
+    ),
+    Endpoint(
+        "GET",
+        INPUT_PATH.replace("{path}", "{path:.+}"),
+        get_input,
+        Permission.EXECUTE,
+        "Download a file of an attempt's inputs",
+        "executors",
+        responses={200: None},
+        response_content_type="application/octet-stream",
         bounded=False,
     ),
     Endpoint(

@@ -102,12 +102,14 @@ class ObjectStoreConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ObjectInfo(msgspec.Struct, frozen=True):
-    """One stored object as listed or headed."""
+    """One stored object as listed or headed. `metadata` (the user metadata it was stored
+    with, names in lower case) is known only to `head`: a listing leaves it empty."""
 
     key: str
     size: int
     last_modified: datetime
     etag: str = ""
+    metadata: dict[str, str] = {}
 
 
 def check_key(key: str) -> str:
@@ -233,13 +235,23 @@ class ObjectStore:
             raise ObjectStoreUnavailable(f"bucket {self.bucket!r} is not usable: {exc}") from exc
 
     async def put(
-        self, key: str, data: bytes, *, content_type: str = "application/octet-stream"
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
     ) -> None:
-        """Store `data` under `key`, replacing any object there."""
+        """Store `data` under `key`, replacing any object there. `metadata`: user metadata
+        (ASCII names and values) kept with the object, which `head` returns."""
         check_key(key)
         with self._errors("put", key):
             await self._client.put_object(
-                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                Metadata=metadata or {},
             )
 
     async def put_stream(
@@ -248,8 +260,11 @@ class ObjectStore:
         chunks: AsyncIterable[bytes],
         *,
         content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
     ) -> int:
         """Store the concatenated `chunks` under `key` and return the total size.
+        `metadata` as for `put`: it is given when the upload begins, so it cannot depend
+        on the bytes that follow (check them in `chunks` instead: raising there aborts).
 
         Only one part (`config.part_size`, plus one chunk at most) is held in memory at a
         time: beyond that the object goes up as a multipart upload. The object appears
@@ -270,11 +285,11 @@ class ObjectStore:
                 if len(buffer) < part_size:
                     continue
                 if upload_id is None:
-                    upload_id = await self._begin_upload(key, content_type)
+                    upload_id = await self._begin_upload(key, content_type, metadata)
                 parts.append(await self._upload_part(key, upload_id, len(parts) + 1, buffer))
                 buffer.clear()
             if upload_id is None:  # small enough for one request
-                await self.put(key, bytes(buffer), content_type=content_type)
+                await self.put(key, bytes(buffer), content_type=content_type, metadata=metadata)
                 return total
             if buffer:
                 parts.append(await self._upload_part(key, upload_id, len(parts) + 1, buffer))
@@ -336,7 +351,9 @@ class ObjectStore:
         check_key(key)
         with self._errors("head", key):
             response = await self._client.head_object(Bucket=self.bucket, Key=key)
-        return _info(key, response["ContentLength"], response)
+        info = _info(key, response["ContentLength"], response)
+        metadata = {str(k).lower(): str(v) for k, v in (response.get("Metadata") or {}).items()}
+        return msgspec.structs.replace(info, metadata=metadata)
 
     async def delete(self, key: str) -> None:
         """Delete the object; deleting a missing object is not an error."""
@@ -420,10 +437,12 @@ class ObjectStore:
             async with response["Body"] as body:
                 return bytes(await body.read())
 
-    async def _begin_upload(self, key: str, content_type: str) -> str:
+    async def _begin_upload(
+        self, key: str, content_type: str, metadata: dict[str, str] | None
+    ) -> str:
         with self._errors("begin the upload of", key):
             response = await self._client.create_multipart_upload(
-                Bucket=self.bucket, Key=key, ContentType=content_type
+                Bucket=self.bucket, Key=key, ContentType=content_type, Metadata=metadata or {}
             )
         return str(response["UploadId"])
 

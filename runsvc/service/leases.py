@@ -37,9 +37,10 @@ import structlog
 from eventlog.listener import ChannelListener
 from runsvc.domain import commands
 from runsvc.domain.config import parse_duration
-from runsvc.domain.errors import BadRequest, Conflict, NotFound, TooLarge
+from runsvc.domain.errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge
 from runsvc.domain.events import SYSTEM, Actor, Event, Resolved
 from runsvc.domain.model import Run, Task
+from runsvc.domain.validation import plain_path
 from runsvc.service.runs import RunService
 from runsvc.service.task_logs import append_chunk
 from runsvc.service.writer import Caller
@@ -48,6 +49,8 @@ from runsvc.wire.executor import (
     Claim,
     Completion,
     HeartbeatAnswer,
+    InputSource,
+    TaskInput,
     WorkItem,
     outputs_size,
 )
@@ -93,12 +96,47 @@ def work_item(
         env={**spec.env, **resolved.env} if resolved.env else spec.env,
         item=task.item,
         artifacts=spec.artifacts,
+        inputs=task_inputs(run, task),
         timeout_s=parse_duration(spec.timeout).total_seconds() if spec.timeout else None,
         progress_timeout_s=(
             parse_duration(spec.progress_timeout).total_seconds() if spec.progress_timeout else None
         ),
         max_output_bytes=max_output_bytes,
     )
+
+
+def task_inputs(run: Run, task: Task) -> list[TaskInput]:
+    """What the task's `inputs` name, resolved in the run as it is now: each producing
+    task (a foreach task: its items, in item order) with its successful attempt. The
+    producers are the task's ancestors (validation holds inputs to that), all final by
+    the time it runs, so this is the same whenever it is asked during the attempt."""
+    resolved = []
+    for spec in task.spec.input_specs():
+        producer = run.tasks.get(spec.task)
+        if producer is None:  # an earlier version let it through
+            producers: list[Task] = []
+        elif producer.is_parent:
+            producers = sorted(
+                (run.tasks[name] for name in producer.children if name in run.tasks),
+                key=lambda child: child.index or 0,
+            )
+        else:
+            producers = [producer]
+        resolved.append(
+            TaskInput(
+                task=spec.task,
+                paths=[plain_path(path) or path for path in spec.paths],
+                sources=[
+                    InputSource(
+                        task=each.name,
+                        task_id=each.id,
+                        attempt=each.attempt if each.status == "success" else None,
+                    )
+                    for each in producers
+                ],
+            )
+        )
+    return resolved
 
 
 def _start(run: Run, now: datetime, *, task: str, attempt: int, executor: str) -> list[Event]:
@@ -356,6 +394,22 @@ class LeaseService:
         if row.state != "active":
             raise Conflict(f"lease is {row.state}; this attempt is no longer current")
         return row
+
+    async def input_source(self, lease: str, task_id: str) -> tuple[InputSource, list[str]]:
+        """The source `task_id` of one of the inputs of the attempt `lease` holds, and the
+        paths that input asks for (empty: all). Conflict when the lease is not current;
+        Forbidden when the task gives this attempt no input: an executor reads the
+        artifacts its attempt's inputs name, and nothing else."""
+        row = await self._current(lease)
+        run = await self.runs.load(row.run_id)
+        task = run.tasks.get(row.task)
+        if task is None or task.attempt != row.attempt or task.status != "running":
+            raise Conflict("this attempt is no longer current")
+        for each in task_inputs(run, task):
+            for source in each.sources:
+                if source.task_id == task_id:
+                    return source, each.paths
+        raise Forbidden(f"task {task_id!r} gives no input to this attempt")
 
     async def heartbeat(self, lease: str) -> HeartbeatAnswer | None:
         """Renew the lease. Returns a stop instruction, or None to keep going."""

@@ -1,17 +1,25 @@
 """Task output and artifacts: while an attempt runs its output lives in PostgreSQL (chunks
 keyed by offset); once the attempt ends it moves to object storage at
 `logs/<task id>/<attempt>.log`. Artifacts go straight to `artifacts/<task id>/<path>`.
-Keys carry only the task id, never the run or the group."""
+Keys carry only the task id, never the run or the group.
+
+Every attempt of a task uploads under the same prefix: a retry's file replaces the
+earlier attempt's at the same path, and a file only an earlier attempt uploaded stays.
+So each artifact records, in its object metadata, the attempt that uploaded it and the
+SHA-256 of its bytes (`artifact_metadata`); inputs take only the successful attempt's
+(`attempt_artifacts`) and check the bytes they download."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 import structlog
 
 from runsvc.domain.errors import BadRequest
-from runsvc.infra.objectstore import ObjectNotFound, ObjectStore, ObjectStoreError
+from runsvc.infra.objectstore import ObjectInfo, ObjectNotFound, ObjectStore, ObjectStoreError
+from runsvc.wire.executor import InputFile, wanted
 
 log = structlog.get_logger("runsvc.logs")
 
@@ -45,6 +53,73 @@ def log_key(task_id: str, attempt: int) -> str:
 
 def artifact_prefix(task_id: str) -> str:
     return f"artifacts/{task_id}/"
+
+
+ATTEMPT_METADATA = "attempt"
+SHA256_METADATA = "sha256"
+# Artifacts looked up at once when an input's files are listed (a HEAD each).
+_HEADS_AT_ONCE = 16
+
+
+def artifact_metadata(attempt: int, sha256: str | None) -> dict[str, str]:
+    """What an artifact is stored with: the attempt that uploaded it and, when the
+    executor sent one (older executors do not), the SHA-256 of its bytes."""
+    metadata = {ATTEMPT_METADATA: str(attempt)}
+    if sha256 is not None:
+        metadata[SHA256_METADATA] = sha256
+    return metadata
+
+
+def uploaded_by(info: ObjectInfo, attempt: int) -> bool:
+    """Whether the artifact is the given attempt's. One stored before attempts were
+    recorded cannot tell, and is taken as it is."""
+    recorded = info.metadata.get(ATTEMPT_METADATA)
+    return recorded is None or recorded == str(attempt)
+
+
+async def attempt_artifacts(
+    objects: ObjectStore, task_id: str, attempt: int, paths: Sequence[str]
+) -> list[InputFile]:
+    """The artifacts of `attempt` of the task at or under `paths` (all when empty), in
+    path order. Files left by an earlier attempt of the task are left out."""
+    prefix = artifact_prefix(task_id)
+    # Listed by the longest common prefix of what is asked: one listing, not one per path.
+    keys = [
+        item.key
+        async for item in objects.list(prefix + _common(paths))
+        if wanted(item.key[len(prefix) :], paths)
+    ]
+    limit = asyncio.Semaphore(_HEADS_AT_ONCE)
+
+    async def look(key: str) -> ObjectInfo | None:
+        async with limit:
+            try:
+                return await objects.head(key)
+            except ObjectNotFound:  # deleted meanwhile (retention)
+                return None
+
+    infos = await asyncio.gather(*(look(key) for key in keys))
+    return [
+        InputFile(
+            path=info.key[len(prefix) :],
+            size=info.size,
+            sha256=info.metadata.get(SHA256_METADATA),
+        )
+        for info in infos
+        if info is not None and uploaded_by(info, attempt)
+    ]
+
+
+def _common(paths: Sequence[str]) -> str:
+    """The longest text every one of `paths` starts with (`dist` for `dist` alone: it
+    may be a file as well as a directory); keys may be listed by a partial segment."""
+    if not paths:
+        return ""
+    first, last = min(paths), max(paths)
+    length = 0
+    while length < min(len(first), len(last)) and first[length] == last[length]:
+        length += 1
+    return first[:length]
 
 
 def check_artifact_path(path: str) -> str:

@@ -16,6 +16,7 @@ overwrite the outcome of a newer attempt.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Final, Literal
 from urllib.parse import quote
@@ -26,6 +27,8 @@ CLAIM_PATH: Final = "/api/v1/executor/claim"
 HEARTBEAT_PATH: Final = "/api/v1/executor/leases/{lease}/heartbeat"
 LOGS_PATH: Final = "/api/v1/executor/leases/{lease}/logs"
 ARTIFACT_PATH: Final = "/api/v1/executor/leases/{lease}/artifacts/{path}"
+INPUTS_PATH: Final = "/api/v1/executor/leases/{lease}/inputs/{task_id}"
+INPUT_PATH: Final = "/api/v1/executor/leases/{lease}/inputs/{task_id}/{path}"
 COMPLETE_PATH: Final = "/api/v1/executor/leases/{lease}/complete"
 RELEASE_PATH: Final = "/api/v1/executor/leases/{lease}/release"
 
@@ -33,6 +36,15 @@ LOG_OFFSET_HEADER: Final = "X-Log-Offset"
 """The byte offset, in the attempt's log as stored (UTF-8), of the chunk a logs request
 carries. A chunk sent twice (a retry after a lost answer) names the same offset, so the
 server stores it once."""
+
+
+SHA256_HEADER: Final = "X-Artifact-Sha256"
+"""The SHA-256 (hex) of an artifact's bytes: sent with an upload, which the server
+refuses when the bytes it received differ, and answered with an input's download, which
+the executor checks the bytes it wrote against."""
+
+ATTEMPT_HEADER: Final = "X-Artifact-Attempt"
+"""The attempt of the producing task that uploaded an input being downloaded."""
 
 
 OUTPUT_NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]*$(?!\n)"
@@ -63,12 +75,49 @@ class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     wait: str = "20s"
 
 
+class InputSource(msgspec.Struct, frozen=True, kw_only=True):
+    """One task whose artifacts an input takes: the task named, or each item of a
+    foreach task. `attempt` is its successful attempt, None when it did not succeed (it
+    then has no artifacts to give)."""
+
+    task: str
+    task_id: str
+    attempt: int | None = None
+
+
+class TaskInput(msgspec.Struct, frozen=True, kw_only=True):
+    """Artifacts to download into the work directory before the attempt starts: from
+    each of `sources` (in item order), those at or under `paths` (all when empty).
+    Each path must be found in each source, or the attempt fails naming it."""
+
+    task: str
+    paths: list[str] = []
+    sources: list[InputSource] = []
+
+
+class InputFile(msgspec.Struct, frozen=True, kw_only=True):
+    """One artifact of a source's successful attempt: its path (relative, `/`-separated),
+    its size and SHA-256 (None for an artifact uploaded without one, by an executor
+    older than inputs)."""
+
+    path: str
+    size: int
+    sha256: str | None = None
+
+
+class InputFiles(msgspec.Struct, frozen=True, kw_only=True):
+    """The artifacts of one source that an attempt's inputs ask for, in path order."""
+
+    files: list[InputFile] = []
+
+
 class WorkItem(msgspec.Struct, frozen=True, kw_only=True):
     """One attempt of one task, with everything an executor needs to run it.
 
     Exactly one of `run` (a shell string, run by `/bin/sh -c`) and `command` (an argv
     list) is set. `item` is the foreach item of an expanded child task. `artifacts` are
-    paths relative to the attempt's work directory, uploaded when it ends.
+    paths relative to the attempt's work directory, uploaded when it ends; `inputs` are
+    artifacts of earlier tasks, downloaded there before it starts.
     `max_output_bytes` is the most the attempt's output file may hold: the server's
     limit, so that the executor refuses what the server would.
     """
@@ -85,6 +134,7 @@ class WorkItem(msgspec.Struct, frozen=True, kw_only=True):
     env: dict[str, str] = {}
     item: str | None = None
     artifacts: list[str] = []
+    inputs: list[TaskInput] = []
     timeout_s: float | None = None
     progress_timeout_s: float | None = None
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
@@ -133,6 +183,20 @@ def lease_path(template: str, lease: str, path: str = "") -> str:
     """A lease route with its parameters percent-encoded: the lease as one segment, an
     artifact path segment by segment (its slashes kept)."""
     return template.format(lease=quote(lease, safe=""), path=quote(path, safe="/"))
+
+
+def wanted(path: str, paths: Sequence[str]) -> bool:
+    """Whether an input asking for `paths` takes the artifact at `path`: every artifact
+    when `paths` is empty, else those that are one of `paths` or under one of them (a
+    directory)."""
+    return not paths or any(path == p or path.startswith(p + "/") for p in paths)
+
+
+def input_path(template: str, lease: str, task_id: str, path: str = "") -> str:
+    """An input route with its parameters percent-encoded, as `lease_path`."""
+    return template.format(
+        lease=quote(lease, safe=""), task_id=quote(task_id, safe=""), path=quote(path, safe="/")
+    )
 
 
 def format_duration(seconds: float) -> str:

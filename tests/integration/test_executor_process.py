@@ -324,7 +324,7 @@ async def test_artifact_problems_go_to_the_log(tmp_path: Path) -> None:
     spool = LogSpool(tmp_path / "output.log")
     uploaded: dict[str, bytes] = {}
 
-    async def upload(name: str, source: Path) -> None:
+    async def upload(name: str, source: Path, sha256: str) -> None:
         uploaded[name] = await asyncio.to_thread(source.read_bytes)
 
     count = await upload_artifacts(work, ["missing", "report.txt", "/abs"], upload, spool)
@@ -345,7 +345,7 @@ async def test_a_hard_link_to_a_file_outside_is_not_uploaded(tmp_path: Path) -> 
     spool = LogSpool(tmp_path / "output.log")
     uploaded: dict[str, bytes] = {}
 
-    async def upload(name: str, source: Path) -> None:
+    async def upload(name: str, source: Path, sha256: str) -> None:
         uploaded[name] = await asyncio.to_thread(source.read_bytes)
 
     await upload_artifacts(work, ["dist"], upload, spool)
@@ -366,7 +366,7 @@ async def test_a_file_swapped_for_a_symlink_during_the_upload_is_refused(tmp_pat
     spool = LogSpool(tmp_path / "output.log")
     uploaded: dict[str, bytes] = {}
 
-    async def upload(name: str, source: Path) -> None:
+    async def upload(name: str, source: Path, sha256: str) -> None:
         uploaded[name] = await asyncio.to_thread(source.read_bytes)
         if name == "report.txt":
             (work / "second.txt").unlink()

@@ -105,6 +105,25 @@ async def test_put_stream_of_small_or_empty_sources(object_store: ObjectStore) -
     assert await object_store.get("empty") == b""
 
 
+async def test_metadata_is_kept_by_single_and_multipart_uploads(
+    object_store: ObjectStore,
+) -> None:
+    """User metadata given to `put_stream` comes back from `head`, whether the object
+    went up in one request or in parts; a listing leaves it out."""
+    metadata = {"sha256": "ab" * 32, "attempt": "2"}
+    await object_store.put_stream("meta/small", generated(3000, 1000), metadata=metadata)
+    await object_store.put_stream("meta/big", generated(9 * MiB, 1_000_003), metadata=metadata)
+    assert (await object_store.head("meta/small")).metadata == metadata
+    assert (await object_store.head("meta/big")).metadata == metadata
+    await object_store.put("meta/plain", b"x")
+    assert (await object_store.head("meta/plain")).metadata == {}
+    assert {i.key: i.metadata for i in [i async for i in object_store.list("meta/")]} == {
+        "meta/big": {},
+        "meta/plain": {},
+        "meta/small": {},
+    }
+
+
 async def test_put_stream_failing_source_leaves_nothing(object_store: ObjectStore) -> None:
     """When the source raises after parts were uploaded, its exception propagates, no
     object appears and no multipart upload is left behind."""

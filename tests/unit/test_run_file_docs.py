@@ -78,6 +78,7 @@ def test_the_walk_reaches_every_run_file_type() -> None:
         "Dependency",
         "Approval",
         "When",
+        "Input",
     }
     assert "in" in structs["When"]
 

@@ -10,6 +10,7 @@ import pytest
 from runsvc.domain.config import RunConfig, TaskConfig
 from runsvc.domain.errors import BadRequest
 from runsvc.domain.requests import CreateRunRequest
+from runsvc.domain.suggest import unknown_field_hint
 from runsvc.domain.validation import find_cycle, validate_config, validate_create
 from tests.unit.histories import config, task
 
@@ -293,3 +294,95 @@ def test_ancestors_of_a_deep_chain_are_found() -> None:
     found = problems(*chain)
     assert list(found) == ["config.tasks[0].run"]
     assert "not a dependency" in found["config.tasks[0].run"]
+
+
+def test_inputs_name_ancestors_with_plain_paths() -> None:
+    """Inputs from a parent, a grandparent (through another task) and a foreach task,
+    bare or with paths (a trailing slash allowed), pass."""
+    assert (
+        problems(
+            task("checkout", artifacts=["src"]),
+            task("shard", "checkout", foreach=["a", "b"], artifacts=["out"]),
+            task("build", "checkout", inputs=["checkout"]),
+            task(
+                "test",
+                "build",
+                "shard",
+                inputs=[
+                    {"task": "build", "paths": ["dist/", "report.xml"]},
+                    {"task": "checkout", "paths": ["src/lib"]},
+                    "shard",
+                ],
+            ),
+        )
+        == {}
+    )
+
+
+def test_input_problems_are_reported_at_their_paths() -> None:
+    """An unknown task (with the name meant), the task itself, a task that is no
+    dependency, a task named twice and paths that leave the work directory: each a
+    problem at its path, the long form's at `.task`."""
+    found = problems(
+        task("checkout"),
+        task("lint"),
+        task(
+            "build",
+            "checkout",
+            inputs=[
+                "checkuot",
+                {"task": "lint"},
+                "build",
+                {"task": "checkout", "paths": ["../up", "/abs", "a//b", "./x", "ok"]},
+                "checkout",
+            ],
+        ),
+    )
+    assert found == {
+        "config.tasks[2].inputs[0]": "unknown task 'checkuot' (did you mean 'checkout'?)",
+        "config.tasks[2].inputs[1].task": "'lint' is not a dependency of 'build', directly "
+        "or through others, so it may not have run yet: add it to `depends`",
+        "config.tasks[2].inputs[2]": "a task cannot take its own artifacts as inputs",
+        **{
+            f"config.tasks[2].inputs[3].paths[{index}]": f"{path!r} is not a path inside the "
+            "work directory: relative, without '.', '..' or empty segments"
+            for index, path in enumerate(["../up", "/abs", "a//b", "./x"])
+        },
+        "config.tasks[2].inputs[4]": "'checkout' is named twice (also inputs[3]); list all "
+        "its paths in one entry",
+    }
+
+
+def test_a_dependent_is_no_ancestor() -> None:
+    """A task below (not above) the one naming it in inputs is refused: it runs later."""
+    found = problems(task("build", inputs=["test"]), task("test", "build"))
+    assert "'test' is not a dependency of 'build'" in found["config.tasks[0].inputs[0]"]
+
+
+def test_create_with_a_non_dependency_input_is_a_400() -> None:
+    """A create request whose input names a task that is not an ancestor raises the 400
+    with the problem at its path."""
+    request = CreateRunRequest(
+        group="/org/p",
+        name="ci",
+        config=config(task("a"), task("b", inputs=[{"task": "a", "paths": ["dist"]}])),
+    )
+    with pytest.raises(BadRequest) as error:
+        validate_create(request)
+    assert error.value.status == 400
+    assert [p.path for p in error.value.details] == ["config.tasks[1].inputs[0].task"]
+
+
+def test_unknown_fields_of_an_input_are_refused_with_the_field_meant() -> None:
+    """`{task, path}` (a typo of `paths`) is refused when decoding, and the did-you-mean
+    of unknown fields names `paths`."""
+    with pytest.raises(msgspec.ValidationError, match=r"unknown field `path`") as error:
+        msgspec.json.decode(
+            b'{"tasks": [{"name": "a", "run": "x"}, {"name": "b", "run": "x", '
+            b'"depends": ["a"], "inputs": [{"task": "a", "path": ["dist"]}]}]}',
+            type=RunConfig,
+        )
+    assert "$.tasks[1].inputs[0]" in str(error.value)
+    assert unknown_field_hint(
+        "Object contains unknown field `path`", RunConfig, ".tasks[1].inputs[0]"
+    ) == (" (did you mean 'paths'?)")
