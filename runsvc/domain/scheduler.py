@@ -63,7 +63,7 @@ from runsvc.domain.events import (
     TaskStatus,
     TaskStatusChanged,
 )
-from runsvc.domain.expressions import Attempt, ExpressionError
+from runsvc.domain.expressions import Attempt
 from runsvc.domain.fold import apply_event, describe_when, unmet_dependency, when_failure
 from runsvc.domain.model import FINAL, TOP, Run, Task
 from runsvc.domain.templates import approval_message, foreach_items, judge_attempt
@@ -323,18 +323,13 @@ def _gate(run: Run, now: datetime, events: list[Event]) -> None:
     while run.gate:
         task = run.tasks[run.by_order[run.gate[0]]]
         message = approval_message(run, task)
-        if isinstance(message, ExpressionError):
-            change = TaskStatusChanged(
-                task=task.name, status="failed", attempt=0, at=now, error=str(message)
-            )
-        else:
-            change = TaskStatusChanged(
-                task=task.name,
-                status="waiting_approval",
-                attempt=0,
-                at=now,
-                message=message if message is not None else msgspec.UNSET,
-            )
+        change = TaskStatusChanged(
+            task=task.name,
+            status="waiting_approval",
+            attempt=0,
+            at=now,
+            message=message if message is not None else msgspec.UNSET,
+        )
         emit(run, events, change)
 
 

@@ -254,9 +254,10 @@ def foreach_items(run: Run, task: Task, limit: int) -> list[tuple[str, bool]] | 
     return [(item, False) if isinstance(item, str) else (to_json(item), True) for item in value]
 
 
-def approval_message(run: Run, task: Task) -> str | ExpressionError | None:
-    """The task's approval message, rendered (None when it has none), or why it cannot
-    be (`approval.message: …`)."""
+def approval_message(run: Run, task: Task) -> str | None:
+    """The task's approval message, rendered (None when it has none). A message only
+    informs, so one that cannot be rendered does not fail the task: it is shown as
+    written, with why it could not be rendered."""
     rule = task.spec.approval
     if not isinstance(rule, Approval) or rule.message is None:
         return None
@@ -267,7 +268,7 @@ def approval_message(run: Run, task: Task) -> str | ExpressionError | None:
     try:
         return render(template, _context(run, task, referenced_tasks(template)))
     except ExpressionError as exc:
-        return ExpressionError(f"approval.message: {exc}")
+        return f"{text} (not rendered: {exc})"
 
 
 def judge_attempt(run: Run, task: Task, field: ConditionField, attempt: Attempt) -> bool | str:

@@ -17,20 +17,16 @@ import os
 import re
 import stat
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from runsvc.cli import build_parser, main
-from runsvc.infra.objectstore import ObjectStore, ObjectStoreConfig
 from runsvc.infra.seaweed import EmbeddedSeaweed
-from tests.fixtures.postgres import TEMPLATE, dsn_for
-from tests.fixtures.processes import ROOT, Cluster
+from tests.fixtures.processes import ROOT, Cluster, cluster_of_its_own
 
 WITHIN_S = 60
 
@@ -119,49 +115,15 @@ async def eventually(cli: Cli, holds: Callable[[Outcome], bool], *args: str) -> 
     return outcome
 
 
-async def _prepare(server_dsn: str, database: str, objects: ObjectStoreConfig) -> None:
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {database} TEMPLATE {TEMPLATE} STRATEGY FILE_COPY")
-    finally:
-        await admin.close()
-    async with ObjectStore.connect(objects) as store:
-        await store.ensure_bucket()
-
-
-async def _drop(server_dsn: str, database: str, objects: ObjectStoreConfig) -> None:
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-    finally:
-        await admin.close()
-    async with ObjectStore.connect(objects) as store:
-        await store.drop_bucket()
-
-
 @pytest.fixture(scope="module")
 def cli_cluster(
     postgres_server: str, seaweed: EmbeddedSeaweed, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
     """One `runsvc serve` and one executor shared by a module's tests (each test makes
     runs of its own), on a database and bucket of their own."""
-    suffix = uuid.uuid4().hex[:10]
-    database = f"cli_{os.getpid()}_{suffix}"
-    objects = ObjectStoreConfig(
-        endpoint=seaweed.endpoint,
-        bucket=f"cli-{suffix}",
-        access_key=seaweed.credentials.access_key,
-        secret_key=seaweed.credentials.secret_key,
-    )
-    asyncio.run(_prepare(postgres_server, database, objects))
-    cluster = Cluster(dsn_for(postgres_server, database), objects, tmp_path_factory.mktemp("cli"))
-    try:
-        asyncio.run(cluster.start_server())
+    with cluster_of_its_own(postgres_server, seaweed, tmp_path_factory.mktemp("cli")) as cluster:
         cluster.start_executor("cli", concurrency=4)
         yield cluster
-    finally:
-        cluster.stop_all()
-        asyncio.run(_drop(postgres_server, database, objects))
 
 
 @pytest.fixture(scope="module")
@@ -361,7 +323,7 @@ async def test_ci_example_waits_for_runsvc_approve_then_logs_history_and_audit(
     waiting = await cli.start("submit", "examples/ci.yaml", "--wait")
     seen: list[str] = []
     line = await read_until(waiting.stdout, lambda line: "deploy waiting_approval" in line, seen)
-    assert "waiting for approval" in line
+    assert "waiting for approval: Deploy 1.0.0+3f9c2e1 to production?" in line
     run_id = re.search(r"run (\w+) running", "".join(seen))[1]  # type: ignore[index]
     # Its output: none yet; followed, it waits for the task to start.
     not_yet = await cli("logs", run_id, "deploy")
@@ -384,7 +346,8 @@ async def test_ci_example_waits_for_runsvc_approve_then_logs_history_and_audit(
     async with asyncio.timeout(WITHIN_S):
         followed, _ = await deploy_log.communicate()
     assert deploy_log.returncode == 0
-    assert followed.decode() == "deploying main to production\n"
+    version = "1.0.0+3f9c2e1"
+    assert followed.decode() == f"deploying shop-{version}.tar.gz as {version} to production\n"
 
     (
         build,
@@ -404,8 +367,9 @@ async def test_ci_example_waits_for_runsvc_approve_then_logs_history_and_audit(
         cli("events", "--run", run_id, "--limit", "4", "--format", "json"),
     )
     assert build.code == shard.code == 0
-    assert build.stdout == "building\n"
-    assert shard.stdout == "running test shard 3 of 4\n"
+    repository = "https://git.example.com/acme/shop.git"
+    assert build.stdout == f"building {version} from checked out {repository} at main\n"
+    assert shard.stdout == f"running test shard 3 of 4 on shop-{version}.tar.gz\n"
 
     assert history.code == 0
     header, *rows = history.stdout.splitlines()

@@ -431,7 +431,7 @@ def test_an_approval_message_is_rendered_when_the_wait_begins() -> None:
     assert run_view(decode_run(encode_run(history.state))) == run_view(history.state)
 
 
-def test_an_approval_message_that_cannot_be_rendered_fails_the_task() -> None:
+def test_an_approval_message_that_cannot_be_rendered_says_why_and_the_task_waits() -> None:
     history = History(
         config(
             task("build"),
@@ -440,9 +440,10 @@ def test_an_approval_message_that_cannot_be_rendered_fails_the_task() -> None:
     )
     history.run_task("build")
     deploy = history.state.tasks["deploy"]
-    assert deploy.status == "failed"
-    assert deploy.error == (
-        "approval.message: tasks.build.outputs.v was never set: task 'build' set no such output"
+    assert deploy.status == "waiting_approval"
+    assert deploy.approval_message == (
+        "${{ tasks.build.outputs.v }} (not rendered: tasks.build.outputs.v was never set: "
+        "task 'build' set no such output)"
     )
 
 
