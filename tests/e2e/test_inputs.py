@@ -64,7 +64,7 @@ async def test_files_flow_from_task_to_task(cluster: Cluster) -> None:
     ), tasks
     status, log = await api(cluster, "GET", f"/api/v1/tasks/{tasks['test']['id']}/logs")
     assert status == 200
-    assert log.decode() == "[runsvc] inputs: 1 files (6 bytes) from 'build'\ntested\n"
+    assert log.decode() == "[runsvc] inputs: 1 file (6 bytes) from 'build'\ntested\n"
 
 
 async def test_a_large_input_streams_without_the_executors_memory_growing(

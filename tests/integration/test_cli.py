@@ -328,7 +328,7 @@ async def test_ci_example_waits_for_runsvc_approve_then_logs_history_and_audit(
     # Its output: none yet; followed, it waits for the task to start.
     not_yet = await cli("logs", run_id, "deploy")
     assert not_yet.code == 4
-    assert "deploy has not run (waiting for approval)" in not_yet.stderr
+    assert "deploy has not run (waiting for approval: Deploy 1.0.0+3f9c2e1" in not_yet.stderr
     deploy_log = await cli.start("logs", run_id, "deploy", "--follow")
     await read_until(deploy_log.stderr, lambda line: "waiting for deploy to start" in line, [])
     approved = await cli("approve", run_id, "deploy", "--comment", "ship it")
@@ -347,7 +347,14 @@ async def test_ci_example_waits_for_runsvc_approve_then_logs_history_and_audit(
         followed, _ = await deploy_log.communicate()
     assert deploy_log.returncode == 0
     version = "1.0.0+3f9c2e1"
-    assert followed.decode() == f"deploying shop-{version}.tar.gz as {version} to production\n"
+    # The executor says first which inputs it placed in the work directory.
+    fetched = "[runsvc] inputs: 1 file ({} bytes) from 'build'\n"
+    deployed = followed.decode()
+    assert re.fullmatch(
+        re.escape(fetched).replace(r"\{\}", r"\d+")
+        + re.escape(f"deploying shop-{version}.tar.gz as {version} to production\n"),
+        deployed,
+    ), deployed
 
     (
         build,
@@ -368,8 +375,9 @@ async def test_ci_example_waits_for_runsvc_approve_then_logs_history_and_audit(
     )
     assert build.code == shard.code == 0
     repository = "https://git.example.com/acme/shop.git"
-    assert build.stdout == f"building {version} from checked out {repository} at main\n"
-    assert shard.stdout == f"running test shard 3 of 4 on shop-{version}.tar.gz\n"
+    assert build.stdout.endswith(f"building {version} from checked out {repository} at main\n")
+    assert build.stdout.startswith("[runsvc] inputs: 2 files (")
+    assert shard.stdout.endswith(f"\nrunning test shard 3 of 4 on shop-{version}.tar.gz\n")
 
     assert history.code == 0
     header, *rows = history.stdout.splitlines()
