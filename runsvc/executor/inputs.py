@@ -91,8 +91,8 @@ async def fetch_inputs(
                 fetched.bytes += file.size
     if inputs:
         tasks = ", ".join(repr(each.task) for each in inputs)
-        files = "1 file" if fetched.files == 1 else f"{fetched.files} files"
-        spool.note(f"inputs: {files} ({fetched.bytes} bytes) from {tasks}")
+        count = "1 file" if fetched.files == 1 else f"{fetched.files} files"
+        spool.note(f"inputs: {count} ({fetched.bytes} bytes) from {tasks}")
     return fetched
 
 
