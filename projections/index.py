@@ -89,7 +89,8 @@ def apply_phase(
 
 class IndexProjection:
     name = "index"
-    version = 1
+    # 2: an index on the run's name, for `?name=`.
+    version = 2
     tables: tuple[str, ...] = ("runs_index",)
     per_stream = True
     filter: EventFilter | None = EventFilter(

@@ -53,6 +53,7 @@ async def list_runs(
     connection: asyncpg.Connection | asyncpg.Pool,
     *,
     group: str | None = None,
+    name: str | None = None,
     phase: Phase | None = None,
     result: Result | None = None,
     created_after: datetime | None = None,
@@ -79,6 +80,7 @@ async def list_runs(
           AND ($6::timestamptz IS NULL OR created_at >= $6)
           AND ($7::timestamptz IS NULL OR created_at < $7)
           AND ($8::bigint IS NULL OR created_position < $8)
+          AND ($10::text IS NULL OR name = $10)
           {_WAITING_APPROVAL[waiting_approval]}
         ORDER BY created_position DESC
         LIMIT $9
@@ -92,6 +94,7 @@ async def list_runs(
         created_before,
         before,
         limit + 1,
+        name,
     )
     entries = [
         IndexEntry(
@@ -109,6 +112,38 @@ async def list_runs(
     ]
     next_cursor = encode_cursor(rows[limit - 1][9]) if len(rows) > limit else None
     return IndexPage(runs=entries, next_cursor=next_cursor)
+
+
+async def child_groups(
+    connection: asyncpg.Connection | asyncpg.Pool, *, under: str, limit: int
+) -> tuple[list[str], bool]:
+    """The groups one level below `under` that hold runs (directly or deeper), in
+    order, at most `limit`, and whether there are more. Each is found by a seek or two
+    on the group index, skipping everything below the one found before: the cost is
+    the number of groups returned, not of runs."""
+    _, lower, upper = group_bounds(under)
+    found: list[str] = []
+    # The ranges still to search, in order: after a child, what sorts between it and
+    # its own subgroups (`/a/b-x` and `/a/b.x` come before `/a/b/…`: '-' and '.' sort
+    # below '/'), then what comes after them ('0' is the byte after '/').
+    ranges: list[tuple[str, bool, str]] = [(lower, False, upper)]  # (low, strict, high)
+    while ranges and len(found) <= limit:
+        low, strict, high = ranges.pop(0)
+        path = await connection.fetchval(
+            f"""
+            SELECT group_path FROM runs_index
+            WHERE group_path {">" if strict else ">="} $1 AND group_path < $2
+            ORDER BY group_path LIMIT 1
+            """,
+            low,
+            high,
+        )
+        if path is None:
+            continue
+        child = lower + path[len(lower) :].split("/", 1)[0]
+        found.append(child)
+        ranges[:0] = [(child, True, child + "/"), (child + "0", False, high)]
+    return found[:limit], len(found) > limit
 
 
 async def count_runs(

@@ -19,7 +19,7 @@ from projections.registry import all_projections
 from projections.run_state import READY_CHANNEL, RunStateProjection
 from projections.runner import ProjectionRunner, checkpoint_of, ensure_tables, run_forever
 from projections.snapshot import restore_newest
-from runsvc.http import events, executors, health, runs, tokens
+from runsvc.http import dashboard, events, executors, health, runs, tokens
 from runsvc.http.guessing import FailedAuthLimiter
 from runsvc.http.keys import (
     AUTH_LIMITER,
@@ -315,6 +315,7 @@ def all_endpoints() -> list[Endpoint]:
         *events.ENDPOINTS,
         *executors.EXECUTOR_ENDPOINTS,
         *executors.TASK_ENDPOINTS,
+        *dashboard.ENDPOINTS,
     ]
 
 

@@ -20,3 +20,4 @@ CREATE TABLE runs_index (
 CREATE UNIQUE INDEX runs_index_created ON runs_index (created_position DESC);
 CREATE INDEX runs_index_group ON runs_index (group_path, created_position DESC);
 CREATE INDEX runs_index_phase ON runs_index (phase, created_position DESC);
+CREATE INDEX runs_index_name ON runs_index (name, created_position DESC);

@@ -14,7 +14,7 @@ import msgspec
 from aiohttp import web
 
 from eventlog.errors import CorruptEvent, StreamNotFound
-from projections.index_queries import InvalidCursor, list_runs
+from projections.index_queries import InvalidCursor, child_groups, list_runs
 from projections.run_state import stored_state, stored_view
 from runsvc.domain.codec import same_state
 from runsvc.domain.errors import BadRequest, NotFound, Problem
@@ -36,11 +36,12 @@ from runsvc.http.middleware import REQUEST_ID
 from runsvc.http.routing import Endpoint, decode_body, decode_query, json_response, principal
 from runsvc.service.auth import Permission
 from runsvc.service.writer import Caller
-from runsvc.wire.api import IndexPage, StreamEvents, Verification
+from runsvc.wire.api import GroupList, IndexPage, StreamEvents, Verification
 
 
 class ListQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     group: str | None = None
+    name: str | None = None
     phase: Phase | None = None
     result: Result | None = None
     created_after: datetime | None = None
@@ -108,6 +109,7 @@ async def list_runs_handler(request: web.Request) -> web.Response:
         page = await list_runs(
             request.app[SERVICE].pool,
             group=query.group,
+            name=query.name,
             phase=query.phase,
             result=query.result,
             created_after=query.created_after,
@@ -121,6 +123,24 @@ async def list_runs_handler(request: web.Request) -> web.Response:
     except InvalidCursor as exc:
         raise BadRequest(str(exc)) from exc
     return json_response(page)
+
+
+class GroupsQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    under: str = "/"
+    limit: int = 200
+
+
+async def list_groups(request: web.Request) -> web.Response:
+    query = decode_query(request, GroupsQuery)
+    limit = request.app[SETTINGS].max_page_size
+    if not 1 <= query.limit <= limit:
+        raise BadRequest(f"limit must be between 1 and {limit}")
+    if not query.under.startswith("/"):
+        raise BadRequest("under must be an absolute path such as /org/project")
+    groups, more = await child_groups(
+        request.app[SERVICE].pool, under=query.under, limit=query.limit
+    )
+    return json_response(GroupList(under=query.under, groups=groups, more=more))
 
 
 async def stop_run(request: web.Request) -> web.Response:
@@ -249,6 +269,16 @@ ENDPOINTS: list[Endpoint] = [
         "runs",
         query=ListQuery,
         responses={200: IndexPage},
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/groups",
+        list_groups,
+        Permission.READ,
+        "List the groups one level below a group that hold runs",
+        "runs",
+        query=GroupsQuery,
+        responses={200: GroupList},
     ),
     Endpoint(
         "GET", _run(), get_run, Permission.READ, "Get a run", "runs", responses={200: RunView}

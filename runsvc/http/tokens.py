@@ -6,10 +6,10 @@ from aiohttp import web
 
 from runsvc.domain.errors import NotFound
 from runsvc.http.keys import SERVICE, VERIFIER
-from runsvc.http.routing import Endpoint, decode_body, json_response
+from runsvc.http.routing import Endpoint, decode_body, json_response, principal
 from runsvc.service.auth import Permission
 from runsvc.service.tokens import issue, list_tokens, revoke
-from runsvc.wire.api import CreatedToken, CreateTokenRequest, TokenList
+from runsvc.wire.api import Caller, CreatedToken, CreateTokenRequest, TokenList
 
 
 async def create_token_handler(request: web.Request) -> web.Response:
@@ -31,6 +31,12 @@ async def list_tokens_handler(request: web.Request) -> web.Response:
     return json_response(TokenList(tokens=await list_tokens(request.app[SERVICE].pool)))
 
 
+async def whoami(request: web.Request) -> web.Response:
+    who = principal(request)
+    permissions = [p.value for p in Permission if p is not Permission.OPEN and who.may(p)]
+    return json_response(Caller(name=who.name, role=who.role, permissions=permissions))
+
+
 async def revoke_token_handler(request: web.Request) -> web.Response:
     token_id = request.match_info["id"]
     outcome = await revoke(request.app[SERVICE].pool, token_id)
@@ -42,6 +48,15 @@ async def revoke_token_handler(request: web.Request) -> web.Response:
 
 
 ENDPOINTS: list[Endpoint] = [
+    Endpoint(
+        "GET",
+        "/api/v1/whoami",
+        whoami,
+        Permission.READ,
+        "Who the token is: its name, role and permissions",
+        "tokens",
+        responses={200: Caller},
+    ),
     Endpoint(
         "POST",
         "/api/v1/tokens",

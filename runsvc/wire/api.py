@@ -33,6 +33,7 @@ __all__ = [
     "ApproveRequest",
     "Artifact",
     "ArtifactList",
+    "Caller",
     "Check",
     "CreateRunRequest",
     "DependencyView",
@@ -40,6 +41,7 @@ __all__ = [
     "EventOut",
     "EventPage",
     "GroupCount",
+    "GroupList",
     "Health",
     "IndexEntry",
     "IndexPage",
@@ -159,6 +161,22 @@ class IndexEntry(msgspec.Struct, frozen=True):
 class IndexPage(msgspec.Struct, frozen=True):
     runs: list[IndexEntry]
     next_cursor: str | None
+
+
+class GroupList(msgspec.Struct, frozen=True):
+    """`GET /api/v1/groups`: the groups one level below `under` that hold runs."""
+
+    under: str
+    groups: list[str]
+    more: bool
+
+
+class Caller(msgspec.Struct, frozen=True):
+    """`GET /api/v1/whoami`: the token's name and role, and what the role may do."""
+
+    name: str
+    role: str
+    permissions: list[str]
 
 
 class GroupCount(msgspec.Struct, frozen=True):

@@ -20,7 +20,9 @@ from runsvc.service.auth import ROLES, Permission
 from runsvc.wire.executor import CLAIM_PATH
 from tests.fixtures.service import Service
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+OPEN_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/openapi.json", "/", "/ui/", "/ui/{path:.+}"}
+)
 
 # docs/api.md: admin everything (tokens only admin); submitter create and act on runs, and
 # read; reader read and subscribe; executor the executor endpoints only.
