@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import msgspec
@@ -22,15 +21,7 @@ from runsvc.domain.validation import validate_config
 from runsvc.domain.view import run_view
 from tests.unit.histories import History, config, task
 from tests.unit.strategies import run_configs
-from tests.unit.test_scheduler_properties import drive, perform
-
-
-def replayed(history: History) -> Run:
-    run: Run | None = None
-    for version, event in enumerate(history.events, start=1):
-        run = apply_event(run, event, version=version)
-    assert run is not None
-    return run
+from tests.unit.test_scheduler_properties import drive_and_replay
 
 
 def problems(*tasks: dict[str, Any]) -> dict[str, str]:
@@ -393,15 +384,7 @@ def test_replaying_a_history_with_conditions_reproduces_every_decision(
     run at every step."""
     spec = with_conditions(plain, choices)
     assert validate_config(spec) == []
-    history = History(spec, environment={"BRANCH": "main"})
-    steps = drive(history, random.Random(seed), allow_stop=True)
-    assert history.state.phase == "finished"
-    again = History(spec, environment={"BRANCH": "main"})
-    for step in steps:
-        perform(again, step)
-        assert encode_run(replayed(again)) == encode_run(again.state)
-        assert run_view(decode_run(encode_run(again.state))) == run_view(again.state)
-    assert again.events == history.events
+    drive_and_replay(spec, seed, {"BRANCH": "main"})
 
 
 # -- approval messages --------------------------------------------------------------------

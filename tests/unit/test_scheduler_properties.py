@@ -135,6 +135,22 @@ def replayed(history: History) -> Run:
     return run
 
 
+def drive_and_replay(spec: RunConfig, seed: int, environment: dict[str, str]) -> History:
+    """Drive a run of `spec` to its end at random, then take the same steps again: they
+    make the same events, and at every step replaying the events and decoding the stored
+    state give the live run. Returns the first history."""
+    history = History(spec, environment=environment)
+    steps = drive(history, random.Random(seed), allow_stop=True)
+    assert history.state.phase == "finished"
+    again = History(spec, environment=environment)
+    for step in steps:
+        perform(again, step)
+        assert encode_run(replayed(again)) == encode_run(again.state)
+        assert run_view(decode_run(encode_run(again.state))) == run_view(again.state)
+    assert again.events == history.events
+    return history
+
+
 def indexes(run: Run) -> dict[str, Any]:
     return {
         "pending": dict(run.pending),

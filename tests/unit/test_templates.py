@@ -3,8 +3,6 @@ executor, and a reference without a value fails the task through an event."""
 
 from __future__ import annotations
 
-import random
-
 import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,14 +10,12 @@ from hypothesis import strategies as st
 from runsvc.domain.codec import decode_run, encode_run
 from runsvc.domain.config import RunConfig
 from runsvc.domain.events import Resolved, TaskStatusChanged, encode_event
-from runsvc.domain.fold import apply_event
-from runsvc.domain.model import Run
 from runsvc.domain.view import run_view
 from runsvc.service.leases import work_item
 from runsvc.wire.executor import compose_environment
 from tests.unit.histories import History, config, task
 from tests.unit.strategies import run_configs
-from tests.unit.test_scheduler_properties import drive, perform
+from tests.unit.test_scheduler_properties import drive_and_replay, replayed
 
 
 def started(history: History, name: str) -> TaskStatusChanged:
@@ -27,14 +23,6 @@ def started(history: History, name: str) -> TaskStatusChanged:
     event = history.last[0]
     assert isinstance(event, TaskStatusChanged)
     return event
-
-
-def replayed(history: History) -> Run:
-    run: Run | None = None
-    for version, event in enumerate(history.events, start=1):
-        run = apply_event(run, event, version=version)
-    assert run is not None
-    return run
 
 
 def test_an_attempt_runs_what_its_templates_render_to() -> None:
@@ -172,15 +160,7 @@ def test_replaying_a_history_with_templates_reproduces_its_view(
     """Whether a template renders or fails its task, replaying the events so far and
     decoding the stored state give the live run at every step, and each start recorded
     what its templates rendered to."""
-    history = History(templated, environment={"BRANCH": "main"})
-    steps = drive(history, random.Random(seed), allow_stop=True)
-    assert history.state.phase == "finished"
-    again = History(templated, environment={"BRANCH": "main"})
-    for step in steps:
-        perform(again, step)
-        assert encode_run(replayed(again)) == encode_run(again.state)
-        assert run_view(decode_run(encode_run(again.state))) == run_view(again.state)
-    assert again.events == history.events
+    history = drive_and_replay(templated, seed, {"BRANCH": "main"})
     for event in history.events:
         if not isinstance(event, TaskStatusChanged):
             continue
