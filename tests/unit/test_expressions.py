@@ -13,6 +13,7 @@ from runsvc.domain.expressions import (
     MAX_DEPTH,
     MAX_EXPRESSION_LENGTH,
     MAX_JSON_DEPTH,
+    Attempt,
     Context,
     EnvVar,
     EvaluationError,
@@ -310,6 +311,7 @@ _PIECES = st.sampled_from(
         "env",
         "item",
         "run",
+        "exit_code",
         "result",
         "outputs",
         "id",
@@ -556,6 +558,9 @@ _LEAVES = st.sampled_from(
         "tasks.a.outputs.missing",
         "run.id",
         "run.group",
+        "exit_code",
+        "outputs.x",
+        "outputs.missing",
         "'a'",
         "''",
         "0",
@@ -607,6 +612,14 @@ _CONTEXTS = st.builds(
     results=st.dictionaries(st.just("a"), st.sampled_from(["success", "failed", "skipped"])),
     outputs=st.dictionaries(st.just("a"), st.dictionaries(st.just("x"), st.text(max_size=6))),
     item=st.one_of(st.just(msgspec.UNSET), _JSON),
+    attempt=st.one_of(
+        st.none(),
+        st.builds(
+            Attempt,
+            exit_code=st.one_of(st.none(), st.integers(-1, 255)),
+            outputs=st.dictionaries(st.just("x"), st.text(max_size=6)),
+        ),
+    ),
 )
 
 
@@ -750,7 +763,7 @@ def test_check_and_evaluation_agree_on_the_functions(text: str) -> None:
     parsed = outcome(text)
     if isinstance(parsed, ExpressionSyntaxError):
         return
-    found = check(parsed, ancestors={"a"}, known_tasks={"a"}, in_foreach=True)
+    found = check(parsed, ancestors={"a"}, known_tasks={"a"}, in_foreach=True, judges_attempt=True)
     miscalled = any(s in text for s in ("tojson(", "toJSON(1, "))
     assert bool(found) == miscalled
     if not found:
