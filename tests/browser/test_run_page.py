@@ -152,3 +152,24 @@ def test_a_large_foreach_is_one_card_with_its_items_in_a_list(
     expect(shards.locator(".counts .badge")).to_have_text(["cancelled"])
     # The list stayed open through the updates.
     expect(shards.locator(".items li")).to_have_count(300)
+
+
+def test_a_refused_approval_shows_the_servers_reason(page: Page, web_cluster: Cluster) -> None:
+    run_id = create_run(
+        web_cluster,
+        "/web/run/refused",
+        "guarded",
+        [{"name": "deploy", "run": "true", "approval": {"by": ["release-manager"]}}],
+    )
+    sign_in(page, web_cluster)
+    page.goto(f"{web_cluster.url}/ui/#/runs/{run_id}")
+    deploy = card(page, "deploy")
+    expect(deploy.locator(".reason")).to_contain_text("by release-manager")
+    deploy.get_by_label("Comment (optional)").fill("let me")
+    deploy.get_by_role("button", name="Approve").click()
+    expect(deploy.get_by_role("alert")).to_have_text(
+        "task 'deploy' may be approved only by release-manager"
+    )
+    # The comment is still there to send again once someone else may.
+    expect(deploy.get_by_label("Comment (optional)")).to_have_value("let me")
+    expect(deploy.locator(".badge")).to_have_text("waiting approval")

@@ -270,10 +270,13 @@ export function createDag({ runId, actions = () => null, label = "Tasks by wave"
     return path;
   }
 
-  // Durations of running tasks move on without any event.
-  function tick() {
-    for (const span of element.querySelectorAll(".took[data-running][data-started]")) {
-      span.textContent = took(span.dataset.started, null);
+  // Durations of running tasks (and of whatever else holds such a span: the run's own)
+  // move on without any event.
+  function tick(...others) {
+    for (const holder of [element, ...others]) {
+      for (const span of holder.querySelectorAll(".took[data-running][data-started]")) {
+        span.textContent = took(span.dataset.started, null);
+      }
     }
   }
 

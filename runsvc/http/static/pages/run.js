@@ -28,7 +28,14 @@ function summary(run) {
     h("span", {}, "phase ", badge(run.phase)),
     h("span", {}, "result ", badge(run.result)),
     run.created_at ? h("span", {}, "created ", h("time", { datetime: run.created_at }, moment(run.created_at))) : null,
-    run.started_at ? h("span", { class: "run-took" }, "took ", took(run.started_at, run.finished_at)) : null,
+    run.started_at
+      ? h(
+          "span",
+          {},
+          "took ",
+          h("span", { class: "took", "data-started": run.started_at, "data-running": run.finished_at ? null : "1" }, took(run.started_at, run.finished_at)),
+        )
+      : null,
   ];
   const notes = [];
   if (run.phase === "queued" && run.queue_position) {
@@ -229,7 +236,7 @@ export async function render(main, { params, who, go }) {
   // follow; and running tasks' durations move on by themselves.
   let ticks = 0;
   const clock = setInterval(() => {
-    dag.tick();
+    dag.tick(about);
     ticks += 1;
     if (run.phase === "queued" && ticks % 3 === 0) reload();
   }, 1000);
