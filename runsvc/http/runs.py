@@ -53,6 +53,16 @@ class ListQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cursor: str | None = None
 
 
+# Versions are a PostgreSQL integer: a bound past it would fail in the database, not here.
+_LAST_VERSION = 2**31 - 1
+
+
+class HistoryQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    after_version: int = 0
+    # None: every event at once, as before paging existed.
+    limit: int | None = None
+
+
 class StateQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     at_version: int | None = None
     at_position: int | None = None
@@ -172,11 +182,30 @@ async def recreate_run(request: web.Request) -> web.Response:
 
 
 async def run_events(request: web.Request) -> web.Response:
+    query = decode_query(request, HistoryQuery)
+    most = request.app[SETTINGS].max_page_size
+    if not 0 <= query.after_version <= _LAST_VERSION:
+        raise BadRequest(f"after_version must be between 0 and {_LAST_VERSION}")
+    if query.limit is not None and not 1 <= query.limit <= most:
+        raise BadRequest(f"limit must be between 1 and {most}")
+    # One event beyond the page tells whether another page follows, without a count.
+    to_version = (
+        None if query.limit is None else min(query.after_version + query.limit + 1, _LAST_VERSION)
+    )
     try:
-        events = await request.app[STORE].read_stream(stream_of(_run_id(request)))
+        events = await request.app[STORE].read_stream(
+            stream_of(_run_id(request)),
+            from_version=query.after_version + 1,
+            to_version=to_version,
+        )
     except StreamNotFound:
         raise NotFound(f"no run {_run_id(request)}") from None
-    return json_response(StreamEvents(events=[event_out(e) for e in events]))
+    if query.limit is None or len(events) <= query.limit:
+        return json_response(StreamEvents(events=[event_out(e) for e in events]))
+    page = events[: query.limit]
+    return json_response(
+        StreamEvents(events=[event_out(e) for e in page], next_after_version=page[-1].version)
+    )
 
 
 async def run_state_at(request: web.Request) -> web.Response:
@@ -328,6 +357,7 @@ ENDPOINTS: list[Endpoint] = [
         Permission.READ,
         "A run's events",
         "history",
+        query=HistoryQuery,
         responses={200: StreamEvents},
     ),
     Endpoint(

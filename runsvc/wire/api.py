@@ -93,8 +93,11 @@ class EventPage(msgspec.Struct, frozen=True):
     head: int | None = None
 
 
-class StreamEvents(msgspec.Struct, frozen=True):
+class StreamEvents(msgspec.Struct, frozen=True, omit_defaults=True):
     events: list[EventOut]
+    # Only on a page (`limit` given) that more events follow: the `after_version` of the
+    # next page. Absent otherwise, so a reader of every event sees the old shape.
+    next_after_version: int | None = None
 
 
 class Verification(msgspec.Struct, frozen=True):

@@ -12,7 +12,7 @@ import asyncpg
 from projections.index_queries import child_groups, group_bounds
 from runsvc.http.dashboard import ROOT
 from tests.fixtures.service import Service
-from tests.integration.test_runs_api import caught_up, create
+from tests.integration.test_runs_api import caught_up, create, run_tasks
 
 
 async def test_the_dashboard_is_served_with_a_strict_policy(service: Service) -> None:
@@ -117,3 +117,65 @@ async def test_child_groups_agree_with_a_scan_of_every_group(database_dsn: str) 
                 assert await child_groups(pool, under=under, limit=2) == (expected[:2], True)
     finally:
         await pool.close()
+
+
+async def test_a_runs_history_comes_in_pages_that_cover_each_event_once(
+    service: Service,
+) -> None:
+    """The history page reads a long history a page at a time; without `limit` the
+    endpoint still answers every event, in the shape it always had."""
+    client = service.client
+    run_id = (await create(service))["id"]
+    await run_tasks(service, run_id, "build", "test")
+    path = f"/api/v1/runs/{run_id}/events"
+    everything = await (await client.get(path, headers=service.auth("reader"))).json()
+    assert set(everything) == {"events"}
+    versions = [e["version"] for e in everything["events"]]
+    assert len(versions) > 6
+
+    paged: list[int] = []
+    after = 0
+    while True:
+        page = await (
+            await client.get(
+                path, params={"after_version": after, "limit": 3}, headers=service.auth("reader")
+            )
+        ).json()
+        assert 1 <= len(page["events"]) <= 3
+        paged += [e["version"] for e in page["events"]]
+        if "next_after_version" not in page:
+            break
+        after = page["next_after_version"]
+        assert after == paged[-1]
+    assert paged == versions
+
+    # A page that ends exactly at the last event says nothing follows.
+    exact = await (
+        await client.get(path, params={"limit": len(versions)}, headers=service.auth())
+    ).json()
+    assert "next_after_version" not in exact
+    assert len(exact["events"]) == len(versions)
+    beyond = await (
+        await client.get(path, params={"after_version": 10_000, "limit": 5}, headers=service.auth())
+    ).json()
+    assert beyond == {"events": []}
+    tail = await (
+        await client.get(path, params={"after_version": 2}, headers=service.auth())
+    ).json()
+    assert [e["version"] for e in tail["events"]] == versions[2:]
+
+    for bad in (
+        {"limit": 0},
+        {"limit": 100_000},
+        {"limit": "many"},
+        {"after_version": -1},
+        {"after_version": 2**31},
+        {"page": 2},
+    ):
+        response = await client.get(path, params=bad, headers=service.auth())
+        assert response.status == 400, bad
+        assert (await response.json())["code"] == "bad_request"
+    missing = await client.get(
+        "/api/v1/runs/no-such-run/events", params={"limit": 5}, headers=service.auth()
+    )
+    assert missing.status == 404
