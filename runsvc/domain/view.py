@@ -75,6 +75,10 @@ def _slot_limit(run: Run, task: Task) -> str:
         if parent_limit is not None and run.active_in.get(task.parent, 0) >= parent_limit:
             return f"waiting for a slot ({task.parent} runs at most {parent_limit} at once)"
     limit = run.config.max_parallel
+    if limit is None:
+        # Ready and unlimited: only seen in a past state, between an event and the
+        # scheduling it leads to, which the same command records.
+        return "about to be scheduled"
     return f"waiting for a slot (the run runs at most {limit} tasks at once)"
 
 

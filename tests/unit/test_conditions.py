@@ -444,3 +444,21 @@ def test_an_approval_message_is_checked_at_create() -> None:
             "column 5: item is only defined in a task with foreach"
         ),
     }
+
+
+def test_a_past_state_between_an_event_and_its_scheduling_reads_well() -> None:
+    """The state after `first` succeeded but before `second` was scheduled (the same
+    command records both) has `second` ready; without a run-wide limit it is about to be
+    scheduled, not waiting for a slot of `None` tasks."""
+    history = History(config(task("first"), task("second", "first")))
+    history.run_task("first")
+    success = next(
+        i
+        for i, e in enumerate(history.events, start=1)
+        if isinstance(e, TaskStatusChanged) and e.task == "first" and e.status == "success"
+    )
+    run: Run | None = None
+    for version, event in enumerate(history.events[:success], start=1):
+        run = apply_event(run, event, version=version)
+    assert run is not None
+    assert run_view(run).tasks["second"].reason == "about to be scheduled"
