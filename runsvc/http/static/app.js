@@ -6,7 +6,11 @@ import { h, replace } from "./dom.js";
 
 // Most specific first. Each module exports `render(main, context)`, which may return a
 // function that ends what the page keeps running (its websockets).
-const ROUTES = [[/^\/runs$/, "./pages/runs.js"]];
+const ROUTES = [
+  [/^\/runs$/, "./pages/runs.js"],
+  [/^\/simulate$/, "./pages/simulate.js"],
+  [/^\/health$/, "./pages/health.js"],
+];
 
 const main = document.getElementById("main");
 let leave = null;
