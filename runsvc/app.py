@@ -7,7 +7,6 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import structlog
@@ -256,13 +255,6 @@ async def _end_long_polls(app: web.Application) -> None:
         app[LEASES].shut_down()
 
 
-def _version() -> str:
-    try:
-        return version("runsvc")
-    except PackageNotFoundError:
-        return "0"
-
-
 OPERATIONS = [
     Endpoint(
         "GET",
@@ -311,6 +303,7 @@ def all_endpoints() -> list[Endpoint]:
     return [
         *OPERATIONS,
         *runs.ENDPOINTS,
+        *health.ENDPOINTS,
         *tokens.ENDPOINTS,
         *events.ENDPOINTS,
         *executors.EXECUTOR_ENDPOINTS,
@@ -342,5 +335,5 @@ def create_app(settings: Settings, *, extra: Sequence[Endpoint] = ()) -> web.App
     app.on_shutdown.append(_end_long_polls)
     endpoints = [*all_endpoints(), *extra]
     register(app, endpoints)
-    app[OPENAPI] = build_document(endpoints, version=_version())
+    app[OPENAPI] = build_document(endpoints, version=health.service_version())
     return app

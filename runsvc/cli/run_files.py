@@ -57,7 +57,7 @@ class RunFile:
         self.document = Document.read(path)
         data = self.document.data
         if not isinstance(data, dict):
-            raise DocumentError(f"{self.document.where('')}: expected a mapping at the top")
+            raise DocumentError(self.document.where(""), "expected a mapping at the top")
         self.data: dict[str, Any] = data
         self.bare = "config" not in data
         # Request paths whose values came from the command line, and the flag each came

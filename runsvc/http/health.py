@@ -1,15 +1,36 @@
-"""`/healthz` (the process is up) and `/readyz` (it can do its work right now)."""
+"""`/healthz` (the process is up), `/readyz` (it can do its work right now), and
+`/api/v1/status` (how it is doing: what the dashboard's health page shows)."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
+from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
 
-from runsvc.http.keys import DATABASE, OBJECTS, PROJECTIONS, SETTINGS, SNAPSHOTTER, STORE
-from runsvc.http.routing import json_response
+from runsvc.http.events import WEBSOCKETS
+from runsvc.http.keys import (
+    DATABASE,
+    LEASES,
+    OBJECTS,
+    PROJECTIONS,
+    SERVICE,
+    SETTINGS,
+    SNAPSHOTTER,
+    STORE,
+)
+from runsvc.http.routing import Endpoint, json_response
 from runsvc.infra.deadline import finish_within
-from runsvc.wire.api import Check, Health, Readiness
+from runsvc.service.auth import Permission
+from runsvc.wire.api import (
+    Check,
+    Health,
+    ProjectionStatus,
+    Readiness,
+    ServiceStatus,
+    SnapshotStatus,
+)
 
 # How long a readiness check waits for a store before it counts it as not answering.
 CHECK_WAIT_S = 2.0
@@ -68,3 +89,63 @@ async def _check_database(app: web.Application) -> Check:
     except Exception as exc:  # any failure means "not ready"; the detail says which
         return Check(name="database", ok=False, detail=type(exc).__name__)
     return Check(name="database", ok=True)
+
+
+def service_version() -> str:
+    try:
+        return version("runsvc")
+    except PackageNotFoundError:
+        return "0"
+
+
+# An executor long-polls its claims a minute at a time at most and renews its leases more
+# often than that: one unseen for five minutes is gone.
+EXECUTORS_WITHIN = timedelta(minutes=5)
+
+
+async def status(request: web.Request) -> web.Response:
+    app = request.app
+    now = app[SERVICE].clock()
+    leases = app[LEASES]
+    head, running = await asyncio.gather(app[STORE].head(), leases.running_by_executor())
+    executors = await leases.seen.recent(now, EXECUTORS_WITHIN, running)
+    snapshotter = app[SNAPSHOTTER]
+    dump = snapshotter.last
+    return json_response(
+        ServiceStatus(
+            version=service_version(),
+            now=now,
+            head=head,
+            projections=[
+                ProjectionStatus(
+                    name=runner.name, position=runner.position, lag=max(0, head - runner.position)
+                )
+                for runner in app[PROJECTIONS]
+            ],
+            snapshot=SnapshotStatus(
+                age_s=snapshotter.age_s,
+                position=dump.position if dump else None,
+                rows=dump.rows if dump else None,
+                created_at=dump.created_at if dump else None,
+                failures=snapshotter.failures,
+                last_error=snapshotter.last_error,
+            ),
+            executors_within_s=int(EXECUTORS_WITHIN.total_seconds()),
+            executors=executors,
+            websocket_subscribers=len(app[WEBSOCKETS]),
+            max_subscribers=app[SETTINGS].max_subscribers,
+        )
+    )
+
+
+ENDPOINTS: list[Endpoint] = [
+    Endpoint(
+        "GET",
+        "/api/v1/status",
+        status,
+        Permission.READ,
+        "The service's status: projections, index dumps, executors, subscribers",
+        "operations",
+        responses={200: ServiceStatus},
+    ),
+]

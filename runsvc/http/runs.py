@@ -1,4 +1,5 @@
-"""The runs endpoints: create, read, list, act, recreate, history and audit, simulation.
+"""The runs endpoints: create, read, list, act, recreate, history and audit, simulation
+(of a config, or of a run file as written, YAML included).
 
 Handlers only decode, call one service function, and encode. Reads of a single run come
 from the run_state projection (the stored JSON is sent as is); a run the projection has not
@@ -17,6 +18,7 @@ from eventlog.errors import CorruptEvent, StreamNotFound
 from projections.index_queries import InvalidCursor, child_groups, list_runs
 from projections.run_state import stored_state, stored_view
 from runsvc.domain.codec import same_state
+from runsvc.domain.config import RunConfig
 from runsvc.domain.errors import BadRequest, NotFound, Problem
 from runsvc.domain.events import Actor, Phase, Result, stream_of
 from runsvc.domain.fold import fold
@@ -27,16 +29,24 @@ from runsvc.domain.requests import (
     SimulationRequest,
 )
 from runsvc.domain.simulate import SimulationResult, simulate
-from runsvc.domain.suggest import did_you_mean
+from runsvc.domain.suggest import did_you_mean, unknown_field_hint
 from runsvc.domain.validation import raise_problems, validate_config
 from runsvc.domain.view import RunView, run_view
 from runsvc.http.events import event_out
 from runsvc.http.keys import SERVICE, SETTINGS, STORE, VIEWS
 from runsvc.http.middleware import REQUEST_ID
 from runsvc.http.routing import Endpoint, decode_body, decode_query, json_response, principal
+from runsvc.infra import documents
+from runsvc.infra.documents import DocumentError
 from runsvc.service.auth import Permission
 from runsvc.service.writer import Caller
-from runsvc.wire.api import GroupList, IndexPage, StreamEvents, Verification
+from runsvc.wire.api import (
+    GroupList,
+    IndexPage,
+    RunFileSimulationRequest,
+    StreamEvents,
+    Verification,
+)
 
 
 class ListQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -260,18 +270,84 @@ async def verify_run(request: web.Request) -> web.Response:
     return json_response(Verification(ok=not problems, events=report.events, problems=problems))
 
 
-async def simulate_run(request: web.Request) -> web.Response:
-    body = await decode_body(request, SimulationRequest)
-    problems = validate_config(body.config, max_tasks=request.app[SETTINGS].max_tasks)
+def _simulation_problems(body: SimulationRequest, max_tasks: int) -> list[Problem]:
+    problems = validate_config(body.config, max_tasks=max_tasks)
     names = {t.name for t in body.config.tasks}
     for name in body.outcomes:
         if name not in names:
             unknown = f"unknown task {name!r}{did_you_mean(name, names)}"
             problems.append(Problem(path=f"outcomes.{name}", message=unknown))
-    raise_problems(problems)
+    return problems
+
+
+async def simulate_run(request: web.Request) -> web.Response:
+    body = await decode_body(request, SimulationRequest)
+    raise_problems(_simulation_problems(body, request.app[SETTINGS].max_tasks))
     # A preview of a large config takes a while of pure CPU; in a thread the event loop
     # keeps serving everyone else meanwhile.
     return json_response(await asyncio.to_thread(simulate, body))
+
+
+class _RunFile(documents.Document):
+    hint = staticmethod(unknown_field_hint)
+
+
+# Aliases may repeat a part of a run file (YAML's anchors): a few times over is a file
+# someone wrote, a thousand times is a file made to keep the server busy.
+_ALIAS_GROWTH = 4
+
+
+def _read_run_file(body: RunFileSimulationRequest) -> tuple[_RunFile, bool, SimulationRequest]:
+    """The run file as a simulation: a whole run document gives its config and
+    environments (its other fields do not matter to a preview), a bare config only
+    itself; the request's environment is laid over the file's, as `--env` does."""
+    text = body.run_file
+    document = _RunFile(text, body.file_name, max_values=_ALIAS_GROWTH * len(text) + 1000)
+    data = document.data
+    if not isinstance(data, dict):
+        raise DocumentError(document.where(""), "expected a mapping at the top")
+    bare = "config" not in data
+    if bare:
+        request = SimulationRequest(
+            config=document.decode(RunConfig), environment=dict(body.environment)
+        )
+    else:
+        environment = data.get("environment", {})
+        if isinstance(environment, dict):
+            environment = {**environment, **body.environment}
+        document.data = {
+            "config": data["config"],
+            "environment": environment,
+            "static_environment": data.get("static_environment", {}),
+        }
+        request = document.decode(SimulationRequest)
+    return document, bare, msgspec.structs.replace(request, outcomes=body.outcomes)
+
+
+def _located(problem: Problem, document: documents.Document, bare: bool) -> Problem:
+    """A problem with its place in the file before its path (`ci.yaml:14:
+    config.tasks[1].depends`); outcomes came from the request, not the file."""
+    if problem.path.startswith("outcomes"):
+        return problem
+    path = problem.path
+    if bare:
+        path = path.removeprefix("config").removeprefix(".")
+    return Problem(path=f"{document.where(path)}: {problem.path}", message=problem.message)
+
+
+async def simulate_run_file(request: web.Request) -> web.Response:
+    body = await decode_body(request, RunFileSimulationRequest)
+    max_tasks = request.app[SETTINGS].max_tasks
+    # Parsing YAML is pure Python and CPU alone: in a thread, like the simulation.
+    try:
+        document, bare, simulation = await asyncio.to_thread(_read_run_file, body)
+    except DocumentError as exc:
+        where = f"{exc.where}: {exc.path}" if exc.path else exc.where
+        problem = Problem(path=where, message=exc.problem)
+        raise BadRequest(f"invalid run file: {exc.problem}", [problem]) from None
+    problems = _simulation_problems(simulation, max_tasks)
+    raise_problems(_located(p, document, bare) for p in problems)
+    return json_response(await asyncio.to_thread(simulate, simulation))
 
 
 def _run(path: str = "") -> str:
@@ -387,6 +463,16 @@ ENDPOINTS: list[Endpoint] = [
         "Preview a config without running it",
         "simulation",
         body=SimulationRequest,
+        responses={200: SimulationResult},
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/simulations/run-file",
+        simulate_run_file,
+        Permission.READ,
+        "Preview a run file, YAML or JSON, as written",
+        "simulation",
+        body=RunFileSimulationRequest,
         responses={200: SimulationResult},
     ),
 ]

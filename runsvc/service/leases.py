@@ -41,6 +41,7 @@ from runsvc.domain.errors import BadRequest, Conflict, Forbidden, NotFound, TooL
 from runsvc.domain.events import SYSTEM, Actor, Event, Resolved
 from runsvc.domain.model import Run, Task
 from runsvc.domain.validation import plain_path
+from runsvc.service.executors_seen import ExecutorRegister
 from runsvc.service.runs import RunService
 from runsvc.service.task_logs import append_chunk
 from runsvc.service.writer import Caller
@@ -177,6 +178,7 @@ class LeaseService:
         self.lease_ttl = timedelta(seconds=lease_ttl_s)
         self.heartbeat_interval_s = heartbeat_interval_s
         self.closing = False
+        self.seen = ExecutorRegister(self.pool)
 
     def shut_down(self) -> None:
         """Answer waiting claims now (204), so a graceful shutdown need not wait out
@@ -207,6 +209,7 @@ class LeaseService:
         `executor`, the name it announced, is kept in the task as a host hint."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
+        await self.seen.saw(executor, self.runs.clock(), labels)
         while True:
             if not answerable():
                 return None
@@ -384,6 +387,14 @@ class LeaseService:
             )
         return None
 
+    async def running_by_executor(self) -> dict[str, int]:
+        """Attempts each executor holds an active lease for."""
+        rows = await self.pool.fetch(
+            "SELECT executor, count(*) AS running FROM leases WHERE state = 'active' "
+            "GROUP BY executor"
+        )
+        return {row["executor"]: row["running"] for row in rows}
+
     # -- reports
 
     async def _current(self, lease: str) -> LeaseRow:
@@ -424,6 +435,9 @@ class LeaseService:
             await self._current(lease)  # raises the conflict that says why
             raise Conflict("this attempt is no longer current")
         row = LeaseRow.of(record)
+        # A busy executor claims nothing until an attempt ends: its heartbeats say it is
+        # still about.
+        await self.seen.saw(row.executor, now)
         run = await self.runs.load(row.run_id)
         task = run.tasks[row.task]
         if task.status != "running" or task.attempt != row.attempt:

@@ -23,6 +23,7 @@ from runsvc.domain.requests import (
     CreateRunRequest,
     Outcome,
     RecreateRequest,
+    SimulatedOutcome,
     SimulationRequest,
 )
 from runsvc.domain.simulate import SimulatedTask, SimulationResult
@@ -40,6 +41,7 @@ __all__ = [
     "ErrorBody",
     "EventOut",
     "EventPage",
+    "ExecutorSeen",
     "GroupCount",
     "GroupList",
     "Health",
@@ -47,13 +49,17 @@ __all__ = [
     "IndexPage",
     "Outcome",
     "Problem",
+    "ProjectionStatus",
     "Readiness",
     "RecreateRequest",
     "RunConfig",
+    "RunFileSimulationRequest",
     "RunView",
+    "ServiceStatus",
     "SimulatedTask",
     "SimulationRequest",
     "SimulationResult",
+    "SnapshotStatus",
     "StreamEvents",
     "TaskView",
     "Verification",
@@ -142,6 +148,65 @@ class Readiness(msgspec.Struct, frozen=True):
 
     ready: bool
     checks: list[Check]
+
+
+class ProjectionStatus(msgspec.Struct, frozen=True):
+    """Where a projection is: the last position it applied, and how far behind the log's
+    head that is."""
+
+    name: str
+    position: int
+    lag: int
+
+
+class SnapshotStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """The newest index dump this process wrote or found, and its age in seconds (None:
+    none yet); `failures` counts dumps failed in a row."""
+
+    age_s: float | None
+    position: int | None
+    rows: int | None
+    created_at: datetime | None
+    failures: int
+    last_error: str | None
+
+
+class ExecutorSeen(msgspec.Struct, frozen=True, kw_only=True):
+    """An executor that claimed work or renewed a lease recently (any process saw it):
+    the name it announces, the labels it claims by, and the attempts it runs now."""
+
+    name: str
+    labels: dict[str, str]
+    last_seen: datetime
+    running: int
+
+
+class ServiceStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """`GET /api/v1/status`: how the service is doing, as this process sees it."""
+
+    version: str
+    now: datetime
+    head: int
+    projections: list[ProjectionStatus]
+    snapshot: SnapshotStatus
+    executors_within_s: int
+    executors: list[ExecutorSeen]
+    websocket_subscribers: int
+    max_subscribers: int
+
+
+class RunFileSimulationRequest(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
+):
+    """`POST /api/v1/simulations/run-file`: a run file as its author wrote it (YAML or
+    JSON; a whole run document or a bare config), simulated as `runsvc simulate` would.
+    `file_name` only names the file in errors (`ci.yaml:14: config.tasks[1].depends`).
+    `environment` is laid over the file's own."""
+
+    run_file: str
+    file_name: str = "run file"
+    environment: dict[str, str] = msgspec.field(default_factory=dict)
+    outcomes: dict[str, Outcome | SimulatedOutcome] = msgspec.field(default_factory=dict)
 
 
 # --- the run index ---------------------------------------------------------------------

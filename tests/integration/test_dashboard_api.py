@@ -4,14 +4,17 @@ the small questions it asks (who am I, which groups, runs by name)."""
 from __future__ import annotations
 
 import gzip
+import json
 import random
 from datetime import UTC, datetime
 
 import asyncpg
+import msgspec
 
 from projections.index_queries import child_groups, group_bounds
 from runsvc.http.dashboard import ROOT
-from tests.fixtures.service import Service
+from runsvc.infra.settings import Settings
+from tests.fixtures.service import Service, start_service
 from tests.integration.test_runs_api import caught_up, create, run_tasks
 
 
@@ -179,3 +182,140 @@ async def test_a_runs_history_comes_in_pages_that_cover_each_event_once(
         "/api/v1/runs/no-such-run/events", params={"limit": 5}, headers=service.auth()
     )
     assert missing.status == 404
+
+
+CHAIN_YAML = """\
+group: /sim/web
+name: deploy
+environment:
+  BRANCH: main
+config:
+  tasks:
+    - name: build
+      run: make
+    - name: test
+      run: make test
+      depends: [build]
+    - name: deploy
+      run: ./deploy.sh
+      depends: [test]
+"""
+
+
+async def test_a_yaml_run_file_is_simulated_as_written(service: Service) -> None:
+    """The dashboard has no YAML parser: the server reads the run file, a whole run
+    document or a bare config, and simulates it; nothing is created."""
+    client = service.client
+    answer = await client.post(
+        "/api/v1/simulations/run-file",
+        json={"run_file": CHAIN_YAML, "file_name": "ci.yaml", "outcomes": {"test": "failure"}},
+        headers=service.auth("reader"),
+    )
+    assert answer.status == 200, await answer.text()
+    result = await answer.json()
+    assert result["result"] == "failed"
+    assert [(t["name"], t["status"], t["wave"]) for t in result["tasks"]] == [
+        ("build", "would_run", 0),
+        ("test", "would_run", 1),
+        ("deploy", "skipped", None),
+    ]
+    bare = await client.post(
+        "/api/v1/simulations/run-file",
+        json={
+            "run_file": json.dumps(
+                {"tasks": [{"name": "a", "run": "true", "when": {"env": "GO", "equals": "yes"}}]}
+            ),
+            "environment": {"GO": "false"},
+        },
+        headers=service.auth("reader"),
+    )
+    assert bare.status == 200, await bare.text()
+    assert [t["status"] for t in (await bare.json())["tasks"]] == ["skipped"]
+    await caught_up(service)
+    runs = await (await client.get("/api/v1/runs?group=/sim", headers=service.auth())).json()
+    assert runs["runs"] == []
+
+
+async def test_a_bad_run_file_is_refused_with_its_line(service: Service) -> None:
+    client = service.client
+
+    async def refused(text: str, **extra: object) -> list[dict[str, str]]:
+        answer = await client.post(
+            "/api/v1/simulations/run-file",
+            json={"run_file": text, "file_name": "ci.yaml", **extra},
+            headers=service.auth("reader"),
+        )
+        assert answer.status == 400, await answer.text()
+        body = await answer.json()
+        assert body["code"] == "bad_request"
+        return list(body["details"])
+
+    syntax = await refused("config:\n  tasks:\n    - name: a\n     run: x\n")
+    assert syntax[0]["path"] == "ci.yaml:4"
+    typo = await refused(CHAIN_YAML.replace("depends: [test]", "depend: [test]"))
+    assert typo[0]["path"] == "ci.yaml:12: config.tasks[2]"
+    assert "did you mean 'depends'" in typo[0]["message"]
+    unknown = await refused(CHAIN_YAML.replace("depends: [build]", "depends: [biuld]"))
+    assert unknown[0]["path"] == "ci.yaml:11: config.tasks[1].depends[0]"
+    bare = await refused("tasks:\n  - name: a\n    run: x\n    depends: [nope]\n")
+    assert bare[0]["path"] == "ci.yaml:4: config.tasks[0].depends[0]"
+    outcome = await refused(CHAIN_YAML, outcomes={"tset": "failure"})
+    assert outcome[0]["path"] == "outcomes.tset"
+    top = await refused("- a\n- b\n")
+    assert top == [{"path": "ci.yaml:1", "message": "expected a mapping at the top"}]
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+        f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+        for i in range(8)
+    )
+    bomb = await refused(laughs)
+    assert "aliases" in bomb[0]["message"]
+
+
+async def test_a_run_file_over_the_body_limit_is_413(service_config: Settings) -> None:
+    settings = msgspec.structs.replace(service_config, max_body_bytes=2000)
+    async for service in start_service(settings):
+        answer = await service.client.post(
+            "/api/v1/simulations/run-file",
+            json={"run_file": CHAIN_YAML + "#" * 3000},
+            headers=service.auth("reader"),
+        )
+        assert answer.status == 413
+        assert (await answer.json())["code"] == "too_large"
+
+
+async def test_the_status_names_projections_dumps_and_executors(service: Service) -> None:
+    client = service.client
+    await create(service, config={"tasks": [{"name": "a", "run": "true"}]})
+    await caught_up(service)
+    claimed = await client.post(
+        "/api/v1/executor/claim",
+        json={"executor": "box-1", "labels": {"pool": "default"}, "wait": "0s"},
+        headers=service.auth("executor"),
+    )
+    assert claimed.status == 200, await claimed.text()
+    answer = await client.get("/api/v1/status", headers=service.auth("reader"))
+    assert answer.status == 200, await answer.text()
+    status = await answer.json()
+    assert set(status) == {
+        "version",
+        "now",
+        "head",
+        "projections",
+        "snapshot",
+        "executors_within_s",
+        "executors",
+        "websocket_subscribers",
+        "max_subscribers",
+    }
+    assert status["head"] >= 2
+    names = {p["name"] for p in status["projections"]}
+    assert {"run_state", "index"} <= names
+    for projection in status["projections"]:
+        assert projection["lag"] == status["head"] - projection["position"]
+    assert set(status["snapshot"]) >= {"age_s", "failures", "created_at"}
+    [seen] = status["executors"]
+    assert (seen["name"], seen["labels"], seen["running"]) == ("box-1", {"pool": "default"}, 1)
+    assert status["websocket_subscribers"] == 0
+    refused = await client.get("/api/v1/status", headers=service.auth("executor"))
+    assert refused.status == 403

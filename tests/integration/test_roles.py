@@ -65,7 +65,7 @@ def endpoint_class(endpoint: Endpoint) -> Permission:
         return Permission.ADMIN  # "Admin only", whatever the method
     if endpoint.method == "GET":
         return Permission.READ
-    if path == "/api/v1/simulations":
+    if path.startswith("/api/v1/simulations"):
         # A preview that writes nothing: readers may simulate.
         return Permission.READ
     if path.startswith("/api/v1/runs"):

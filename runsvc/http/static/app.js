@@ -10,6 +10,8 @@ const ROUTES = [
   [/^\/runs\/([^/]+)\/history$/, "./pages/history.js"],
   [/^\/runs\/([^/]+)$/, "./pages/run.js"],
   [/^\/runs$/, "./pages/runs.js"],
+  [/^\/simulate$/, "./pages/simulate.js"],
+  [/^\/health$/, "./pages/health.js"],
 ];
 
 const main = document.getElementById("main");
