@@ -109,7 +109,7 @@ async def main() -> None:
         big,
         "ms",
         baseline=baseline,
-        target="< 1000 ms, ratio < 2",
+        target="value<=1000 and ratio<=2",
     )
 
 
