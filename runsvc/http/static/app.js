@@ -6,7 +6,10 @@ import { h, replace } from "./dom.js";
 
 // Most specific first. Each module exports `render(main, context)`, which may return a
 // function that ends what the page keeps running (its websockets).
-const ROUTES = [[/^\/runs$/, "./pages/runs.js"]];
+const ROUTES = [
+  [/^\/runs\/([^/]+)\/tasks\/([^/]+)$/, "./pages/task.js"],
+  [/^\/runs$/, "./pages/runs.js"],
+];
 
 const main = document.getElementById("main");
 let leave = null;
