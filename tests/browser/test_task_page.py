@@ -143,6 +143,44 @@ def test_terminal_colours_render_as_classes(page: Page, web_cluster: Cluster) ->
     }
 
 
+def test_a_followed_log_keeps_its_last_lines_and_can_fetch_the_rest(
+    page: Page, web_cluster: Cluster
+) -> None:
+    """The log view alone, in the page: a log followed for long drops its oldest lines
+    past the limit and counts their bytes as earlier output, to be fetched again; colours
+    carry from one line to the next, and a line arriving in pieces is shown whole."""
+    sign_in(page, web_cluster)
+    result = page.evaluate(
+        """async () => {
+            const { LogView, MAX_LINES } = await import("/ui/pages/task.js");
+            const box = document.createElement("div");
+            document.body.append(box);
+            const view = new LogView(box, () => {});
+            const encoder = new TextEncoder();
+            view.start(0, encoder.encode("\\x1b[32mgreen\\nstill green\\x1b[0m\\nhalf"));
+            const colours = [...box.querySelectorAll(".line")].map((l) => l.innerHTML);
+            view.append(encoder.encode(" a line\\n"));
+            const joined = box.querySelectorAll(".line")[2].textContent;
+            const before = view.end;
+            for (let chunk = 0; chunk < 12; chunk += 1) {
+                view.append(encoder.encode("0123456789\\n".repeat(5000)));
+            }
+            const lines = box.querySelectorAll(".line").length;
+            box.remove();
+            return { colours, joined, lines, max: MAX_LINES, earlier: view.earlier,
+                     expected: before + 60000 * 11 - MAX_LINES * 11 };
+        }"""
+    )
+    assert result["colours"] == [
+        '<span class="ansi-fg2">green</span>',
+        '<span class="ansi-fg2">still green</span>',
+        "half",
+    ]
+    assert result["joined"] == "half a line"
+    assert result["lines"] == result["max"]
+    assert result["earlier"] == result["expected"]
+
+
 def test_artifacts_are_listed_and_downloaded(page: Page, web_cluster: Cluster) -> None:
     command = "mkdir -p dist && printf 'the bytes\\n' > dist/app.txt && echo built"
     run_id = create_run(

@@ -10,8 +10,9 @@ import { announce, badge, h, moment, replace, took } from "../dom.js";
 const CHUNK = 256 * 1024;
 // Lines kept on the page while a log is followed; older ones are dropped (and can be
 // fetched again), so a task that prints for hours does not grow the page without end.
-const MAX_LINES = 50000;
+export const MAX_LINES = 50000;
 const NEWLINE = 10;
+const BLOCK = 200; // lines laid out together (task.css's estimate of a block's height)
 
 function stylesheet() {
   if (!document.querySelector('link[href="pages/task.css"]')) {
@@ -62,8 +63,10 @@ function concat(first, second) {
 
 // The lines of a log shown on the page, from a byte offset on: whole lines are added at
 // the end as output arrives and at the start when earlier output is fetched. A line cut
-// by where a range starts is held back until the bytes before it come.
-class LogView {
+// by where a range starts is held back until the bytes before it come. Lines are kept in
+// blocks that the browser lays out only when they are scrolled into view (the CSS's
+// content-visibility): laying out 10,000 lines at once took most of a large log's time.
+export class LogView {
   constructor(box, onChange) {
     this.box = box;
     this.onChange = onChange;
@@ -115,32 +118,60 @@ class LogView {
     return data.subarray(newline + 1);
   }
 
-  line(data, state) {
-    const element = document.createElement("div");
-    element.className = "line";
-    return [element, renderLine(element, this.decoder.decode(data), state)];
+  // Whole lines (`data` ends with a newline) as elements, coloured from `state` on; the
+  // bytes of each, and the colours at the end.
+  lines(data, state) {
+    const sizes = [];
+    for (let begin = 0, newline = data.indexOf(NEWLINE); newline >= 0; newline = data.indexOf(NEWLINE, begin)) {
+      sizes.push(newline + 1 - begin);
+      begin = newline + 1;
+    }
+    // Decoded at once: a newline byte is never part of another character, so the text
+    // splits where the bytes do.
+    const texts = this.decoder.decode(data).split("\n");
+    texts.pop();
+    const elements = texts.map((text) => {
+      const element = document.createElement("div");
+      element.className = "line";
+      state = renderLine(element, text, state);
+      return element;
+    });
+    return { elements, sizes, state };
+  }
+
+  blocks(elements) {
+    const fragment = document.createDocumentFragment();
+    for (let index = 0; index < elements.length; index += BLOCK) {
+      const block = document.createElement("div");
+      block.className = "block";
+      block.append(...elements.slice(index, index + BLOCK));
+      fragment.append(block);
+    }
+    return fragment;
   }
 
   append(data) {
     const stick = this.atBottom();
     this.end += data.length;
     const joined = concat(this.tail, data);
-    const last = joined.lastIndexOf(NEWLINE);
-    const fragment = document.createDocumentFragment();
-    let begin = 0;
-    for (let newline = joined.indexOf(NEWLINE); newline >= 0 && newline <= last; newline = joined.indexOf(NEWLINE, begin)) {
-      const [element, state] = this.line(joined.subarray(begin, newline), this.state);
-      this.state = state;
-      fragment.append(element);
-      this.sizes.push(newline + 1 - begin);
-      begin = newline + 1;
-    }
-    this.tail = joined.slice(begin);
+    const whole = joined.lastIndexOf(NEWLINE) + 1;
+    const { elements, sizes, state } = this.lines(joined.subarray(0, whole), this.state);
+    this.state = state;
+    for (const size of sizes) this.sizes.push(size); // a spread could pass too many arguments
+    this.tail = joined.slice(whole);
     if (this.tailLine) this.tailLine.remove();
     this.tailLine = null;
-    this.box.append(fragment);
+    const last = this.box.lastElementChild;
+    let index = 0;
+    if (last && last.childElementCount < BLOCK) {
+      index = BLOCK - last.childElementCount;
+      last.append(...elements.slice(0, index));
+    }
+    this.box.append(this.blocks(elements.slice(index)));
     if (this.tail.length) {
-      [this.tailLine] = this.line(this.tail, this.state);
+      this.tailLine = document.createElement("div");
+      this.tailLine.className = "line";
+      renderLine(this.tailLine, this.decoder.decode(this.tail), this.state);
       this.box.append(this.tailLine);
     }
     this.trim();
@@ -152,30 +183,29 @@ class LogView {
   // from byte `from`: added above without moving what the reader is looking at.
   prepend(from, data) {
     this.from = from;
-    const lines = this.cut(concat(data, this.head));
-    const fragment = document.createDocumentFragment();
-    const sizes = [];
-    let state = PLAIN; // what colour was set before this range is not known
-    let begin = 0;
-    for (let newline = lines.indexOf(NEWLINE); newline >= 0; newline = lines.indexOf(NEWLINE, begin)) {
-      const [element, next] = this.line(lines.subarray(begin, newline), state);
-      state = next;
-      fragment.append(element);
-      sizes.push(newline + 1 - begin);
-      begin = newline + 1;
-    }
+    // What colour was set before this range is not known: it starts plain.
+    const { elements, sizes } = this.lines(this.cut(concat(data, this.head)), PLAIN);
     const height = this.box.scrollHeight;
-    this.box.prepend(fragment);
-    this.sizes.unshift(...sizes);
+    this.box.prepend(this.blocks(elements));
+    this.sizes = sizes.concat(this.sizes);
     this.box.scrollTop += this.box.scrollHeight - height;
     this.onChange();
   }
 
   trim() {
-    const extra = this.sizes.length - MAX_LINES;
+    let extra = this.sizes.length - MAX_LINES;
     if (extra <= 0) return;
     const dropped = this.sizes.splice(0, extra).reduce((sum, size) => sum + size, 0);
-    for (let index = 0; index < extra; index += 1) this.box.firstChild.remove();
+    while (extra > 0) {
+      const block = this.box.firstElementChild;
+      const count = block.childElementCount;
+      if (count <= extra) {
+        block.remove();
+        extra -= count;
+      } else {
+        for (; extra > 0; extra -= 1) block.firstElementChild.remove();
+      }
+    }
     this.from = this.earlier + dropped;
     this.head = new Uint8Array(0);
   }
