@@ -10,15 +10,18 @@ import re
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import asyncpg
 import msgspec
 import structlog
 from aiohttp import web
 
 from runsvc.domain.config import parse_duration
 from runsvc.domain.errors import BadRequest, Forbidden, NotFound, TooLarge, Unavailable
+from runsvc.http.byte_ranges import Unsatisfiable, byte_range
 from runsvc.http.keys import LEASES, LOG_LISTENER, OBJECTS, SETTINGS
+from runsvc.http.middleware import error_response
 from runsvc.http.routing import Endpoint, decode_body, decode_query, json_response, principal
-from runsvc.infra.objectstore import InvalidKey, ObjectNotFound, ObjectStoreError
+from runsvc.infra.objectstore import InvalidKey, ObjectNotFound, ObjectStore, ObjectStoreError
 from runsvc.service.auth import Permission
 from runsvc.service.leases import attempt_of
 from runsvc.service.task_logs import (
@@ -30,7 +33,9 @@ from runsvc.service.task_logs import (
     check_artifact_path,
     has_chunks,
     log_key,
+    log_size,
     read_log,
+    read_range,
     uploaded_by,
 )
 from runsvc.wire.api import Artifact, ArtifactList
@@ -248,47 +253,94 @@ Attempt = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
 class LogQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     attempt: Attempt | None = None
     follow: bool = False
+    # Where to start reading: a reader that showed the end of a running attempt's log
+    # (a Range request) follows on from the byte after it.
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 async def task_logs(request: web.Request) -> web.StreamResponse:
     """The attempt's output: what has arrived, or with `follow=true` the output as it
-    arrives until the attempt ends."""
+    arrives until the attempt ends; one range of it with a `Range` header."""
     query = decode_query(request, LogQuery)
+    asked = request.headers.get("Range")
+    if asked is not None and (query.follow or query.offset):
+        raise BadRequest("a Range header reads a finished part: follow with `offset` instead")
     task_id = request.match_info["task_id"]
     pool = request.app[LEASES].pool
     objects = request.app[OBJECTS]
     attempt, state = await attempt_of(pool, task_id, query.attempt)
     live = await has_chunks(pool, task_id, attempt)
-    if not live:
+    span = None
+    if asked is not None:
+        size = await _log_size(pool, objects, task_id, attempt, live)
+        try:
+            span = byte_range(asked, size)
+        except Unsatisfiable as exc:
+            refused = error_response(416, "range_not_satisfiable", str(exc))
+            refused.headers["Content-Range"] = f"bytes */{size}"
+            return refused
+    elif not live:
         try:
             async with storage_answering():
                 await objects.head(log_key(task_id, attempt))
         except ObjectNotFound:
             pass  # the attempt wrote nothing: an empty log
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/plain; charset=utf-8",
-            # Where the bytes come from: the database while the attempt's output is
-            # there, object storage once it has been moved.
-            "X-Log-Source": "database" if live else "object-storage",
-            "X-Log-Attempt": str(attempt),
-        }
-    )
+    headers = {
+        "Content-Type": "text/plain; charset=utf-8",
+        # Where the bytes come from: the database while the attempt's output is there,
+        # object storage once it has been moved.
+        "X-Log-Source": "database" if live else "object-storage",
+        "X-Log-Attempt": str(attempt),
+    }
+    if span is None:
+        body = _read_on(request, task_id, attempt, state, query)
+        return await _send(request, web.StreamResponse(headers=headers), task_id, body)
+    first, last = span
+    headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    headers["Content-Length"] = str(last - first + 1)
+    body = read_range(pool, objects, task_id, attempt, start=first, end=last + 1)
+    return await _send(request, web.StreamResponse(status=206, headers=headers), task_id, body)
+
+
+async def _log_size(
+    pool: asyncpg.Pool, objects: ObjectStore, task_id: str, attempt: int, live: bool
+) -> int:
+    if live:
+        return await log_size(pool, objects, task_id, attempt, live=True)
+    async with storage_answering():
+        return await log_size(pool, objects, task_id, attempt, live=False)
+
+
+async def _read_on(
+    request: web.Request, task_id: str, attempt: int, state: str, query: LogQuery
+) -> AsyncIterator[bytes]:
+    pool = request.app[LEASES].pool
+    objects = request.app[OBJECTS]
+    offset = query.offset
+    while True:
+        async for data in read_log(pool, objects, task_id, attempt, offset):
+            yield data
+            offset += len(data)
+        if not query.follow or state != "active":
+            break
+        await request.app[LOG_LISTENER].wait(1.0)
+        _, state = await attempt_of(pool, task_id, attempt)
+    # One last read: output that arrived between the last read and the end.
+    if query.follow:
+        async for data in read_log(pool, objects, task_id, attempt, offset):
+            yield data
+
+
+async def _send(
+    request: web.Request,
+    response: web.StreamResponse,
+    task_id: str,
+    body: AsyncIterator[bytes],
+) -> web.StreamResponse:
     await response.prepare(request)
-    offset = 0
     try:
-        while True:
-            async for data in read_log(pool, objects, task_id, attempt, offset):
-                await response.write(data)
-                offset += len(data)
-            if not query.follow or state != "active":
-                break
-            await request.app[LOG_LISTENER].wait(1.0)
-            _, state = await attempt_of(pool, task_id, attempt)
-        # One last read: output that arrived between the last read and the end.
-        if query.follow:
-            async for data in read_log(pool, objects, task_id, attempt, offset):
-                await response.write(data)
+        async for data in body:
+            await response.write(data)
     except ObjectStoreError as exc:
         # The status is sent already: end the connection without finishing the body, so
         # the client sees a cut-off transfer rather than a complete, shorter log.
@@ -431,7 +483,7 @@ TASK_ENDPOINTS = [
         "A task attempt's output",
         "tasks",
         query=LogQuery,
-        responses={200: None},
+        responses={200: None, 206: None},
         response_content_type="text/plain",
         bounded=False,
     ),

@@ -180,6 +180,64 @@ async def read_log(
         return
 
 
+# A range is read a piece at a time, so a reader asking for a large part of a large log
+# holds no more than a piece of it at once.
+_RANGE_PIECE = 1024 * 1024
+
+
+async def log_size(
+    pool: asyncpg.Pool, objects: ObjectStore, task_id: str, attempt: int, *, live: bool
+) -> int:
+    """How many bytes of output the attempt has: in the database while it is `live` there
+    (so far, if it still runs), else the stored object's size (0 when it wrote nothing)."""
+    if live:
+        size = await pool.fetchval(
+            'SELECT max("offset" + length(data)) FROM log_chunks '
+            "WHERE task_id = $1 AND attempt = $2",
+            task_id,
+            attempt,
+        )
+        if size is not None:
+            return int(size)
+    try:
+        return (await objects.head(log_key(task_id, attempt))).size
+    except ObjectNotFound:
+        return 0
+
+
+async def read_range(
+    pool: asyncpg.Pool,
+    objects: ObjectStore,
+    task_id: str,
+    attempt: int,
+    *,
+    start: int,
+    end: int,
+) -> AsyncIterator[bytes]:
+    """Bytes `start` to `end` (exclusive) of the attempt's output, wherever they are: a
+    piece moved to object storage while earlier pieces were read from the database is read
+    from there."""
+    for piece in range(start, end, _RANGE_PIECE):
+        piece_end = min(end, piece + _RANGE_PIECE)
+        rows = await pool.fetch(
+            'SELECT "offset", data FROM log_chunks WHERE task_id = $1 AND attempt = $2 '
+            'AND "offset" < $4 AND "offset" + length(data) > $3 ORDER BY "offset"',
+            task_id,
+            attempt,
+            piece,
+            piece_end,
+        )
+        if rows:
+            for row in rows:
+                offset, data = int(row[0]), bytes(row[1])
+                yield data[max(0, piece - offset) : piece_end - offset]
+            continue
+        try:
+            yield await objects.get_range(log_key(task_id, attempt), piece, piece_end)
+        except ObjectNotFound:
+            return
+
+
 async def archive(pool: asyncpg.Pool, objects: ObjectStore, task_id: str, attempt: int) -> None:
     """Move an ended attempt's output to object storage, then drop it from the database.
     If the store is unreachable the output stays (and is served) where it is. An attempt

@@ -7,6 +7,7 @@ import { h, replace } from "./dom.js";
 // Most specific first. Each module exports `render(main, context)`, which may return a
 // function that ends what the page keeps running (its websockets).
 const ROUTES = [
+  [/^\/runs\/([^/]+)\/tasks\/([^/]+)$/, "./pages/task.js"],
   [/^\/runs\/([^/]+)\/history$/, "./pages/history.js"],
   [/^\/runs\/([^/]+)$/, "./pages/run.js"],
   [/^\/runs$/, "./pages/runs.js"],
