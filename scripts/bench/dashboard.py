@@ -1,8 +1,10 @@
 """Dashboard benchmark: the first render of the runs page, in Debian's chromium, with a
-million runs in the index, against the same page on an index of fifty (the baseline,
+million runs in the index, against the same page on an index of fifty; and of a run's
+page and its history page for a run of 20,000 events, against a run of 100 (each baseline
 measured in the same run on the same server).
 
-    .venv/bin/python scripts/bench/dashboard.py [--runs 1000000] [--repeat 5]
+    .venv/bin/python scripts/bench/dashboard.py [--runs 1000000] [--events 20000]
+        [--repeat 5]
 
 A run of the runs page reads one keyset page (50 rows) and the groups below the group;
 neither should grow with the index. The million rows are written straight into the index
@@ -10,6 +12,11 @@ table (the page reads nothing else), in one group and in 1,000 groups below it, 
 of 100,000 with progress on stderr. "First render" is the time from the start of the
 navigation to the moment the page shows its 50 rows, as the browser's own clock
 (`performance.now()`) reads it; the median of `--repeat` loads, each in a fresh tab.
+
+The long run is a foreach of a third of `--events` items, each scheduled, run and ended
+by the real commands (three events an item), appended straight into the log as executors
+would have caused them; the run page is drawn when its cards are, the history page when
+its first page of events is.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import asyncio
 import statistics
 import sys
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,10 +35,20 @@ sys.path[0] = str(ROOT)
 sys.path.append(str(HERE))
 
 import asyncpg
-from _processes import served
+import msgspec
+from _processes import served, wait_ready
 from _report import emit, note
 from playwright.async_api import Browser, async_playwright
 
+from eventlog.postgres import create_pool
+from eventlog.records import Metadata
+from eventlog.store import NO_STREAM, EventStore
+from runsvc.domain import commands
+from runsvc.domain.config import RunConfig
+from runsvc.domain.events import SYSTEM, Event, stream_of
+from runsvc.domain.fold import apply_event
+from runsvc.domain.model import Run
+from runsvc.domain.requests import CreateRunRequest
 from runsvc.service.auth import create_token
 
 CHROMIUM = "/usr/bin/chromium"
@@ -64,6 +82,59 @@ async def fill(dsn: str, total: int, group: str) -> None:
         await connection.close()
 
 
+def long_run(run_id: str, items: int) -> list[Event]:
+    """The events of a run whose foreach of `items` items all ran and succeeded."""
+    config = msgspec.convert(
+        {"tasks": [{"name": "each", "run": "true", "foreach": list(range(items))}]}, RunConfig
+    )
+    request = CreateRunRequest(group="/history", name=f"run-{items}", config=config)
+    now = datetime.now(UTC)
+    events = commands.create_run(request, run_id=run_id, counter=1, now=now, admitted=True)
+    run: Run | None = None
+    for version, event in enumerate(events, start=1):
+        run = apply_event(run, event, version=version)
+    assert run is not None
+    for index in range(items):
+        name = f"each[{index}]"
+        started = commands.start_attempt(run, name, attempt=1, executor="bench", now=now)
+        run = _applied(run, events, started)
+        ended = commands.finish_attempt(
+            run, name, attempt=1, succeeded=True, exit_code=0, error=None, now=now
+        )
+        run = _applied(run, events, ended)
+    return events
+
+
+def _applied(run: Run, events: list[Event], decided: list[Event]) -> Run:
+    for event in decided:
+        run = apply_event(run, event, version=len(events) + 1)
+        events.append(event)
+    return run
+
+
+async def append_run(store: EventStore, run_id: str, events: list[Event]) -> None:
+    meta = Metadata(actor=SYSTEM, recorded_at=datetime.now(UTC))
+    version = NO_STREAM
+    for start in range(0, len(events), 1000):
+        chunk = events[start : start + 1000]
+        await store.append(stream_of(run_id), chunk, version, meta=meta, scope="/history")
+        version = start + len(chunk)
+
+
+async def shown(browser: Browser, url: str, token: str, address: str, selector: str) -> float:
+    """Milliseconds from navigation to `selector` on screen, in a fresh tab."""
+    context = await browser.new_context()
+    await context.add_init_script(f"sessionStorage.setItem('runsvc.token', {token!r})")
+    page = await context.new_page()
+    try:
+        await page.goto(f"{url}/ui/#{address}")
+        await page.locator(selector).first.wait_for(timeout=60_000)
+        elapsed: float = await page.evaluate("performance.now()")
+        return elapsed
+    finally:
+        await context.close()
+
+
 async def first_render(browser: Browser, url: str, token: str, group: str, rows: int) -> float:
     """Milliseconds from navigation to `rows` rows on screen, in a fresh tab."""
     context = await browser.new_context()
@@ -87,6 +158,7 @@ async def median_render(browser: Browser, url: str, token: str, group: str, repe
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1_000_000)
+    parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="runsvc-bench-dashboard-") as tmp:
@@ -103,6 +175,7 @@ async def main() -> None:
             baseline = await median_render(browser, service.url, token, "/small", args.repeat)
             await fill(service.dsn, args.runs, "/big")
             big = await median_render(browser, service.url, token, "/big", args.repeat)
+            pages = await history_renders(service.dsn, browser, service.url, token, args)
             await browser.close()
     emit(
         f"runs page first render, {args.runs:,} runs in the index",
@@ -111,6 +184,52 @@ async def main() -> None:
         baseline=baseline,
         target="value<=1000 and ratio<=2",
     )
+    for page, (value, base) in pages.items():
+        emit(
+            f"{page} first render, {args.events:,}-event run",
+            value,
+            "ms",
+            baseline=base,
+            target="value<=1000 and ratio<=2",
+        )
+
+
+async def history_renders(
+    dsn: str, browser: Browser, url: str, token: str, args: argparse.Namespace
+) -> dict[str, tuple[float, float]]:
+    """(long run, short run) medians of the run page and the history page."""
+    pool = await create_pool(dsn, max_size=4)
+    store = EventStore(pool, dsn=dsn)
+    await store.start()
+    try:
+        runs = {}
+        for label, items in (("short", 33), ("long", args.events // 3)):
+            run_id = f"bench-{label}-{items}"
+            events = long_run(run_id, items)
+            await append_run(store, run_id, events)
+            note(f"run {run_id}: {len(events):,} events appended")
+            runs[label] = run_id
+    finally:
+        await store.close()
+        await pool.close()
+    # Once the projections have folded both runs, so that they do not share the cores
+    # with the pages being timed.
+    await wait_ready(url)
+    found: dict[str, tuple[float, float]] = {}
+    for page, suffix, selector in (
+        ("run page", "", "li.card"),
+        ("history page", "/history", "tbody tr"),
+    ):
+        times = {}
+        for label, run_id in runs.items():
+            times[label] = statistics.median(
+                [
+                    await shown(browser, url, token, f"/runs/{run_id}{suffix}", selector)
+                    for _ in range(args.repeat)
+                ]
+            )
+        found[page] = (times["long"], times["short"])
+    return found
 
 
 if __name__ == "__main__":
