@@ -124,5 +124,10 @@ window.addEventListener("runsvc:signed-out", () => {
   who = null;
   signIn("The token was refused; sign in again.");
 });
+// The address's fragment holds the route: the skip link moves the focus, not the page.
+document.querySelector(".skip").addEventListener("click", (event) => {
+  event.preventDefault();
+  main.focus();
+});
 window.addEventListener("hashchange", show);
 show();

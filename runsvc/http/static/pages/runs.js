@@ -33,10 +33,16 @@ function groupPath(group) {
   return h("nav", { class: "crumbs", "aria-label": "Group" }, links);
 }
 
+// A control under its label, tied to it by id: the label alone names it (a label around
+// a select would add the chosen option to its name).
+function field(label, control) {
+  const id = `filter-${control.name}`;
+  control.id = id;
+  return h("div", { class: "field" }, h("label", { for: id }, label), control);
+}
+
 function select(name, label, values, current) {
-  return h(
-    "label",
-    {},
+  return field(
     label,
     h(
       "select",
@@ -58,18 +64,14 @@ function filterForm(filters, go) {
   const form = h(
     "form",
     { class: "filters", "aria-label": "Filter runs" },
-    h("label", {}, "Name", h("input", { name: "name", value: filters.name, size: 12 })),
+    field("Name", h("input", { name: "name", value: filters.name, size: 12 })),
     select("phase", "Phase", PHASES, filters.phase),
     select("result", "Result", RESULTS, filters.result),
-    h(
-      "label",
-      {},
+    field(
       "Created after",
       h("input", { name: "created_after", type: "datetime-local", value: localInput(filters.created_after) }),
     ),
-    h(
-      "label",
-      {},
+    field(
       "before",
       h("input", { name: "created_before", type: "datetime-local", value: localInput(filters.created_before) }),
     ),

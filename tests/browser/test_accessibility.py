@@ -1,0 +1,46 @@
+"""What a keyboard, a screen reader and a dark screen get from the dashboard."""
+
+from __future__ import annotations
+
+from playwright.sync_api import Browser, Page, expect
+
+from tests.browser.conftest import screenshot, sign_in
+from tests.fixtures.processes import Cluster
+
+
+def test_the_keyboard_reaches_sign_in_and_the_content(page: Page, web_cluster: Cluster) -> None:
+    page.goto(web_cluster.url + "/")
+    # The token field has the focus; typing and Enter sign in, no mouse needed.
+    expect(page.get_by_label("API token")).to_be_focused()
+    page.keyboard.type(web_cluster.tokens["admin"])
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Runs")).to_be_visible()
+    # From the top of a page the first Tab offers the skip link, which leads to the
+    # content without leaving the page (the address's fragment is the route).
+    page.reload()
+    expect(page.get_by_role("heading", name="Runs")).to_be_visible()
+    address = page.url
+    page.keyboard.press("Tab")
+    skip = page.get_by_role("link", name="Skip to content")
+    expect(skip).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#main")).to_be_focused()
+    assert page.url == address
+    expect(page.get_by_role("heading", name="Runs")).to_be_visible()
+    # Every field of the filters is labelled.
+    for label in ("Name", "Phase", "Result", "Created after", "before"):
+        expect(page.get_by_label(label, exact=True)).to_have_count(1)
+
+
+def test_a_dark_system_gets_a_dark_page(browser: Browser, web_cluster: Cluster) -> None:
+    context = browser.new_context(color_scheme="dark", viewport={"width": 1280, "height": 800})
+    try:
+        page = context.new_page()
+        sign_in(page, web_cluster)
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        text = page.evaluate("getComputedStyle(document.body).color")
+        assert background == "rgb(13, 17, 23)"
+        assert text == "rgb(230, 237, 243)"
+        screenshot(page, "runs-dark")
+    finally:
+        context.close()
