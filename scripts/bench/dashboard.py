@@ -36,7 +36,7 @@ sys.path.append(str(HERE))
 
 import asyncpg
 import msgspec
-from _processes import served, wait_ready
+from _processes import served
 from _report import emit, note
 from playwright.async_api import Browser, async_playwright
 
@@ -56,11 +56,13 @@ STEP = 100_000
 
 
 async def fill(dsn: str, total: int, group: str) -> None:
-    """`total` index rows below `group`, newest positions above every real run."""
+    """`total` index rows below `group`, older than every real run."""
     connection = await asyncpg.connect(dsn)
     try:
+        # Below every position the log will hand out, so that no run the bench creates
+        # later collides with one of these rows.
         start = await connection.fetchval(
-            "SELECT coalesce(max(created_position), 0) FROM runs_index"
+            "SELECT least(coalesce(min(created_position), 0), 0) FROM runs_index"
         )
         for offset in range(0, total, STEP):
             count = min(STEP, total - offset)
@@ -68,7 +70,7 @@ async def fill(dsn: str, total: int, group: str) -> None:
                 """
                 INSERT INTO runs_index
                 SELECT $1 || '-' || n, $1 || '/g' || (n % 1000), 'run', n, 'finished', 'success',
-                       now(), now(), now(), $2 + n, $2 + n
+                       now(), now(), now(), $2 - n, $2 - n
                 FROM generate_series($3::bigint, $4::bigint) AS n
                 """,
                 group,
@@ -119,6 +121,22 @@ async def append_run(store: EventStore, run_id: str, events: list[Event]) -> Non
         chunk = events[start : start + 1000]
         await store.append(stream_of(run_id), chunk, version, meta=meta, scope="/history")
         version = start + len(chunk)
+
+
+async def caught_up(dsn: str) -> None:
+    connection = await asyncpg.connect(dsn)
+    try:
+        head = await connection.fetchval("SELECT max(position) FROM events")
+        async with asyncio.timeout(900):
+            while (
+                behind := await connection.fetchval(
+                    "SELECT min(position) FROM projection_checkpoints"
+                )
+            ) < head:
+                note(f"projections: at {behind:,} of {head:,}")
+                await asyncio.sleep(2)
+    finally:
+        await connection.close()
 
 
 async def shown(browser: Browser, url: str, token: str, address: str, selector: str) -> float:
@@ -214,7 +232,7 @@ async def history_renders(
         await pool.close()
     # Once the projections have folded both runs, so that they do not share the cores
     # with the pages being timed.
-    await wait_ready(url)
+    await caught_up(dsn)
     found: dict[str, tuple[float, float]] = {}
     for page, suffix, selector in (
         ("run page", "", "li.card"),
