@@ -12,8 +12,8 @@ and evaluated where each field says.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from functools import lru_cache
+from collections.abc import Callable, Iterator
+from functools import cache, lru_cache
 from typing import Literal
 
 import msgspec
@@ -78,12 +78,18 @@ def parsed(text: str) -> Template:
     return parse(text)
 
 
-def check_config(config: RunConfig, root: str = "config") -> list[Problem]:
+def check_config(
+    config: RunConfig,
+    root: str = "config",
+    ancestry_of: Callable[[], Ancestry] | None = None,
+) -> list[Problem]:
     """The problems of every expression of the config, each at the path of its string
-    and saying where in it (`column 7`)."""
+    and saying where in it (`column 7`). `ancestry_of` gives the config's ancestry when
+    first needed (validation shares one with its other checks: a long chain's takes a
+    while to build)."""
     problems: list[Problem] = []
     known = {task.name for task in config.tasks}
-    ancestry: Ancestry | None = None
+    ancestry_of = ancestry_of or cache(lambda: Ancestry(config))
     for index, spec in enumerate(config.tasks):
         path = f"{root}.tasks[{index}]"
         strings: list[tuple[str, str, bool]] = [
@@ -104,11 +110,9 @@ def check_config(config: RunConfig, root: str = "config") -> list[Problem]:
                 problems.append(Problem(path=at, message=_NOT_ONE_EXPRESSION))
                 continue
             referenced = referenced_tasks(template)
-            if referenced and ancestry is None:
-                ancestry = Ancestry(config)
             ancestors = (
-                {name for name in referenced if ancestry.has(spec.name, name)}
-                if ancestry is not None
+                {name for name in referenced if ancestry_of().has(spec.name, name)}
+                if referenced
                 else set()
             )
             # These belong to the task as a whole, before any item.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from functools import cache
 
 from runsvc.domain.config import Approval, Retry, RunConfig, TaskConfig, parse_duration
 from runsvc.domain.errors import BadRequest, Problem
@@ -90,11 +91,12 @@ def validate_config(
     if cycle:
         first = next(i for i, t in enumerate(config.tasks) if t.name == cycle[0])
         add(f"{root}.tasks[{first}].depends", "cycle: " + " -> ".join([*cycle, cycle[0]]))
+    # Built once, when a check first needs it: inputs and expressions both ask.
+    ancestry_of = cache(lambda: Ancestry(config))
     if any(task.inputs for task in config.tasks):
-        ancestry = Ancestry(config)
         for index, task in enumerate(config.tasks):
-            _inputs(task, f"{root}.tasks[{index}]", names, ancestry, add)
-    add.extend(check_config(config, root))
+            _inputs(task, f"{root}.tasks[{index}]", names, ancestry_of(), add)
+    add.extend(check_config(config, root, ancestry_of))
     return list(add)
 
 
