@@ -58,3 +58,14 @@ export function badge(word) {
   // The word is always shown: colour only repeats what it says.
   return h("span", { class: `badge s-${word}` }, word.replace("_", " "));
 }
+
+// The marker a live page shows beside its heading, and the `onState` that keeps it true
+// (for `follow`).
+export function liveMarker() {
+  const element = h("span", { class: "live", "aria-live": "polite" }, "");
+  const onState = (state) => {
+    element.textContent = state === "live" ? "● live" : "reconnecting…";
+    element.className = `live ${state}`;
+  };
+  return { element, onState };
+}

@@ -3,7 +3,7 @@
 
 import { api, follow } from "../api.js";
 import { createDag, pageStyles } from "../dag.js";
-import { announce, badge, h, moment, replace, took } from "../dom.js";
+import { announce, badge, h, liveMarker, moment, replace, took } from "../dom.js";
 
 const ORDINAL = new Intl.PluralRules("en", { type: "ordinal" });
 const SUFFIX = { one: "st", two: "nd", few: "rd", other: "th" };
@@ -127,7 +127,8 @@ export async function render(main, { params, who, go }) {
   await pageStyles();
   let run = await api.get(`/api/v1/runs/${runId}`);
 
-  const live = h("span", { class: "live", "aria-live": "polite" }, "");
+  const marker = liveMarker();
+  const live = marker.element;
   const title = h("h1", {});
   const crumbs = h("div", {});
   const about = h("div", { class: "run-summary" });
@@ -227,10 +228,7 @@ export async function render(main, { params, who, go }) {
         reload();
       }, 150);
     },
-    (state) => {
-      live.textContent = state === "live" ? "● live" : "reconnecting…";
-      live.className = `live ${state}`;
-    },
+    marker.onState,
   );
   // A queued run moves up its queue through other runs' events, which this page does not
   // follow; and running tasks' durations move on by themselves.

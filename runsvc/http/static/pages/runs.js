@@ -3,7 +3,7 @@
 // change to a run of the group re-reads the page shown.
 
 import { api, follow, head } from "../api.js";
-import { announce, badge, h, moment, replace, took } from "../dom.js";
+import { announce, badge, h, liveMarker, moment, replace, took } from "../dom.js";
 
 const PHASES = ["queued", "running", "finished", "cancelled", "setuperror"];
 const RESULTS = ["unknown", "success", "failed", "stopped"];
@@ -125,7 +125,8 @@ function table(runs) {
 
 export async function render(main, { query, go }) {
   const filters = filtersOf(query);
-  const live = h("span", { class: "live", "aria-live": "polite" }, "");
+  const marker = liveMarker();
+  const live = marker.element;
   const groups = h("ul", { class: "groups", "aria-label": "Groups below" });
   const list = h("div", { class: "list" });
   const pager = h("nav", { class: "pager", "aria-label": "Pages" });
@@ -177,10 +178,7 @@ export async function render(main, { query, go }) {
         announce("The runs were updated.");
       }, 250);
     },
-    (state) => {
-      live.textContent = state === "live" ? "● live" : "reconnecting…";
-      live.className = `live ${state}`;
-    },
+    marker.onState,
   );
   return () => {
     clearTimeout(pending);

@@ -5,7 +5,7 @@
 
 import { ApiError, api, follow, session } from "../api.js";
 import { PLAIN, renderLine } from "../ansi.js";
-import { announce, badge, h, moment, replace, took } from "../dom.js";
+import { announce, badge, h, liveMarker, moment, replace, took } from "../dom.js";
 
 const CHUNK = 256 * 1024;
 // Lines kept on the page while a log is followed; older ones are dropped (and can be
@@ -421,7 +421,8 @@ export async function render(main, { params, query, go }) {
   let shown = pinned || task.attempt;
   let pane = null;
 
-  const live = h("span", { class: "live", "aria-live": "polite" }, "");
+  const marker = liveMarker();
+  const live = marker.element;
   const heading = h("h1", {}, name, " ", badge(task.status));
   const summary = h("div", {}, facts(task, shown));
   const outputSlot = h("div", {}, outputs(task));
@@ -528,10 +529,7 @@ export async function render(main, { params, query, go }) {
         }
       }, 150);
     },
-    (state) => {
-      live.textContent = state === "live" ? "● live" : "reconnecting…";
-      live.className = `live ${state}`;
-    },
+    marker.onState,
   );
   return () => {
     clearTimeout(pending);
