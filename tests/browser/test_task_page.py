@@ -274,3 +274,26 @@ def test_the_task_page_reads_on_a_phone(page: Page, web_cluster: Cluster) -> Non
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390
     screenshot(page, "task-phone")
+
+
+def test_markup_a_task_writes_stays_text(page: Page, web_cluster: Cluster) -> None:
+    """A task is untrusted: what it prints, outputs or fails with is shown as text on the
+    task and run pages, never made into elements (no image loads, no handler runs)."""
+    payload = '<img src=x onerror="document.title=42"><b>bold</b>'
+    command = (
+        f"echo '{payload}'; echo 'note={payload}' >> \"$RUNSVC_OUTPUT\"; "
+        f"echo '{payload}' >&2; exit 3"
+    )
+    run_id = create_run(web_cluster, "/web/task", "markup", [{"name": "evil", "run": command}])
+    wait_for_status(web_cluster, run_id, "evil", {"failed"})
+    sign_in(page, web_cluster)
+    open_task(page, web_cluster, run_id, "evil")
+    log = page.get_by_role("log")
+    expect(log).to_contain_text(payload)
+    expect(page.get_by_text("note")).not_to_have_count(0)
+    for shown in (page.locator("main img"), page.locator("main b")):
+        expect(shown).to_have_count(0)
+    page.goto(f"{web_cluster.url}/ui/#/runs/{run_id}")
+    expect(page.locator('li.card[data-task="evil"]')).to_be_visible()
+    expect(page.locator("main img")).to_have_count(0)
+    assert page.title() != "42"
