@@ -5,10 +5,11 @@ from __future__ import annotations
 from projections.index import IndexProjection
 from projections.projection import Projection
 from projections.run_state import RunStateProjection
+from projections.schedules import SchedulesProjection
 
 
 def all_projections() -> list[Projection]:
-    return [IndexProjection(), RunStateProjection()]
+    return [IndexProjection(), RunStateProjection(), SchedulesProjection()]
 
 
 def projection_named(name: str) -> Projection:

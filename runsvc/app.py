@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -18,7 +19,7 @@ from projections.registry import all_projections
 from projections.run_state import READY_CHANNEL, RunStateProjection
 from projections.runner import ProjectionRunner, checkpoint_of, ensure_tables, run_forever
 from projections.snapshot import restore_newest
-from runsvc.http import dashboard, events, executors, health, runs, tokens
+from runsvc.http import dashboard, events, executors, health, runs, schedules, tokens
 from runsvc.http.guessing import FailedAuthLimiter
 from runsvc.http.keys import (
     AUTH_LIMITER,
@@ -30,6 +31,7 @@ from runsvc.http.keys import (
     OBJECTS,
     PROJECTIONS,
     REVOCATIONS,
+    SCHEDULES,
     SERVICE,
     SETTINGS,
     SNAPSHOTTER,
@@ -50,6 +52,7 @@ from runsvc.resources import open_database, open_event_store, open_object_store
 from runsvc.service.auth import Permission, TokenVerifier, count_tokens, create_token
 from runsvc.service.leases import LeaseService
 from runsvc.service.runs import RunService
+from runsvc.service.schedules import ScheduleService, schedule_loop
 from runsvc.service.snapshotter import Snapshotter
 from runsvc.service.task_logs import LOG_CHANNEL, archive_pending
 from runsvc.service.timers import timer_loop
@@ -150,6 +153,10 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[SERVICE] = service
     app[LEASES] = leases
+    schedule_service = app[SCHEDULES] = ScheduleService(
+        app[STORE], service, grace=timedelta(seconds=settings.schedule_grace_s)
+    )
+    _count_schedule_work(app[METRICS], schedule_service)
     app[LOG_LISTENER] = logs
     objects = app[OBJECTS]
     jobs = [
@@ -160,10 +167,28 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     timers = asyncio.create_task(
         timer_loop(service, jobs=jobs, interval=settings.timer_interval_s), name="timers"
     )
+    firing = asyncio.create_task(
+        schedule_loop(schedule_service, interval=settings.timer_interval_s), name="schedules"
+    )
     yield
+    await cancel_and_wait(firing)
     await cancel_and_wait(timers)
     await ready.close()
     await logs.close()
+
+
+def _count_schedule_work(metrics: Metrics, service: ScheduleService) -> None:
+    counts = service.counts
+    metrics.components.labelled["runsvc_schedule_firings"] = (
+        "Runs this process created for schedules, by trigger (clock or manual).",
+        "trigger",
+        lambda: {k: float(v) for k, v in counts.fired.items()},
+    )
+    metrics.components.labelled["runsvc_schedule_skipped_firings"] = (
+        "Fire times this process let go without a run, by reason (missed or overlap).",
+        "reason",
+        lambda: {k: float(v) for k, v in counts.skipped.items()},
+    )
 
 
 async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -309,6 +334,7 @@ def all_endpoints() -> list[Endpoint]:
         *executors.EXECUTOR_ENDPOINTS,
         *executors.TASK_ENDPOINTS,
         *dashboard.ENDPOINTS,
+        *schedules.ENDPOINTS,
     ]
 
 

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import msgspec
 
 from runsvc.domain.config import RunConfig
+from runsvc.domain.schedule_config import ScheduleSpec
 
 Phase = Literal["setuperror", "queued", "running", "finished", "cancelled"]
 Result = Literal["unknown", "success", "failed", "stopped"]
@@ -216,6 +217,79 @@ RunEvent = (
     | RunOutputDeleted
 )
 
+# --- schedule events --------------------------------------------------------------------
+
+SCHEDULE_STREAM_PREFIX = "schedule-"
+"""Every change and every firing of a schedule goes to one stream, `schedule-<id>`."""
+
+
+def schedule_stream_of(schedule_id: str) -> str:
+    return f"{SCHEDULE_STREAM_PREFIX}{schedule_id}"
+
+
+def schedule_id_of(stream: str) -> str:
+    return stream.removeprefix(SCHEDULE_STREAM_PREFIX)
+
+
+class ScheduleCreated(Event, tag="schedule_created", frozen=True):
+    schedule_id: str
+    spec: ScheduleSpec
+    paused: bool
+    at: datetime
+    created_by: str
+
+
+class ScheduleChanged(Event, tag="schedule_changed", frozen=True):
+    """The spec as it is from now on; fire times are counted afresh from `at`."""
+
+    spec: ScheduleSpec
+    at: datetime
+
+
+class SchedulePaused(Event, tag="schedule_paused", frozen=True):
+    at: datetime
+
+
+class ScheduleResumed(Event, tag="schedule_resumed", frozen=True):
+    """Fire times are counted from `at`: what fell in the pause is not made up."""
+
+    at: datetime
+
+
+class ScheduleDeleted(Event, tag="schedule_deleted", frozen=True):
+    at: datetime
+
+
+class ScheduleFired(Event, tag="schedule_fired", frozen=True):
+    """A run was created for `fire_at` (a clock firing) or on request (`manual`)."""
+
+    fire_at: datetime
+    run_id: str
+    at: datetime
+    manual: bool = False
+
+
+class ScheduleSkipped(Event, tag="schedule_skipped", frozen=True):
+    """`count` fire times from `first` to `last` made no run: missed while no service was
+    up (and the catchup policy let them go), or the previous run had not ended."""
+
+    first: datetime
+    last: datetime
+    count: int
+    reason: Literal["missed", "overlap"]
+    at: datetime
+
+
+ScheduleEvent = (
+    ScheduleCreated
+    | ScheduleChanged
+    | SchedulePaused
+    | ScheduleResumed
+    | ScheduleDeleted
+    | ScheduleFired
+    | ScheduleSkipped
+)
+
 EVENT_TYPES: tuple[type[Event], ...] = (
     RunCreated,
     RunPhaseChanged,
@@ -225,6 +299,13 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     TaskExpanded,
     TaskApproved,
     RunOutputDeleted,
+    ScheduleCreated,
+    ScheduleChanged,
+    SchedulePaused,
+    ScheduleResumed,
+    ScheduleDeleted,
+    ScheduleFired,
+    ScheduleSkipped,
 )
 
 # --- codec --------------------------------------------------------------------------------
@@ -241,7 +322,7 @@ KNOWN_TYPES: frozenset[str] = frozenset(type_name(t) for t in EVENT_TYPES)
 _TYPE_NAMES: dict[type[Event], str] = {t: type_name(t) for t in EVENT_TYPES}
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(RunEvent)
+_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(RunEvent | ScheduleEvent)
 
 
 def event_type_of(event: Event | UnknownEvent) -> str:

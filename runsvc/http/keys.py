@@ -18,6 +18,7 @@ from runsvc.resources import Database
 from runsvc.service.auth import TokenVerifier
 from runsvc.service.leases import LeaseService
 from runsvc.service.runs import RunService
+from runsvc.service.schedules import ScheduleService
 from runsvc.service.snapshotter import Snapshotter
 from runsvc.service.tokens import RevocationListener
 
@@ -34,6 +35,7 @@ VERIFIER = web.AppKey("verifier", TokenVerifier)
 REVOCATIONS = web.AppKey("revocations", RevocationListener)
 PROJECTIONS = web.AppKey("projections", Projections)
 SERVICE = web.AppKey("service", RunService)
+SCHEDULES = web.AppKey("schedules", ScheduleService)
 OBJECTS = web.AppKey("objects", ObjectStore)
 LEASES = web.AppKey("leases", LeaseService)
 LOG_LISTENER = web.AppKey("log_listener", ChannelListener)

@@ -147,6 +147,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "housekeeping (expired leases, stale claims, log archiving)"
         ),
     ] = 1.0
+    schedule_grace_s: Annotated[
+        float,
+        Meta(
+            description="seconds after its fire time a schedule's firing still counts as on "
+            "time; later ones (after downtime) follow the schedule's catchup policy"
+        ),
+    ] = 60.0
     max_log_bytes: Annotated[
         int,
         Meta(
@@ -253,6 +260,7 @@ _ENV: dict[str, str] = {
     "heartbeat_interval_s": "RUNSVC_HEARTBEAT_INTERVAL_S",
     "max_claim_wait_s": "RUNSVC_MAX_CLAIM_WAIT_S",
     "timer_interval_s": "RUNSVC_TIMER_INTERVAL_S",
+    "schedule_grace_s": "RUNSVC_SCHEDULE_GRACE_S",
     "max_log_bytes": "RUNSVC_MAX_LOG_BYTES",
     "max_artifact_bytes": "RUNSVC_MAX_ARTIFACT_BYTES",
     "max_output_bytes": "RUNSVC_MAX_OUTPUT_BYTES",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import asyncpg
@@ -31,6 +31,9 @@ from runsvc.service.slots import ConcurrencySlots
 from runsvc.service.writer import BIG_RUN_TASKS, Caller, Decision, RunWriter, off_loop_if
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+Within = Callable[[asyncpg.Connection, str], Awaitable[None]]
+"""Writes that commit in the transaction creating a run (given the run's id)."""
 
 
 def new_run_id() -> str:
@@ -81,9 +84,19 @@ class RunService:
 
     # -- creating
 
-    async def create(self, request: CreateRunRequest, caller: Caller) -> tuple[Run, bool]:
+    async def create(
+        self,
+        request: CreateRunRequest,
+        caller: Caller,
+        *,
+        within: Within | None = None,
+    ) -> tuple[Run, bool]:
         """Create a run; returns it and whether it is new. With an idempotency key matching
-        a run that has not ended, that run is returned and nothing is appended."""
+        a run that has not ended, that run is returned and nothing is appended.
+
+        `within(connection, run_id)`, when given, runs in the transaction that creates the
+        run (or finds it by its key), so what it writes commits with the run or not at all;
+        if it raises, nothing is created."""
         # A run of thousands of tasks takes a good part of a second to check and plan:
         # in a worker thread (nothing else holds the request or the new run).
         big = len(request.config.tasks) >= BIG_RUN_TASKS
@@ -102,7 +115,7 @@ class RunService:
             submitted_by=caller.actor.id,
             max_foreach_items=self.max_foreach_items,
         )
-        if request.idempotency_key is None and request.concurrency_key is None:
+        if within is None and request.idempotency_key is None and request.concurrency_key is None:
             events = await decide(admitted=True)
             positions = await self.store.append(
                 stream_of(run_id), events, NO_STREAM, meta=caller.metadata(now), scope=request.group
@@ -112,6 +125,8 @@ class RunService:
             if request.idempotency_key is not None:
                 existing = await self._idempotent_match(connection, request.idempotency_key)
                 if existing is not None:
+                    if within is not None:
+                        await within(connection, existing.id)
                     return existing, False
                 await counters.record_idempotency_key(connection, request.idempotency_key, run_id)
             admitted = True
@@ -126,6 +141,8 @@ class RunService:
                 meta=caller.metadata(now),
                 scope=request.group,
             )
+            if within is not None:
+                await within(connection, run_id)
         return await self.writer.created(events, positions), True
 
     async def _idempotent_match(self, connection: asyncpg.Connection, key: str) -> Run | None:

@@ -68,7 +68,7 @@ def endpoint_class(endpoint: Endpoint) -> Permission:
     if path.startswith("/api/v1/simulations"):
         # A preview that writes nothing: readers may simulate.
         return Permission.READ
-    if path.startswith("/api/v1/runs"):
+    if path.startswith(("/api/v1/runs", "/api/v1/schedules")):
         return Permission.SUBMIT
     raise AssertionError(f"classify {endpoint.method} {path} against docs/api.md in this test")
 
