@@ -15,6 +15,7 @@ from runsvc.cli import (
     executor,
     local,
     runs,
+    schedules,
     schema,
     serve,
     snapshot,
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.register(commands)
     streams.register(commands)
     artifacts.register(commands)
+    schedules.register(commands)
     connection.register_login(commands)
     serve.register(commands)
     executor.register(commands)

@@ -19,6 +19,7 @@ import stat
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -978,3 +979,51 @@ async def test_artifacts_are_listed_and_downloaded(cli: Cli, tmp_path: Path) -> 
     none = await cli("artifacts", "list", run_id, "build", "nothing/")
     assert (none.code, none.stdout) == (0, "")
     assert "build has no artifacts under 'nothing/'" in none.stderr
+
+
+# -- schedules ---------------------------------------------------------------------------
+
+
+async def test_schedules_from_the_example_file(cli: Cli) -> None:
+    """`runsvc schedules create examples/nightly-schedule.yaml`: the nightly batch fires at
+    02:30 in Berlin (00:30 or 01:30 UTC); triggered, its run goes through the executor;
+    pause, resume and delete answer as a person expects."""
+    created = await cli("schedules", "create", "examples/nightly-schedule.yaml", "--format", "json")
+    assert created.code == 0, created.stderr
+    schedule = created.json()
+    assert schedule["cron"] == "30 2 * * *"
+    assert schedule["timezone"] == "Europe/Berlin"
+    next_fire = datetime.fromisoformat(schedule["next_fire_at"])
+    assert (next_fire.hour, next_fire.minute) in ((0, 30), (1, 30))
+    listed = await cli("schedules", "list", "--group", "/acme/warehouse")
+    assert listed.code == 0, listed.stderr
+    assert schedule["id"] in listed.stdout
+    assert "30 2 * * * (Europe/Berlin)" in listed.stdout
+
+    triggered = await cli("schedules", "trigger", schedule["id"])
+    assert triggered.code == 0, triggered.stderr
+    run_id = triggered.stdout.split()[1]
+    watched = await cli("watch", run_id)
+    assert watched.code == 0, watched.stdout + watched.stderr
+    shown = await cli("schedules", "show", schedule["id"])
+    assert f"run {run_id}  manual" in shown.stdout
+
+    paused = await cli("schedules", "pause", schedule["id"])
+    assert "next:     paused" in paused.stdout
+    resumed = await cli("schedules", "resume", schedule["id"], "--format", "json")
+    assert resumed.json()["paused"] is False
+    deleted = await cli("schedules", "delete", schedule["id"])
+    assert deleted.code == 0
+    missing = await cli("schedules", "show", schedule["id"])
+    assert missing.code == 4
+
+
+async def test_a_bad_schedule_file_says_where(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "name: x\ngroup: /cli/bad\ncron: '0 25 * * *'\ntimezone: Nowhere/City\n"
+        "run: {config: {tasks: [{name: a, run: 'true'}]}}\n"
+    )
+    outcome = await cli("schedules", "create", str(path))
+    assert outcome.code == 2
+    assert "timezone: unknown timezone" in outcome.stderr

@@ -18,11 +18,14 @@ from runsvc.domain.config import RunConfig
 from runsvc.domain.errors import BadRequest
 from runsvc.domain.requests import CreateRunRequest
 from runsvc.domain.run_file_schema import run_file_schema
+from runsvc.domain.schedule_config import CreateScheduleRequest
+from runsvc.domain.schedules import raise_if_invalid
 from runsvc.domain.validation import validate_config, validate_create
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLISHED = ROOT / "docs" / "run-file.schema.json"
-EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+SCHEDULES = sorted((ROOT / "examples").glob("*-schedule.yaml"))
+EXAMPLES = sorted(set((ROOT / "examples").glob("*.yaml")) - set(SCHEDULES))
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +59,12 @@ def test_every_example_passes_the_schema_and_the_server(path: Path, validator: A
     errors = [f"{list(e.instance_path)}: {e.message}" for e in validator.iter_errors(data)]
     assert errors == []
     validate_create(msgspec.convert(data, CreateRunRequest))
+
+
+@pytest.mark.parametrize("path", SCHEDULES, ids=lambda p: p.name)
+def test_every_example_schedule_passes_the_server(path: Path) -> None:
+    data = Document.read(path).data
+    raise_if_invalid(msgspec.convert(data, CreateScheduleRequest).spec())
 
 
 def test_descriptions_reach_the_schema() -> None:
