@@ -29,6 +29,12 @@ def decode_state(data: bytes) -> ScheduleState:
     return _decoder.decode(data)
 
 
+async def stored_schedule(pool: asyncpg.Pool, schedule_id: str) -> ScheduleState | None:
+    """The schedule as the projection folded it, or None when it has not yet."""
+    data = await pool.fetchval("SELECT state FROM schedules WHERE schedule_id = $1", schedule_id)
+    return None if data is None else decode_state(data)
+
+
 class SchedulesProjection:
     name = "schedules"
     version = 1

@@ -6,18 +6,19 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from eventlog.errors import StreamNotFound
+from eventlog.errors import CorruptEvent, StreamNotFound
+from projections.schedules import stored_schedule
 from runsvc.domain.errors import NotFound
 from runsvc.domain.events import schedule_stream_of
 from runsvc.domain.schedule_config import ChangeScheduleRequest, CreateScheduleRequest
-from runsvc.domain.schedules import ScheduleList, ScheduleView, view
+from runsvc.domain.schedules import ScheduleList, ScheduleView, fold_all, view
 from runsvc.domain.view import RunView, run_view
 from runsvc.http.events import event_out
 from runsvc.http.keys import PROJECTIONS, SCHEDULES, STORE
 from runsvc.http.routing import Endpoint, decode_body, decode_query, json_response
 from runsvc.http.runs import caller
 from runsvc.service.auth import Permission
-from runsvc.wire.api import StreamEvents
+from runsvc.wire.api import StreamEvents, Verification
 
 
 class ListQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -75,6 +76,32 @@ async def schedule_events(request: web.Request) -> web.Response:
     except StreamNotFound:
         raise NotFound(f"no schedule {_id(request)}") from None
     return json_response(StreamEvents(events=[event_out(e) for e in events]))
+
+
+async def verify_schedule(request: web.Request) -> web.Response:
+    """The hash chain holds, and folding the events reproduces what the schedules
+    projection stored."""
+    schedule_id = _id(request)
+    store = request.app[STORE]
+    try:
+        report = await store.verify_stream(schedule_stream_of(schedule_id))
+        records = await store.read_stream(schedule_stream_of(schedule_id))
+    except StreamNotFound:
+        raise NotFound(f"no schedule {schedule_id}") from None
+    except CorruptEvent as exc:
+        problems = [*report.problems, str(exc)]
+        return json_response(Verification(ok=False, events=report.events, problems=problems))
+    problems = list(report.problems)
+    stored = await stored_schedule(store.pool, schedule_id)
+    if stored is not None:
+        if stored.version > len(records):
+            problems.append(
+                f"the stored schedule is at version {stored.version} but the stream has only "
+                f"{len(records)} events: events were removed"
+            )
+        elif fold_all((r.event, r.version) for r in records[: stored.version]) != stored:
+            problems.append("folding the events does not reproduce the stored schedule")
+    return json_response(Verification(ok=not problems, events=report.events, problems=problems))
 
 
 def _one(suffix: str = "") -> str:
@@ -147,5 +174,14 @@ ENDPOINTS: list[Endpoint] = [
         "A schedule's history: every change and firing",
         "schedules",
         responses={200: StreamEvents},
+    ),
+    Endpoint(
+        "GET",
+        _one("/verify"),
+        verify_schedule,
+        Permission.READ,
+        "Audit a schedule: its hash chain and its fold",
+        "schedules",
+        responses={200: Verification},
     ),
 ]

@@ -286,3 +286,23 @@ async def _together(*services: ScheduleService, caught: Service) -> None:
     await asyncio.gather(*(s.fire_due() for s in services))
     # A process that found the other holding the schedule's lock looks again.
     await asyncio.gather(*(s.fire_due() for s in services))
+
+
+async def test_a_schedule_is_audited_like_a_run(clocked: tuple[Service, FakeClock]) -> None:
+    """Its chain and its fold verify; a firing removed by SQL is found."""
+    service, clock = clocked
+    created = await create_schedule(service, overlap="allow")
+    for hour in (13, 14):
+        clock.now = datetime(2031, 3, 10, hour, 0, 1, tzinfo=UTC)
+        await fire(service)
+    await caught_up(service)
+    verify = f"/api/v1/schedules/{created['id']}/verify"
+    response = await service.client.get(verify, headers=service.auth("reader"))
+    assert await response.json() == {"ok": True, "events": 3, "problems": []}
+    await service.app[SERVICE].pool.execute(
+        "DELETE FROM events WHERE stream = $1 AND version = 2", f"schedule-{created['id']}"
+    )
+    response = await service.client.get(verify, headers=service.auth("reader"))
+    report = await response.json()
+    assert report["ok"] is False
+    assert any("events were removed" in p or "version" in p for p in report["problems"])
