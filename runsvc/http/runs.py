@@ -192,6 +192,12 @@ async def recreate_run(request: web.Request) -> web.Response:
 
 
 async def run_events(request: web.Request) -> web.Response:
+    return await stream_events(request, stream_of(_run_id(request)), f"no run {_run_id(request)}")
+
+
+async def stream_events(request: web.Request, stream: str, missing: str) -> web.Response:
+    """A stream's events, all of them or a page (`after_version`, `limit`): a run's
+    history, a schedule's."""
     query = decode_query(request, HistoryQuery)
     most = request.app[SETTINGS].max_page_size
     if not 0 <= query.after_version <= _LAST_VERSION:
@@ -204,12 +210,10 @@ async def run_events(request: web.Request) -> web.Response:
     )
     try:
         events = await request.app[STORE].read_stream(
-            stream_of(_run_id(request)),
-            from_version=query.after_version + 1,
-            to_version=to_version,
+            stream, from_version=query.after_version + 1, to_version=to_version
         )
     except StreamNotFound:
-        raise NotFound(f"no run {_run_id(request)}") from None
+        raise NotFound(missing) from None
     if query.limit is None or len(events) <= query.limit:
         return json_response(StreamEvents(events=[event_out(e) for e in events]))
     page = events[: query.limit]

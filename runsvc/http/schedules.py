@@ -13,10 +13,9 @@ from runsvc.domain.events import schedule_stream_of
 from runsvc.domain.schedule_config import ChangeScheduleRequest, CreateScheduleRequest
 from runsvc.domain.schedules import ScheduleList, ScheduleView, fold_all, view
 from runsvc.domain.view import RunView, run_view
-from runsvc.http.events import event_out
 from runsvc.http.keys import PROJECTIONS, SCHEDULES, STORE
 from runsvc.http.routing import Endpoint, decode_body, decode_query, json_response
-from runsvc.http.runs import caller
+from runsvc.http.runs import HistoryQuery, caller, stream_events
 from runsvc.service.auth import Permission
 from runsvc.wire.api import StreamEvents, Verification
 
@@ -71,11 +70,10 @@ async def trigger_schedule(request: web.Request) -> web.Response:
 
 
 async def schedule_events(request: web.Request) -> web.Response:
-    try:
-        events = await request.app[STORE].read_stream(schedule_stream_of(_id(request)))
-    except StreamNotFound:
-        raise NotFound(f"no schedule {_id(request)}") from None
-    return json_response(StreamEvents(events=[event_out(e) for e in events]))
+    schedule_id = _id(request)
+    return await stream_events(
+        request, schedule_stream_of(schedule_id), f"no schedule {schedule_id}"
+    )
 
 
 async def verify_schedule(request: web.Request) -> web.Response:
@@ -173,6 +171,7 @@ ENDPOINTS: list[Endpoint] = [
         Permission.READ,
         "A schedule's history: every change and firing",
         "schedules",
+        query=HistoryQuery,
         responses={200: StreamEvents},
     ),
     Endpoint(

@@ -20,7 +20,7 @@ import structlog
 
 from eventlog.errors import StreamNotFound, VersionConflict
 from eventlog.store import NO_STREAM, EventStore
-from projections.schedules import decode_state
+from projections.schedules import decode_state, stored_schedule
 from runsvc.domain import schedules
 from runsvc.domain.errors import Conflict, NotFound
 from runsvc.domain.events import (
@@ -77,11 +77,17 @@ class ScheduleService:
         return state
 
     async def _load(self, schedule_id: str) -> ScheduleState:
+        """The projection's state of the schedule with the newer events of its stream
+        folded in: a schedule that fired a million times is not re-read from its start."""
+        stored = await stored_schedule(self.pool, schedule_id)
         try:
-            records = await self.store.read_stream(schedule_stream_of(schedule_id))
+            records = await self.store.read_stream(
+                schedule_stream_of(schedule_id),
+                from_version=1 if stored is None else stored.version + 1,
+            )
         except StreamNotFound:
             raise NotFound(f"no schedule {schedule_id}") from None
-        state = schedules.fold_all((r.event, r.version) for r in records)
+        state = schedules.fold_all(((r.event, r.version) for r in records), stored)
         if state is None:
             raise NotFound(f"no schedule {schedule_id}")
         return state

@@ -213,6 +213,13 @@ async def test_overlap_skip_lets_a_firing_go_while_the_last_run_is_on(
     assert types == ["schedule_created", "schedule_fired", "schedule_skipped"]
     skipped = (await history.json())["events"][-1]["data"]
     assert skipped["reason"] == "overlap"
+    paged = await service.client.get(
+        f"/api/v1/schedules/{created['id']}/events?after_version=1&limit=1",
+        headers=service.auth("reader"),
+    )
+    page = await paged.json()
+    assert [e["type"] for e in page["events"]] == ["schedule_fired"]
+    assert page["next_after_version"] == 2
 
 
 async def test_paused_schedules_do_not_fire_and_resume_from_then(
