@@ -18,7 +18,7 @@ from projections.registry import all_projections
 from projections.run_state import READY_CHANNEL, RunStateProjection
 from projections.runner import ProjectionRunner, checkpoint_of, ensure_tables, run_forever
 from projections.snapshot import restore_newest
-from runsvc.http import dashboard, events, executors, health, runs, tokens
+from runsvc.http import dashboard, events, executors, health, runs, tokens, webhooks
 from runsvc.http.guessing import FailedAuthLimiter
 from runsvc.http.keys import (
     AUTH_LIMITER,
@@ -54,6 +54,7 @@ from runsvc.service.snapshotter import Snapshotter
 from runsvc.service.task_logs import LOG_CHANNEL, archive_pending
 from runsvc.service.timers import timer_loop
 from runsvc.service.tokens import RevocationListener
+from runsvc.service.webhook_delivery import WebhookManager
 from runsvc.wire.api import Health, Readiness
 
 log = structlog.get_logger("runsvc")
@@ -180,6 +181,37 @@ async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     yield
     await hub.close()
+
+
+async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Delivering webhooks: the ones whose lease this process holds, each in its task."""
+    settings = app[SETTINGS]
+    manager = WebhookManager(
+        app[STORE],
+        app[DATABASE].dsn,
+        timeout_s=settings.webhook_timeout_s,
+        retry_for_s=settings.webhook_retry_for_s,
+        lease_s=settings.webhook_lease_s,
+    )
+    components = app[METRICS].components
+    components.labelled_counters["runsvc_webhook_deliveries"] = (
+        "Webhook delivery attempts by this process, by outcome.",
+        "outcome",
+        lambda: {k: float(v) for k, v in manager.outcomes.items()},
+    )
+    components.labelled["runsvc_webhook_lag_events"] = (
+        "Log positions between the head and the checkpoint of each webhook this process delivers.",
+        "webhook",
+        lambda: {k: lag.events for k, lag in manager.lags().items()},
+    )
+    components.labelled["runsvc_webhook_lag_seconds"] = (
+        "Age of the oldest event not yet delivered, per webhook this process delivers.",
+        "webhook",
+        lambda: {k: lag.seconds for k, lag in manager.lags().items()},
+    )
+    await manager.start()
+    yield
+    await manager.close()
 
 
 async def _restore_empty_index(app: web.Application) -> None:
@@ -309,6 +341,7 @@ def all_endpoints() -> list[Endpoint]:
         *executors.EXECUTOR_ENDPOINTS,
         *executors.TASK_ENDPOINTS,
         *dashboard.ENDPOINTS,
+        *webhooks.ENDPOINTS,
     ]
 
 
@@ -331,6 +364,7 @@ def create_app(settings: Settings, *, extra: Sequence[Endpoint] = ()) -> web.App
     app.cleanup_ctx.append(_snapshotter_ctx)
     app.cleanup_ctx.append(_service_ctx)
     app.cleanup_ctx.append(_hub_ctx)
+    app.cleanup_ctx.append(_webhooks_ctx)
     app.on_shutdown.append(events.close_websockets)
     app.on_shutdown.append(_end_long_polls)
     endpoints = [*all_endpoints(), *extra]
