@@ -92,4 +92,6 @@ class Receiver:
         if status is None:
             await self._released.wait()
             status = 200
-        return web.Response(status=status, text="ok")
+        # A redirect names a place: a sender that followed it would be seen asking there.
+        headers = {"Location": "/moved"} if 300 <= status < 400 else None
+        return web.Response(status=status, text="ok", headers=headers)
