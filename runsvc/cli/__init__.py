@@ -20,6 +20,7 @@ from runsvc.cli import (
     snapshot,
     streams,
     watch,
+    webhooks,
 )
 from runsvc.cli.connection import EXIT_USAGE
 from runsvc.domain.suggest import did_you_mean
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     local.register(commands)
     snapshot.register(commands)
     schema.register(commands)
+    webhooks.register(commands)
     completion.register(commands, parser)
     return parser
 
