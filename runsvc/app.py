@@ -19,7 +19,7 @@ from projections.registry import all_projections
 from projections.run_state import READY_CHANNEL, RunStateProjection
 from projections.runner import ProjectionRunner, checkpoint_of, ensure_tables, run_forever
 from projections.snapshot import restore_newest
-from runsvc.http import dashboard, events, executors, health, runs, schedules, tokens
+from runsvc.http import dashboard, events, executors, health, runs, schedules, tokens, webhooks
 from runsvc.http.guessing import FailedAuthLimiter
 from runsvc.http.keys import (
     AUTH_LIMITER,
@@ -57,6 +57,7 @@ from runsvc.service.snapshotter import Snapshotter
 from runsvc.service.task_logs import LOG_CHANNEL, archive_pending
 from runsvc.service.timers import timer_loop
 from runsvc.service.tokens import RevocationListener
+from runsvc.service.webhook_delivery import WebhookManager
 from runsvc.wire.api import Health, Readiness
 
 log = structlog.get_logger("runsvc")
@@ -207,6 +208,37 @@ async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
     await hub.close()
 
 
+async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Delivering webhooks: the ones whose lease this process holds, each in its task."""
+    settings = app[SETTINGS]
+    manager = WebhookManager(
+        app[STORE],
+        app[DATABASE].dsn,
+        timeout_s=settings.webhook_timeout_s,
+        retry_for_s=settings.webhook_retry_for_s,
+        lease_s=settings.webhook_lease_s,
+    )
+    components = app[METRICS].components
+    components.labelled_counters["runsvc_webhook_deliveries"] = (
+        "Webhook delivery attempts by this process, by outcome.",
+        "outcome",
+        lambda: {k: float(v) for k, v in manager.outcomes.items()},
+    )
+    components.labelled["runsvc_webhook_lag_events"] = (
+        "Log positions between the head and the checkpoint of each webhook this process delivers.",
+        "webhook",
+        lambda: {k: lag.events for k, lag in manager.lags().items()},
+    )
+    components.labelled["runsvc_webhook_lag_seconds"] = (
+        "Age of the oldest event not yet delivered, per webhook this process delivers.",
+        "webhook",
+        lambda: {k: lag.seconds for k, lag in manager.lags().items()},
+    )
+    await manager.start()
+    yield
+    await manager.close()
+
+
 async def _restore_empty_index(app: web.Application) -> None:
     """A new or wiped index on a log that is not empty: start from the newest dump in
     object storage, so only the events after it need replaying."""
@@ -335,6 +367,7 @@ def all_endpoints() -> list[Endpoint]:
         *executors.TASK_ENDPOINTS,
         *dashboard.ENDPOINTS,
         *schedules.ENDPOINTS,
+        *webhooks.ENDPOINTS,
     ]
 
 
@@ -357,6 +390,7 @@ def create_app(settings: Settings, *, extra: Sequence[Endpoint] = ()) -> web.App
     app.cleanup_ctx.append(_snapshotter_ctx)
     app.cleanup_ctx.append(_service_ctx)
     app.cleanup_ctx.append(_hub_ctx)
+    app.cleanup_ctx.append(_webhooks_ctx)
     app.on_shutdown.append(events.close_websockets)
     app.on_shutdown.append(_end_long_polls)
     endpoints = [*all_endpoints(), *extra]

@@ -21,6 +21,7 @@ from runsvc.cli import (
     snapshot,
     streams,
     watch,
+    webhooks,
 )
 from runsvc.cli.connection import EXIT_USAGE
 from runsvc.domain.suggest import did_you_mean
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     local.register(commands)
     snapshot.register(commands)
     schema.register(commands)
+    webhooks.register(commands)
     completion.register(commands, parser)
     return parser
 

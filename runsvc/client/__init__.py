@@ -20,6 +20,7 @@ from runsvc.client.base import (
 from runsvc.client.executor import ExecutorClient, LeaseLost
 from runsvc.client.follow import follow_events
 from runsvc.client.runs import RunsClient
+from runsvc.client.webhooks import WebhooksClient
 
 __all__ = [
     "ApiClient",
@@ -38,5 +39,6 @@ __all__ = [
     "ServerError",
     "TooLargeError",
     "UnauthorizedError",
+    "WebhooksClient",
     "follow_events",
 ]

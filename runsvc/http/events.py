@@ -14,34 +14,14 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from eventlog.filter import EventFilter
 from eventlog.records import RecordedEvent
 from runsvc.domain.errors import BadRequest, ServiceError
-from runsvc.domain.events import UnknownEvent, stream_of
+from runsvc.domain.events import stream_of
 from runsvc.http.keys import HUB, SETTINGS, STORE
 from runsvc.http.routing import WEBSOCKET_PROTOCOL, Endpoint, decode_query, json_response
 from runsvc.service.auth import Permission
-from runsvc.wire.api import EventOut, EventPage
+from runsvc.service.event_view import event_json, event_out
+from runsvc.wire.api import EventPage
 
 log = structlog.get_logger("runsvc.http")
-
-
-def event_out(recorded: RecordedEvent) -> EventOut:
-    """An event of the log as the API shows it (an unknown type's payload decoded
-    generically)."""
-    event = recorded.event
-    meta = recorded.meta
-    return EventOut(
-        position=recorded.position,
-        stream=recorded.stream,
-        version=recorded.version,
-        type=recorded.type,
-        recorded_at=meta.recorded_at,
-        actor=meta.actor,
-        data=event.data() if isinstance(event, UnknownEvent) else event,
-        hash=recorded.hash.hex(),
-        id=str(recorded.event_id),
-        correlation_id=meta.correlation_id,
-        causation_id=meta.causation_id,
-        request_id=meta.request_id,
-    )
 
 
 class OpenSockets(set[web.WebSocketResponse]):
@@ -122,7 +102,7 @@ class _Encoded:
         key = (event.position, event.event_id)
         text = self._cache.get(key)
         if text is None:
-            text = msgspec.json.encode(event_out(event)).decode()
+            text = event_json(event).decode()
             if len(self._cache) >= self._size:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = text

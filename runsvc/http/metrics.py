@@ -44,6 +44,7 @@ class ComponentCollector(Collector):
         self.gauges: dict[str, tuple[str, Reading]] = {}
         self.counters: dict[str, tuple[str, Reading]] = {}
         self.labelled: dict[str, tuple[str, str, Callable[[], dict[str, float]]]] = {}
+        self.labelled_counters: dict[str, tuple[str, str, Callable[[], dict[str, float]]]] = {}
 
     def collect(self) -> Iterator[Metric]:
         for name, (doc, read) in self.gauges.items():
@@ -63,6 +64,11 @@ class ComponentCollector(Collector):
             for key, value in read_all().items():
                 family.add_metric([key], value)
             yield family
+        for name, (doc, label, read_all) in self.labelled_counters.items():
+            counted = CounterMetricFamily(name, doc, labels=[label])
+            for key, value in read_all().items():
+                counted.add_metric([key], value)
+            yield counted
 
 
 class Metrics:

@@ -32,13 +32,13 @@ from runsvc.domain.simulate import SimulationResult, simulate
 from runsvc.domain.suggest import did_you_mean, unknown_field_hint
 from runsvc.domain.validation import raise_problems, validate_config
 from runsvc.domain.view import RunView, run_view
-from runsvc.http.events import event_out
 from runsvc.http.keys import SERVICE, SETTINGS, STORE, VIEWS
 from runsvc.http.middleware import REQUEST_ID
 from runsvc.http.routing import Endpoint, decode_body, decode_query, json_response, principal
 from runsvc.infra import documents
 from runsvc.infra.documents import DocumentError
 from runsvc.service.auth import Permission
+from runsvc.service.event_view import event_out
 from runsvc.service.writer import Caller
 from runsvc.wire.api import (
     GroupList,

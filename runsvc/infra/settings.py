@@ -221,6 +221,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "seconds (0: off)"
         ),
     ] = 60.0
+    webhook_timeout_s: Annotated[
+        float,
+        Meta(description="seconds a webhook's receiver has to answer one delivery"),
+    ] = 10.0
+    webhook_retry_for_s: Annotated[
+        float,
+        Meta(
+            description="seconds a webhook retries an undelivered event (backoff from 1 s "
+            "doubling to 5 min) before it is marked failing and stops until resumed"
+        ),
+    ] = 86400.0
+    webhook_lease_s: Annotated[
+        float,
+        Meta(
+            description="seconds a process's lease on delivering a webhook lasts without "
+            "renewal; another process takes the webhook over after it"
+        ),
+    ] = 30.0
 
     @property
     def embedded_database(self) -> bool:
@@ -270,6 +288,9 @@ _ENV: dict[str, str] = {
     "max_connections": "RUNSVC_MAX_CONNECTIONS",
     "keepalive_timeout_s": "RUNSVC_KEEPALIVE_TIMEOUT_S",
     "statement_timeout_s": "RUNSVC_STATEMENT_TIMEOUT_S",
+    "webhook_timeout_s": "RUNSVC_WEBHOOK_TIMEOUT_S",
+    "webhook_retry_for_s": "RUNSVC_WEBHOOK_RETRY_FOR_S",
+    "webhook_lease_s": "RUNSVC_WEBHOOK_LEASE_S",
 }
 
 

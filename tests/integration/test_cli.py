@@ -1027,3 +1027,59 @@ async def test_a_bad_schedule_file_says_where(cli: Cli, tmp_path: Path) -> None:
     outcome = await cli("schedules", "create", str(path))
     assert outcome.code == 2
     assert "timezone: unknown timezone" in outcome.stderr
+
+
+# -- webhooks --------------------------------------------------------------------------
+
+
+async def test_webhooks_commands_keep_the_secret_out_of_every_output(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """`webhooks create FILE --secret-file` creates a webhook whose receiver gets signed
+    events; list, show, deliveries, resume and delete work by id; no secret means exit 2;
+    the secret appears in no output."""
+    from tests.webhook_receiver import Receiver
+
+    secret = "cli-webhook-secret-3c1e9f0d7a"
+    receiver = Receiver(secret)
+    await receiver.start()
+    try:
+        hook_file = tmp_path / "hook.yaml"
+        hook_file.write_text(f"url: {receiver.url}\ngroup: /cli/hooks\ntypes: [run_finished]\n")
+        (tmp_path / "secret").write_text(secret + "\n")
+        missing = await cli("webhooks", "create", str(hook_file))
+        assert missing.code == 2
+        assert "secret" in missing.stderr
+        outputs = [missing]
+        created = await cli(
+            "webhooks", "create", str(hook_file), "--secret-file", str(tmp_path / "secret"),
+            "--format", "json",
+        )  # fmt: skip
+        assert created.code == 0, created.stderr
+        hook_id = created.json()["id"]
+        (tmp_path / "run.yaml").write_text("tasks:\n  - name: a\n    run: 'true'\n")
+        run = await submitted(
+            cli, str(tmp_path / "run.yaml"), "--group", "/cli/hooks", "--name", "h"
+        )
+        await receiver.wait_for(lambda r: len(r.accepted) == 1)
+        assert receiver.accepted[0].signed
+        assert receiver.accepted[0].body["stream"] == f"run-{run['id']}"
+        for args in (
+            ("list",),
+            ("show", hook_id),
+            ("deliveries", hook_id),
+            ("resume", hook_id),
+            ("list", "--format", "json"),
+        ):
+            outcome = await cli("webhooks", *args)
+            assert outcome.code == 0, (args, outcome.stderr)
+            outputs.append(outcome)
+        assert "delivered" in outputs[3].stdout
+        assert hook_id in outputs[1].stdout
+        deleted = await cli("webhooks", "delete", hook_id)
+        assert deleted.code == 0, deleted.stderr
+        gone = await cli("webhooks", "show", hook_id)
+        assert gone.code == 4
+        assert all(secret not in o.stdout + o.stderr for o in [*outputs, created, deleted, gone])
+    finally:
+        await receiver.stop()
