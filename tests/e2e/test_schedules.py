@@ -1,6 +1,8 @@
-"""Two `runsvc serve` processes on one database, a schedule firing every 2 seconds by the
-real clock for most of a minute, one process SIGKILLed and restarted meanwhile: every fire
-time from the schedule's creation to its pause made exactly one run."""
+"""Schedules on real `runsvc serve` processes and the real clock: two processes on one
+database, a schedule firing every 2 seconds for most of a minute, one process SIGKILLed and
+restarted meanwhile: every fire time from the schedule's creation to its pause made exactly
+one run. And a scheduled batch run by an executor, a webhook telling a receiver of each
+run's end."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.processes import Cluster, api
+from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.slow
 
@@ -99,3 +102,59 @@ async def test_every_fire_time_made_one_run_across_a_sigkill(cluster: Cluster) -
                 break
             await asyncio.sleep(0.2)
     assert listed == set(run_ids)
+
+
+async def test_a_scheduled_batch_runs_on_time_and_a_webhook_says_each_finished(
+    cluster: Cluster,
+) -> None:
+    """The issue's end to end: a schedule starts a batch every 2 s, an executor runs it,
+    and a webhook tells a local receiver, signed, when each run finished."""
+    secret = "whsec-schedules-e2e-3c1f9a"
+    receiver = Receiver(secret)
+    await receiver.start()
+    try:
+        cluster.start_executor("batch", concurrency=2)
+        status, hook = await api(
+            cluster,
+            "POST",
+            "/api/v1/webhooks",
+            json={"url": receiver.url, "secret": secret, "types": ["run_finished"],
+                  "group": "/e2e/batch"},
+        )  # fmt: skip
+        assert status == 201, hook
+        body = {
+            "name": "batch",
+            "group": "/e2e/batch",
+            "cron": "@every 2s",
+            "overlap": "allow",
+            "run": {"config": {"tasks": [
+                {"name": "extract", "run": "echo rows=3"},
+                {"name": "load", "depends": ["extract"], "run": "echo loaded"},
+            ]}},
+        }  # fmt: skip
+        status, created = await api(cluster, "POST", "/api/v1/schedules", json=body)
+        assert status == 201, created
+        await receiver.wait_for(lambda r: len(r.accepted) >= 3)
+        status, _ = await api(
+            cluster, "PATCH", f"/api/v1/schedules/{created['id']}", json={"paused": True}
+        )
+        assert status == 200
+        events = await schedule_events(cluster, created["id"])
+        fired = {
+            e["data"]["run_id"]: datetime.fromisoformat(e["data"]["fire_at"])
+            for e in events
+            if e["type"] == "schedule_fired"
+        }
+        finished = receiver.accepted[:3]
+        assert all(a.signed for a in finished)
+        assert all(a.event_type == "run_phase_changed" for a in finished)
+        assert all(a.body["data"]["phase"] == "finished" for a in finished)
+        for arrival in finished:
+            run_id = arrival.body["stream"].removeprefix("run-")
+            assert run_id in fired  # each finished run was made by a firing
+            status, run = await api(cluster, "GET", f"/api/v1/runs/{run_id}")
+            assert run["result"] == "success"
+            key = f"schedule:{created['id']}:{fired[run_id]:%Y-%m-%dT%H:%M:%S}Z"
+            assert run["idempotency_key"] == key
+    finally:
+        await receiver.stop()

@@ -4,14 +4,17 @@ trigger, and firings decided on a clock the test sets (the loop's own clock)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from runsvc.http.keys import SCHEDULES, SERVICE, SETTINGS
+from runsvc.infra.objectstore import ObjectStoreConfig
 from runsvc.service.schedules import ScheduleService
-from tests.fixtures.service import Service, start_service
+from tests.fixtures.service import Service, service_settings, start_service
 from tests.integration.test_runs_api import caught_up
 
 T0 = datetime(2031, 3, 10, 12, 0, 30, tzinfo=UTC)
@@ -37,11 +40,18 @@ class FakeClock:
 
 
 @pytest.fixture
-async def clocked(service: Service) -> tuple[Service, FakeClock]:
-    """The service, its schedules deciding on a clock the test moves."""
-    clock = FakeClock(T0)
-    service.app[SCHEDULES].clock = clock
-    return service, clock
+async def clocked(
+    database_dsn: str, tmp_path: Path, object_store_config: ObjectStoreConfig
+) -> AsyncIterator[tuple[Service, FakeClock]]:
+    """The service, its schedules deciding on a clock the test moves and firing only when
+    the test says (`fire`): its own loop looks once at start, then not for an hour."""
+    settings = service_settings(
+        database_dsn, tmp_path, object_store_config, timer_interval_s=3600.0
+    )
+    async for service in start_service(settings):
+        clock = FakeClock(T0)
+        service.app[SCHEDULES].clock = clock
+        yield service, clock
 
 
 async def create_schedule(service: Service, **fields: Any) -> dict[str, Any]:
