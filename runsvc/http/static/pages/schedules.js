@@ -199,7 +199,7 @@ function table(schedules, mayAct, act) {
   if (!schedules.length) return h("p", { class: "empty" }, "No schedules.");
   const columns = ["Schedule", "Group", "When", "Next fire", "Policies", "Last run", "Fired", "Skipped"];
   if (mayAct) columns.push("Actions");
-  return h(
+  const shown = h(
     "table",
     { class: "schedules" },
     h("caption", { class: "visually-hidden" }, "Schedules, by group and name"),
@@ -224,6 +224,7 @@ function table(schedules, mayAct, act) {
       ),
     ),
   );
+  return h("div", { class: "schedules-scroll" }, shown);
 }
 
 async function renderList(main, { query, who }) {
