@@ -73,3 +73,8 @@ def test_the_schedules_table_is_described_for_a_screen_reader(
         if page.evaluate("document.activeElement.dataset.action") == "toggle":
             break
     expect(page.get_by_role("button", name="Pause described")).to_be_focused()
+    # On a phone, the buttons fit beside the schedule without a sideways scroll.
+    page.set_viewport_size({"width": 390, "height": 844})
+    expect(page.get_by_role("button", name="Run now described")).to_be_visible()
+    screenshot(page, "schedules-phone-submitter")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390

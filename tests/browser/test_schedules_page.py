@@ -107,6 +107,13 @@ def test_a_reader_sees_schedules_without_buttons(page: Page, web_cluster: Cluste
     expect(page.get_by_role("button", name="Pause")).to_have_count(0)
     expect(page.get_by_role("button", name="Run now")).to_have_count(0)
     expect(page.get_by_role("columnheader", name="Actions")).to_have_count(0)
+    # On a phone the table keeps what matters and fits the screen.
+    page.set_viewport_size({"width": 390, "height": 844})
+    expect(page.locator("td.when")).to_be_visible()
+    expect(page.locator("td.group")).to_be_hidden()
+    expect(page.locator("td.fired")).to_be_hidden()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    screenshot(page, "schedules-phone")
 
 
 def test_a_schedule_that_fires_shows_its_runs_and_history_live(
