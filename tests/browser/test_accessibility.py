@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser.conftest import screenshot, sign_in
+from tests.browser.conftest import call, screenshot, sign_in
 from tests.fixtures.processes import Cluster
 
 
@@ -44,3 +44,37 @@ def test_a_dark_system_gets_a_dark_page(browser: Browser, web_cluster: Cluster) 
         screenshot(page, "runs-dark")
     finally:
         context.close()
+
+
+def test_the_schedules_table_is_described_for_a_screen_reader(
+    page: Page, web_cluster: Cluster
+) -> None:
+    body = {
+        "group": "/web/a11y/schedules",
+        "name": "described",
+        "cron": "0 6 * * MON",
+        "timezone": "Europe/Berlin",
+        "run": {"config": {"tasks": [{"name": "hello", "run": "true"}]}},
+    }
+    call(web_cluster, "POST", "/api/v1/schedules", body)
+    sign_in(page, web_cluster)
+    page.goto(web_cluster.url + "/ui/#/schedules?group=/web/a11y/schedules")
+    table = page.get_by_role("table", name="Schedules, by group and name")
+    expect(table).to_be_visible()
+    # Every header says what it heads; the schedule's name heads its row.
+    assert table.locator("th:not([scope])").count() == 0
+    expect(table.get_by_role("rowheader", name="described")).to_be_visible()
+    # Each button names its schedule, and the keyboard reaches it from the content.
+    expect(page.get_by_role("button", name="Pause described", exact=True)).to_be_visible()
+    expect(page.get_by_role("button", name="Run now described", exact=True)).to_be_visible()
+    page.locator("#main").focus()
+    for _ in range(10):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.dataset.action") == "toggle":
+            break
+    expect(page.get_by_role("button", name="Pause described")).to_be_focused()
+    # On a phone, the buttons fit beside the schedule without a sideways scroll.
+    page.set_viewport_size({"width": 390, "height": 844})
+    expect(page.get_by_role("button", name="Run now described")).to_be_visible()
+    screenshot(page, "schedules-phone-submitter")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390

@@ -62,6 +62,7 @@ export async function request(method, path, { query, body, signal } = {}) {
 export const api = {
   get: (path, query, options = {}) => request("GET", path, { query, ...options }),
   post: (path, body) => request("POST", path, { body: body ?? {} }),
+  patch: (path, body) => request("PATCH", path, { body }),
 };
 
 // The position of the newest event in the log: a follower that wants only what happens

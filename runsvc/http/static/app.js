@@ -11,6 +11,8 @@ const ROUTES = [
   [/^\/runs\/([^/]+)\/history$/, "./pages/history.js"],
   [/^\/runs\/([^/]+)$/, "./pages/run.js"],
   [/^\/runs$/, "./pages/runs.js"],
+  [/^\/schedules\/([^/]+)$/, "./pages/schedules.js"],
+  [/^\/schedules$/, "./pages/schedules.js"],
   [/^\/simulate$/, "./pages/simulate.js"],
   [/^\/health$/, "./pages/health.js"],
 ];
