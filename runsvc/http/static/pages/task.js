@@ -61,6 +61,14 @@ function concat(first, second) {
   return joined;
 }
 
+// The log opens at its end; on a window too short for the facts above it and the whole
+// box, the page scrolls just enough to show the box's last lines (never past its top).
+function revealEnd(box) {
+  const bounds = box.getBoundingClientRect();
+  const hidden = bounds.bottom - window.innerHeight;
+  if (hidden > 0) window.scrollBy(0, Math.min(hidden, bounds.top));
+}
+
 // The lines of a log shown on the page, from a byte offset on: whole lines are added at
 // the end as output arrives and at the start when earlier output is fetched. A line cut
 // by where a range starts is held back until the bytes before it come. Lines are kept in
@@ -264,6 +272,7 @@ class LogPane {
     const range = /bytes (\d+)-(\d+)\/(\d+)/.exec(response.headers.get("Content-Range") || "");
     this.view.start(range ? Number(range[1]) : 0, data);
     this.status.textContent = this.box.childElementCount ? "" : "No output.";
+    revealEnd(this.box);
     if (running) await this.follow();
   }
 
