@@ -221,6 +221,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "seconds (0: off)"
         ),
     ] = 60.0
+    secrets_key_file: Annotated[
+        Path | None,
+        Meta(
+            description="file of the keys that seal secrets (base64, one a line, newest "
+            "first; every process needs the same); unset: secrets.key in the data directory, "
+            "made on first start"
+        ),
+    ] = None
+    secrets_key: Annotated[
+        str | None,
+        Meta(
+            description="the keys that seal secrets, base64, comma-separated, newest first; "
+            "overrides RUNSVC_SECRETS_KEY_FILE"
+        ),
+    ] = None
 
     @property
     def embedded_database(self) -> bool:
@@ -270,6 +285,8 @@ _ENV: dict[str, str] = {
     "max_connections": "RUNSVC_MAX_CONNECTIONS",
     "keepalive_timeout_s": "RUNSVC_KEEPALIVE_TIMEOUT_S",
     "statement_timeout_s": "RUNSVC_STATEMENT_TIMEOUT_S",
+    "secrets_key_file": "RUNSVC_SECRETS_KEY_FILE",
+    "secrets_key": "RUNSVC_SECRETS_KEY",
 }
 
 
