@@ -22,6 +22,7 @@ from runsvc.cli import (
     streams,
     watch,
 )
+from runsvc.cli import secrets as secret_commands
 from runsvc.cli.connection import EXIT_USAGE
 from runsvc.domain.suggest import did_you_mean
 
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     local.register(commands)
     snapshot.register(commands)
     schema.register(commands)
+    secret_commands.register(commands)
     completion.register(commands, parser)
     return parser
 

@@ -301,3 +301,16 @@ async def reseal(pool: asyncpg.Pool, ring: KeyRing) -> int:
                 sealed.nonce,
                 sealed.ciphertext,
             )
+
+
+async def unused_keys(pool: asyncpg.Pool, ring: KeyRing) -> set[str]:
+    """The ids of the ring's keys, other than its newest, that no secret (nor the
+    canary) is sealed under: they can leave the key file."""
+    used = {
+        row["key_id"]
+        for row in await pool.fetch(
+            "SELECT key_id FROM secrets WHERE key_id IS NOT NULL "
+            "UNION SELECT key_id FROM secrets_canary"
+        )
+    }
+    return {identifier for identifier in ring.ids[1:] if identifier not in used}
