@@ -25,7 +25,7 @@ import zstandard
 
 from runsvc.infra.objectstore import ObjectStore
 from tests.e2e.test_execution import finished
-from tests.fixtures.processes import ROOT, Cluster
+from tests.fixtures.processes import ROOT, Cluster, free_port
 
 # Printed by the task: plain, in base64, URL-encoded, straddling the first 64 KiB log
 # chunk, and cut in two between two writes with a pause, so two reads of the output.
@@ -249,3 +249,23 @@ def files_text(root: Path) -> str:
                 texts.append(path.read_bytes().decode(errors="replace"))
     assert any("secret set" in text for text in texts)  # the server's own log is here
     return "\n".join(texts)
+
+
+def test_a_server_given_another_key_refuses_to_start(cluster: Cluster) -> None:
+    """The cluster's server sealed the canary under the data directory's key; a server
+    given another key (in RUNSVC_SECRETS_KEY) exits 2 at once, saying which setting and
+    that values sealed under another key cannot be read, and never listens."""
+    other = base64.b64encode(os.urandom(32)).decode()
+    refused = subprocess.run(
+        [sys.executable, "-m", "runsvc", "serve", "--port", str(free_port())],
+        cwd=ROOT,
+        env=cluster.environment(RUNSVC_SECRETS_KEY=other),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 2
+    said = refused.stderr.decode()
+    assert "runsvc: refusing to start: RUNSVC_SECRETS_KEY does not hold the key" in said
+    assert "values sealed under another key cannot be read" in said
+    assert "listening" not in said
