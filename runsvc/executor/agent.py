@@ -52,7 +52,7 @@ from runsvc.client import (
 )
 from runsvc.executor.inputs import InputError, fetch_inputs
 from runsvc.executor.masking import Masker
-from runsvc.executor.outputs import OutputFileError, parse_outputs
+from runsvc.executor.outputs import OUTPUT_VARIABLE, OutputFileError, parse_outputs
 from runsvc.executor.process import (
     ProcessResult,
     ProcessSpec,
@@ -337,10 +337,17 @@ class Agent:
                     refuse_secrets(outputs, attempt.claim.task.masks)
                 except OutputFileError as exc:
                     outputs = {}
+                    problem = _unquoted(exc) if attempt.claim.task.masks else str(exc)
                     if result.succeeded:
-                        result = ProcessResult(result.exit_code, str(exc))
+                        result = ProcessResult(result.exit_code, problem)
                     else:  # the command's own failure stays the attempt's error
-                        spool.note(f"outputs not recorded: {exc}")
+                        spool.note(f"outputs not recorded: {problem}")
+            if result.error is not None and result.error != _SHUTDOWN_REASON:
+                # The error is recorded in the run's history (an output file's refused
+                # line is quoted in it, say): no secret may pass into it.
+                result = ProcessResult(
+                    result.exit_code, Masker(attempt.claim.task.masks).mask(result.error)
+                )
             if result.error is not None:
                 spool.note(f"attempt failed: {result.error}")
             await _settle(shipping)
@@ -511,6 +518,19 @@ async def _settle(task: asyncio.Future[Any], *, reraise: bool = True) -> None:
         task.result()
 
 
+class SecretInOutputs(OutputFileError):
+    """An output holds a secret's value; the message names the output only."""
+
+
+def _unquoted(error: OutputFileError) -> str:
+    """An output file's refusal without the text it quotes (up to 40 characters of the
+    line, which could be a part of a secret the masker cannot recognise)."""
+    if isinstance(error, SecretInOutputs):
+        return str(error)
+    where = f"${OUTPUT_VARIABLE}" + (f" line {error.line}" if error.line is not None else "")
+    return f"{where}: refused (its text is not quoted: the attempt was given secrets)"
+
+
 def refuse_secrets(outputs: dict[str, str], masks: Sequence[str]) -> None:
     """OutputFileError naming the first output that holds a secret's value (or its
     base64 or URL-encoded form): outputs are recorded in the run's history for ever."""
@@ -519,7 +539,7 @@ def refuse_secrets(outputs: dict[str, str], masks: Sequence[str]) -> None:
         return
     for key, value in outputs.items():
         if masker.holds(value):
-            raise OutputFileError(
+            raise SecretInOutputs(
                 None,
                 f"output {key} holds a secret's value; outputs are recorded in the run's "
                 "history, so none of this attempt's were",

@@ -51,6 +51,8 @@ def forms(value: str) -> dict[str, str]:
         "url-encoded": quote(value, safe=""),
         "url-encoded plus": quote_plus(value, safe=""),
         "hex": data.hex(),
+        # An output file's refused line is quoted up to 40 characters in the error.
+        "a part of it": value[:24],
     }
 
 
@@ -155,6 +157,11 @@ async def test_a_secret_is_nowhere_but_in_its_attempt(
                 "env": {"T": "Bearer ${{ secrets.E2E_TOKEN }}"},
                 "run": 'echo "leak=x$T" >> "$RUNSVC_OUTPUT"',
             },
+            {
+                "name": "bad-outputs",
+                "env": {"T": "${{ secrets.E2E_TOKEN }}"},
+                "run": 'printf "%s\\n" "$T" >> "$RUNSVC_OUTPUT"',
+            },
             {"name": "after", "depends": ["prints"], "run": "echo after"},
         ]
     }
@@ -167,6 +174,9 @@ async def test_a_secret_is_nowhere_but_in_its_attempt(
     assert view["tasks"]["after"]["status"] == "success"
     assert outputs["status"] == "failed"
     assert "output leak holds a secret's value" in outputs["error"]
+    assert view["tasks"]["bad-outputs"]["error"] == (
+        "$RUNSVC_OUTPUT line 1: refused (its text is not quoted: the attempt was given secrets)"
+    )
 
     status, log = await api("GET", f"/api/v1/tasks/{prints['id']}/logs")
     assert status == 200
