@@ -43,6 +43,8 @@ def register(commands: Any) -> None:
         "stdin (one trailing newline dropped), or asked for without echo on a terminal. "
         "It is never taken from the command line, where other users and shell "
         "histories see it.",
+        epilog="examples:\n  runsvc secrets set DEPLOY_TOKEN --group /acme < token.txt\n"
+        "  runsvc secrets set TLS_KEY --file key.pem",
         formatter_class=RAW,
     )
     setting.add_argument("name", metavar="NAME")
@@ -50,11 +52,21 @@ def register(commands: Any) -> None:
     setting.add_argument("--file", type=Path, help="read the value from this file")
     add_connection_options(setting)
     setting.set_defaults(handler=run_set)
-    listing = actions.add_parser("list", help="names, groups, versions; never values")
+    listing = actions.add_parser(
+        "list",
+        help="names, groups, versions; never values",
+        epilog="example:\n  runsvc secrets list --group /acme --format json",
+        formatter_class=RAW,
+    )
     listing.add_argument("--group", help="only the secrets of this group and below")
     add_connection_options(listing)
     listing.set_defaults(handler=run_list)
-    deleting = actions.add_parser("delete", help="delete a secret from a group")
+    deleting = actions.add_parser(
+        "delete",
+        help="delete a secret from a group",
+        epilog="example:\n  runsvc secrets delete DEPLOY_TOKEN --group /acme",
+        formatter_class=RAW,
+    )
     deleting.add_argument("name", metavar="NAME")
     deleting.add_argument("--group", default="/", help="the group it is set in (default /)")
     add_connection_options(deleting)
@@ -67,6 +79,8 @@ def register(commands: Any) -> None:
         "every secret again under it. Servers read the file again by themselves. With "
         "--reseal-only no key is made: everything is sealed under the first key the "
         "ring has already (RUNSVC_SECRETS_KEY, or a file you edited). See docs/secrets.md.",
+        epilog="examples:\n  runsvc secrets rotate-key --database-url postgresql://db/runsvc\n"
+        "  runsvc secrets rotate-key --reseal-only --drop-old",
         formatter_class=RAW,
     )
     rotating.add_argument("--key-file", type=Path, help="the key file (RUNSVC_SECRETS_KEY_FILE)")
