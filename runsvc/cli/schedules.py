@@ -37,12 +37,18 @@ def register(commands: Any) -> None:
         help="create a schedule from a file",
         description="Create a schedule from a YAML or JSON file with name, group, cron, "
         "timezone, overlap, catchup and run (a run file's fields).",
+        epilog="example:\n  runsvc schedules create examples/nightly-schedule.yaml",
         formatter_class=RAW,
     )
     create.add_argument("file", type=Path, metavar="FILE")
     add_connection_options(create)
     create.set_defaults(handler=run_create)
-    listing = actions.add_parser("list", help="every schedule, by group and name")
+    listing = actions.add_parser(
+        "list",
+        help="every schedule, by group and name",
+        epilog="example:\n  runsvc schedules list --group /acme",
+        formatter_class=RAW,
+    )
     listing.add_argument("--group", help="only the schedules under this group")
     add_connection_options(listing)
     listing.set_defaults(handler=run_list)
@@ -53,7 +59,13 @@ def register(commands: Any) -> None:
         ("trigger", "create the schedule's run now", _trigger),
         ("delete", "delete a schedule (its history stays in the log)", _delete),
     ):
-        command = actions.add_parser(name, help=help_text, description=help_text.capitalize())
+        command = actions.add_parser(
+            name,
+            help=help_text,
+            description=help_text.capitalize(),
+            epilog=f"example:\n  runsvc schedules {name} 01M88X6GBAY22NRY9DMZC54X7B",
+            formatter_class=RAW,
+        )
         command.add_argument("schedule_id", metavar="ID")
         add_connection_options(command)
         command.set_defaults(handler=_with_schedules(act))
