@@ -20,6 +20,7 @@ from projections.run_state import READY_CHANNEL, RunStateProjection
 from projections.runner import ProjectionRunner, checkpoint_of, ensure_tables, run_forever
 from projections.snapshot import restore_newest
 from runsvc.http import dashboard, events, executors, health, runs, schedules, tokens, webhooks
+from runsvc.http import secrets as secret_endpoints
 from runsvc.http.guessing import FailedAuthLimiter
 from runsvc.http.keys import (
     AUTH_LIMITER,
@@ -32,6 +33,7 @@ from runsvc.http.keys import (
     PROJECTIONS,
     REVOCATIONS,
     SCHEDULES,
+    SECRETS,
     SERVICE,
     SETTINGS,
     SNAPSHOTTER,
@@ -151,6 +153,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         heartbeat_interval_s=settings.heartbeat_interval_s,
         max_log_bytes=settings.max_log_bytes,
         max_output_bytes=settings.max_output_bytes,
+        secrets=app[SECRETS],
     )
     app[SERVICE] = service
     app[LEASES] = leases
@@ -368,6 +371,7 @@ def all_endpoints() -> list[Endpoint]:
         *dashboard.ENDPOINTS,
         *schedules.ENDPOINTS,
         *webhooks.ENDPOINTS,
+        *secret_endpoints.ENDPOINTS,
     ]
 
 
@@ -384,6 +388,7 @@ def create_app(settings: Settings, *, extra: Sequence[Endpoint] = ()) -> web.App
     app[AUTH_LIMITER] = FailedAuthLimiter(limit=settings.auth_failure_limit)
     app.cleanup_ctx.append(_database_ctx)
     app.cleanup_ctx.append(_first_token_ctx)
+    app.cleanup_ctx.append(_secrets_ctx)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_objects_ctx)
     app.cleanup_ctx.append(_projections_ctx)
@@ -397,3 +402,23 @@ def create_app(settings: Settings, *, extra: Sequence[Endpoint] = ()) -> web.App
     register(app, endpoints)
     app[OPENAPI] = build_document(endpoints, version=health.service_version())
     return app
+
+
+async def _secrets_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The key ring that seals secrets, checked against the database: keys that cannot
+    open what is sealed there stop the start (KeyRingError) rather than hand out
+    garbage later."""
+    from runsvc.infra.sealing import load_ring
+    from runsvc.service.secrets import SecretStore, check_ring
+
+    settings = app[SETTINGS]
+    ring = await asyncio.to_thread(
+        load_ring,
+        key=settings.secrets_key,
+        key_file=settings.secrets_key_file,
+        data_dir=settings.data_dir,
+    )
+    await check_ring(app[DATABASE].pool, ring)
+    app[SECRETS] = SecretStore(app[DATABASE].pool, ring)
+    log.info("secrets keys checked", key_id=ring.newest, keys=len(ring.ids))
+    yield

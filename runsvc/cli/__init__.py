@@ -23,6 +23,7 @@ from runsvc.cli import (
     watch,
     webhooks,
 )
+from runsvc.cli import secrets as secret_commands
 from runsvc.cli.connection import EXIT_USAGE
 from runsvc.domain.suggest import did_you_mean
 
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     snapshot.register(commands)
     schema.register(commands)
     webhooks.register(commands)
+    secret_commands.register(commands)
     completion.register(commands, parser)
     return parser
 

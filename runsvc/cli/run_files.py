@@ -126,6 +126,7 @@ class RunFile:
             "environment": {**self.data.get("environment", {}), **environment},
             "static_environment": self.data.get("static_environment", {}),
             "outcomes": given,
+            "group": self.data.get("group", "/"),
         }
         return self.document.decode(SimulationRequest)
 

@@ -236,6 +236,12 @@ def run_simulate(args: argparse.Namespace) -> int:
         ]
         print(table(["WAVE", "TASK", "WOULD", "WHY"], rows))
         print(f"\n{result.waves} waves; the run would end: {result.result}")
+        if result.secrets:
+            needed = ", ".join(
+                f"{s.name} ({'set' if s.exists else 'NOT SET: its tasks would fail'})"
+                for s in result.secrets
+            )
+            print(f"secrets for {request.group}: {needed}")
         return EXIT_OK
 
     return remote(args, work)

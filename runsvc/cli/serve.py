@@ -65,8 +65,13 @@ def run(args: argparse.Namespace) -> int:
     # The whole server (aiohttp, asyncpg, the S3 client) loads only for `serve`: the
     # client commands start without it.
     from runsvc.app import create_app
+    from runsvc.infra.sealing import KeyRingError
 
-    asyncio.run(_serve(create_app(settings), settings))
+    try:
+        asyncio.run(_serve(create_app(settings), settings))
+    except KeyRingError as exc:
+        print(f"runsvc: refusing to start: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -9,14 +9,14 @@ raises `Conflict` (409), `Forbidden` (403) or `NotFound` (404).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 import msgspec
 
 from runsvc.domain import templates
 from runsvc.domain.config import Approval, RunConfig
-from runsvc.domain.errors import Conflict, Forbidden, NotFound
+from runsvc.domain.errors import Conflict, Forbidden, NotFound, SecretsNeeded
 from runsvc.domain.events import (
     CarriedTask,
     Event,
@@ -178,22 +178,45 @@ def start_attempt(
     executor: str,
     now: datetime,
     resolve: bool = True,
+    secrets: Mapping[str, int] | None = None,
 ) -> list[Event]:
     """An executor claimed the task: its attempt is running, with its templates rendered
     (recorded in the start). A template that cannot be rendered (an output its task
     never set) fails the task instead, naming the reference, and nothing runs: no retry,
     as every attempt would render the same. `resolve=False` (simulation, which has no
-    outputs) starts the attempt without rendering."""
+    outputs) starts the attempt without rendering.
+
+    `secrets`: the version of each secret the run's group has, of those the task's env
+    names; without it a task that names any raises `SecretsNeeded` (the command side
+    looks them up and asks again). A secret that is not set fails the task the same way
+    as a template that cannot be rendered, naming the secret. The start records the
+    versions, never a value."""
     task = _task(run, task_name)
     if not claimable(run, task, now) or task.attempt != attempt:
         raise Conflict(f"task {task_name!r} attempt {attempt} cannot start now")
     resolved = None
+    used: dict[str, int] = {}
     if resolve:
-        try:
-            resolved = templates.resolve(run, task)
-        except ExpressionError as exc:
+        needed = templates.secrets_of(task.spec)
+        if needed and secrets is None:
+            raise SecretsNeeded(run.group, needed)
+        missing = [name for name in needed if secrets is None or name not in secrets]
+        error = None
+        if missing:
+            error = (
+                f"secret{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                f"{'are' if len(missing) > 1 else 'is'} not set for group {run.group} "
+                "(the task's env names it)"
+            )
+        else:
+            used = {name: secrets[name] for name in needed} if secrets else {}
+            try:
+                resolved = templates.resolve(run, task)
+            except ExpressionError as exc:
+                error = str(exc)
+        if error is not None:
             failed = TaskStatusChanged(
-                task=task_name, status="failed", attempt=attempt, at=now, error=str(exc)
+                task=task_name, status="failed", attempt=attempt, at=now, error=error
             )
             return _then_plan(run, now, [failed])
     started = TaskStatusChanged(
@@ -203,6 +226,7 @@ def start_attempt(
         at=now,
         executor=executor,
         resolved=resolved or msgspec.UNSET,
+        secrets=used or msgspec.UNSET,
     )
     return _then_plan(run, now, [started])
 

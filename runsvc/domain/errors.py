@@ -82,3 +82,13 @@ class Unavailable(ServiceError):
 
     status = 503
     code = "unavailable"
+
+
+class SecretsNeeded(Conflict):
+    """The attempt's start needs its task's secrets: the command side looks up their
+    versions in the run's group and starts it again with them. Never reaches a client."""
+
+    def __init__(self, group: str, names: list[str]) -> None:
+        super().__init__(f"the attempt needs secrets {', '.join(names)}")
+        self.group = group
+        self.names = names

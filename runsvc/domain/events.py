@@ -172,6 +172,10 @@ class TaskStatusChanged(Event, tag="task_status_changed", frozen=True):
     # On the change to `waiting_approval` of a task whose approval has a message: the
     # message, its expressions rendered.
     message: str | msgspec.UnsetType = msgspec.UNSET
+    # On the start of an attempt (`running`) whose task's env names secrets: the version
+    # of each secret it was given. Never a value: the values travel only in the claim's
+    # answer to the executor.
+    secrets: dict[str, int] | msgspec.UnsetType = msgspec.UNSET
 
 
 class ForeachChild(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -91,6 +91,8 @@ class SimulationRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     environment: dict[str, str] = msgspec.field(default_factory=dict)
     static_environment: dict[str, str] = msgspec.field(default_factory=dict)
     outcomes: dict[str, Outcome | SimulatedOutcome] = msgspec.field(default_factory=dict)
+    group: str = "/"
+    """The group the run would be in: which secrets it would see."""
 
     def outcome(self, task: str) -> SimulatedOutcome:
         given = self.outcomes.get(task, "success")

@@ -21,7 +21,8 @@ from typing import Literal
 
 import msgspec
 
-from runsvc.domain import commands
+from runsvc.domain import commands, templates
+from runsvc.domain.config import RunConfig
 from runsvc.domain.events import Event, TaskStatusChanged
 from runsvc.domain.expressions.errors import NEVER_SET
 from runsvc.domain.fold import apply_event
@@ -40,10 +41,24 @@ class SimulatedTask(msgspec.Struct, frozen=True):
     item: str | None = None
 
 
+class SimulatedSecret(msgspec.Struct, frozen=True):
+    """A secret the run's tasks would be given, and whether the run's group has it (a
+    task whose secret is not set fails when it starts)."""
+
+    name: str
+    exists: bool
+
+
 class SimulationResult(msgspec.Struct, frozen=True):
     tasks: list[SimulatedTask]
     waves: int
     result: Literal["success", "failed", "blocked"]
+    secrets: list[SimulatedSecret] = msgspec.field(default_factory=list)
+
+
+def needed_secrets(config: RunConfig) -> list[str]:
+    """Every secret the config's tasks name in their env, sorted."""
+    return sorted({name for spec in config.tasks for name in templates.secrets_of(spec)})
 
 
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)

@@ -35,6 +35,7 @@ from runsvc.domain.expressions import (
     referenced_tasks,
     render,
 )
+from runsvc.domain.expressions.checks import referenced_secrets
 from runsvc.domain.expressions.lexer import OPEN
 from runsvc.domain.expressions.values import to_json, type_name
 from runsvc.domain.model import FINAL, Ancestry, Run, Task
@@ -123,8 +124,31 @@ def check_config(
                 known_tasks=known,
                 in_foreach=per_item,
                 judges_attempt=place in ATTEMPT_CONDITIONS,
+                allows_secrets=place.startswith("env."),
             ):
                 problems.append(Problem(path=at, message=message))
+    return problems
+
+
+def environment_problems(values: dict[str, str], root: str) -> list[Problem]:
+    """A run's `environment` or `static_environment` is never rendered, so `secrets.X`
+    there would be a value shown to everyone: refused, with its path."""
+    problems = []
+    for name, text in values.items():
+        if OPEN not in text:
+            continue
+        try:
+            named = referenced_secrets(parse(text))
+        except ExpressionSyntaxError:
+            continue  # not a template: the text is the value
+        if named:
+            problems.append(
+                Problem(
+                    path=f"{root}.{name}",
+                    message=f"secrets.{min(named)} may be used only in a task's env; "
+                    "a run's environment is recorded and shown as written",
+                )
+            )
     return problems
 
 
@@ -135,11 +159,53 @@ _NOT_ONE_EXPRESSION = (
 )
 
 
+MASK = "***"
+"""What a secret's value is shown as wherever something is recorded or shown."""
+
+
+def secret_env(spec: TaskConfig) -> dict[str, set[str]]:
+    """The task's `env` entries that name secrets, each with the secrets it names (only
+    `env` may: validation holds templates to that)."""
+    found: dict[str, set[str]] = {}
+    for name, text in spec.env.items():
+        if OPEN not in text or "secrets" not in text:
+            continue
+        try:
+            names = referenced_secrets(parsed(text))
+        except ExpressionSyntaxError:
+            continue  # `resolve` reports it
+        if names:
+            found[name] = names
+    return found
+
+
+def secrets_of(spec: TaskConfig) -> list[str]:
+    """Every secret the task's attempts need, sorted."""
+    return sorted(set().union(*secret_env(spec).values()))
+
+
+def render_secret_env(run: Run, task: Task, values: dict[str, str]) -> dict[str, str]:
+    """The task's env entries that name secrets, rendered with the secrets' `values`:
+    what only the executor's claim answer carries, never an event. The other references
+    of those entries render as `resolve` recorded them (the same run state), since a
+    secret stands alone in its `${{ … }}`."""
+    entries = secret_env(task.spec)
+    if not entries:
+        return {}
+    templates = [(f"env.{name}", parsed(task.spec.env[name])) for name in entries]
+    context = _context(
+        run, task, set().union(*(referenced_tasks(t) for _, t in templates)), secrets=values
+    )
+    return {place[len("env.") :]: render(template, context) for place, template in templates}
+
+
 def resolve(run: Run, task: Task) -> Resolved | None:
     """What the task's templates render to for its next attempt, or None when it has
     none. Raises `ExpressionError` naming the string at fault (`env.TAG: …`) when one
     cannot be rendered: an output never set, a failing `fromJSON`, or a template an
-    earlier version let through (it did not check them)."""
+    earlier version let through (it did not check them). A secret renders as `***`:
+    this is what the log records, and the claim answer alone gets the values
+    (`render_secret_env`)."""
     spec = task.spec
     templates: list[tuple[str, Template]] = []
     for place, text in _templates(spec):
@@ -151,7 +217,10 @@ def resolve(run: Run, task: Task) -> Resolved | None:
             templates.append((place, template))
     if not templates:
         return None
-    context = _context(run, task, set().union(*(referenced_tasks(t) for _, t in templates)))
+    masks = dict.fromkeys(secrets_of(spec), MASK)
+    context = _context(
+        run, task, set().union(*(referenced_tasks(t) for _, t in templates)), secrets=masks
+    )
     rendered: dict[str, str] = {}
     for place, template in templates:
         try:
@@ -168,7 +237,13 @@ def resolve(run: Run, task: Task) -> Resolved | None:
     return Resolved(run=rendered.get("run"), command=command, env=env)
 
 
-def _context(run: Run, task: Task, referenced: set[str], attempt: Attempt | None = None) -> Context:
+def _context(
+    run: Run,
+    task: Task,
+    referenced: set[str],
+    attempt: Attempt | None = None,
+    secrets: dict[str, str] | None = None,
+) -> Context:
     """What the task's templates may read: the results and outputs of the tasks they
     name (looked up alone, so a start costs what the task refers to, not the size of the
     run). Only ancestors can be named (validation holds templates to that), and they
@@ -191,6 +266,7 @@ def _context(run: Run, task: Task, referenced: set[str], attempt: Attempt | None
         outputs=outputs,
         item=_item(run, task),
         attempt=attempt,
+        secrets=secrets or {},
     )
 
 

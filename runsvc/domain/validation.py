@@ -12,7 +12,7 @@ from runsvc.domain.errors import BadRequest, Problem
 from runsvc.domain.model import Ancestry
 from runsvc.domain.requests import CreateRunRequest
 from runsvc.domain.suggest import did_you_mean
-from runsvc.domain.templates import check_config
+from runsvc.domain.templates import check_config, environment_problems
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 GROUP_SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -290,6 +290,7 @@ def validate_create(request: CreateRunRequest, *, max_tasks: int = 10_000) -> No
         ("environment", request.environment),
     ):
         _mapping(values, field, problems, env=True)
+        problems += environment_problems(values, field)
     problems += validate_config(request.config, max_tasks=max_tasks)
     raise_problems(problems)
 

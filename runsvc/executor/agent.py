@@ -32,7 +32,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -51,7 +51,8 @@ from runsvc.client import (
     TooLargeError,
 )
 from runsvc.executor.inputs import InputError, fetch_inputs
-from runsvc.executor.outputs import OutputFileError, parse_outputs
+from runsvc.executor.masking import Masker
+from runsvc.executor.outputs import OUTPUT_VARIABLE, OutputFileError, parse_outputs
 from runsvc.executor.process import (
     ProcessResult,
     ProcessSpec,
@@ -294,7 +295,7 @@ class Agent:
                 if self.config.task_user is not None:
                     self.config.task_user.give(work_dir)
                     self.config.task_user.give_file(output_file)
-                spool = LogSpool(directory / "output.log")
+                spool = LogSpool(directory / "output.log", masks=item.masks)
                 try:
                     end = await self._attend(attempt, work_dir, output_file, spool)
                 finally:
@@ -333,11 +334,20 @@ class Agent:
                 limit = attempt.claim.task.max_output_bytes
                 try:
                     outputs = await asyncio.to_thread(read_outputs, output_file, limit)
+                    refuse_secrets(outputs, attempt.claim.task.masks)
                 except OutputFileError as exc:
+                    outputs = {}
+                    problem = _unquoted(exc) if attempt.claim.task.masks else str(exc)
                     if result.succeeded:
-                        result = ProcessResult(result.exit_code, str(exc))
+                        result = ProcessResult(result.exit_code, problem)
                     else:  # the command's own failure stays the attempt's error
-                        spool.note(f"outputs not recorded: {exc}")
+                        spool.note(f"outputs not recorded: {problem}")
+            if result.error is not None and result.error != _SHUTDOWN_REASON:
+                # The error is recorded in the run's history (an output file's refused
+                # line is quoted in it, say): no secret may pass into it.
+                result = ProcessResult(
+                    result.exit_code, Masker(attempt.claim.task.masks).mask(result.error)
+                )
             if result.error is not None:
                 spool.note(f"attempt failed: {result.error}")
             await _settle(shipping)
@@ -506,6 +516,34 @@ async def _settle(task: asyncio.Future[Any], *, reraise: bool = True) -> None:
     await asyncio.wait({task})
     if not task.cancelled() and task.exception() is not None and reraise:
         task.result()
+
+
+class SecretInOutputs(OutputFileError):
+    """An output holds a secret's value; the message names the output only."""
+
+
+def _unquoted(error: OutputFileError) -> str:
+    """An output file's refusal without the text it quotes (up to 40 characters of the
+    line, which could be a part of a secret the masker cannot recognise)."""
+    if isinstance(error, SecretInOutputs):
+        return str(error)
+    where = f"${OUTPUT_VARIABLE}" + (f" line {error.line}" if error.line is not None else "")
+    return f"{where}: refused (its text is not quoted: the attempt was given secrets)"
+
+
+def refuse_secrets(outputs: dict[str, str], masks: Sequence[str]) -> None:
+    """OutputFileError naming the first output that holds a secret's value (or its
+    base64 or URL-encoded form): outputs are recorded in the run's history for ever."""
+    masker = Masker(masks)
+    if not masker:
+        return
+    for key, value in outputs.items():
+        if masker.holds(value):
+            raise SecretInOutputs(
+                None,
+                f"output {key} holds a secret's value; outputs are recorded in the run's "
+                "history, so none of this attempt's were",
+            )
 
 
 def read_outputs(path: Path, limit: int) -> dict[str, str]:

@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 import structlog
 
 from runsvc.client import ApiError, LeaseLost
+from runsvc.executor.masking import Masker
 
 log = structlog.get_logger("runsvc.executor")
 
@@ -36,9 +37,12 @@ class LogSpool:
     offset while it grows. `finish_output` once the process output ended; `close` to
     release the file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, masks: Sequence[str] = ()) -> None:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        # The attempt's secrets never reach the spool, so neither the disk nor the server
+        # sees them: `***` in their place, also when one is cut between two reads.
+        self._masker = Masker(masks)
         self._ends_line = True
         self.size = 0
         self.wake = asyncio.Event()
@@ -48,17 +52,20 @@ class LogSpool:
 
     def write(self, output: bytes) -> None:
         """Append raw process output."""
-        self._append(self._decoder.decode(output))
+        self._append(self._masker.feed(self._decoder.decode(output)))
 
     def note(self, message: str) -> None:
         """Append a line from the executor itself (prefixed `[runsvc]`), on a line of its
         own even when the output so far ends mid-line."""
-        self._append(self._decoder.decode(b"", final=True))
-        self._append(("" if self._ends_line else "\n") + f"[runsvc] {message}\n")
+        self.finish_output()
+        note = ("" if self._ends_line else "\n") + f"[runsvc] {message}\n"
+        self._append(self._masker.mask(note))
 
     def finish_output(self) -> None:
-        """The process output ended: an incomplete character at its end becomes U+FFFD."""
-        self._append(self._decoder.decode(b"", final=True))
+        """The process output ended: an incomplete character at its end becomes U+FFFD,
+        and what the masker held back is written."""
+        self._append(self._masker.feed(self._decoder.decode(b"", final=True)))
+        self._append(self._masker.flush())
 
     def read(self, offset: int, limit: int) -> bytes:
         """Up to `limit` (at least 4) bytes from `offset`, cut before a character that

@@ -19,6 +19,7 @@ from runsvc.service.auth import TokenVerifier
 from runsvc.service.leases import LeaseService
 from runsvc.service.runs import RunService
 from runsvc.service.schedules import ScheduleService
+from runsvc.service.secrets import SecretStore
 from runsvc.service.snapshotter import Snapshotter
 from runsvc.service.tokens import RevocationListener
 
@@ -49,3 +50,4 @@ class InFlight(collections.Counter[int]):
 
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 AUTH_LIMITER = web.AppKey("auth_limiter", FailedAuthLimiter)
+SECRETS = web.AppKey("secrets", SecretStore)

@@ -28,11 +28,11 @@ from runsvc.domain.requests import (
     RecreateRequest,
     SimulationRequest,
 )
-from runsvc.domain.simulate import SimulationResult, simulate
+from runsvc.domain.simulate import SimulatedSecret, SimulationResult, needed_secrets, simulate
 from runsvc.domain.suggest import did_you_mean, unknown_field_hint
-from runsvc.domain.validation import raise_problems, validate_config
+from runsvc.domain.validation import raise_problems, valid_group, validate_config
 from runsvc.domain.view import RunView, run_view
-from runsvc.http.keys import SERVICE, SETTINGS, STORE, VIEWS
+from runsvc.http.keys import SECRETS, SERVICE, SETTINGS, STORE, VIEWS
 from runsvc.http.middleware import REQUEST_ID
 from runsvc.http.routing import Endpoint, decode_body, decode_query, json_response, principal
 from runsvc.infra import documents
@@ -276,6 +276,8 @@ async def verify_run(request: web.Request) -> web.Response:
 
 def _simulation_problems(body: SimulationRequest, max_tasks: int) -> list[Problem]:
     problems = validate_config(body.config, max_tasks=max_tasks)
+    if not valid_group(body.group):
+        problems.append(Problem(path="group", message="an absolute path of names, like /org/x"))
     names = {t.name for t in body.config.tasks}
     for name in body.outcomes:
         if name not in names:
@@ -289,7 +291,9 @@ async def simulate_run(request: web.Request) -> web.Response:
     raise_problems(_simulation_problems(body, request.app[SETTINGS].max_tasks))
     # A preview of a large config takes a while of pure CPU; in a thread the event loop
     # keeps serving everyone else meanwhile.
-    return json_response(await asyncio.to_thread(simulate, body))
+    return json_response(
+        await _with_secrets(request, body, await asyncio.to_thread(simulate, body))
+    )
 
 
 class _RunFile(documents.Document):
@@ -313,7 +317,9 @@ def _read_run_file(body: RunFileSimulationRequest) -> tuple[_RunFile, bool, Simu
     bare = "config" not in data
     if bare:
         request = SimulationRequest(
-            config=document.decode(RunConfig), environment=dict(body.environment)
+            config=document.decode(RunConfig),
+            environment=dict(body.environment),
+            group=body.group or "/",
         )
     else:
         environment = data.get("environment", {})
@@ -323,6 +329,7 @@ def _read_run_file(body: RunFileSimulationRequest) -> tuple[_RunFile, bool, Simu
             "config": data["config"],
             "environment": environment,
             "static_environment": data.get("static_environment", {}),
+            "group": body.group or data.get("group", "/"),
         }
         request = document.decode(SimulationRequest)
     return document, bare, msgspec.structs.replace(request, outcomes=body.outcomes)
@@ -351,7 +358,20 @@ async def simulate_run_file(request: web.Request) -> web.Response:
         raise BadRequest(f"invalid run file: {exc.problem}", [problem]) from None
     problems = _simulation_problems(simulation, max_tasks)
     raise_problems(_located(p, document, bare) for p in problems)
-    return json_response(await asyncio.to_thread(simulate, simulation))
+    result = await asyncio.to_thread(simulate, simulation)
+    return json_response(await _with_secrets(request, simulation, result))
+
+
+async def _with_secrets(
+    request: web.Request, body: SimulationRequest, result: SimulationResult
+) -> SimulationResult:
+    """The result with the secrets the run would need and whether its group has each."""
+    names = needed_secrets(body.config)
+    if not names:
+        return result
+    existing = await request.app[SECRETS].existing(body.group, names)
+    found = [SimulatedSecret(name=name, exists=name in existing) for name in names]
+    return msgspec.structs.replace(result, secrets=found)
 
 
 def _run(path: str = "") -> str:

@@ -113,7 +113,13 @@ async def listening(app: web.Application, settings: Settings) -> AsyncIterator[C
         shutdown_timeout=settings.shutdown_grace_s,
         handle_signals=False,
     )
-    await runner.setup()
+    try:
+        await runner.setup()
+    except BaseException:
+        # A resource that refused to start (the secrets' keys do not fit): close those
+        # that did (the embedded servers), which the runner would not.
+        await app.cleanup()
+        raise
     try:
         assert runner.server is not None
         cap = ConnectionCap(runner.server, app, connection_limit(settings.max_connections))

@@ -239,6 +239,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "renewal; another process takes the webhook over after it"
         ),
     ] = 30.0
+    secrets_key_file: Annotated[
+        Path | None,
+        Meta(
+            description="file of the keys that seal secrets (base64, one a line, newest "
+            "first; every process needs the same); unset: secrets.key in the data directory, "
+            "made on first start"
+        ),
+    ] = None
+    secrets_key: Annotated[
+        str | None,
+        Meta(
+            description="the keys that seal secrets, base64, comma-separated, newest first; "
+            "overrides RUNSVC_SECRETS_KEY_FILE"
+        ),
+    ] = None
 
     @property
     def embedded_database(self) -> bool:
@@ -291,6 +306,8 @@ _ENV: dict[str, str] = {
     "webhook_timeout_s": "RUNSVC_WEBHOOK_TIMEOUT_S",
     "webhook_retry_for_s": "RUNSVC_WEBHOOK_RETRY_FOR_S",
     "webhook_lease_s": "RUNSVC_WEBHOOK_LEASE_S",
+    "secrets_key_file": "RUNSVC_SECRETS_KEY_FILE",
+    "secrets_key": "RUNSVC_SECRETS_KEY",
 }
 
 

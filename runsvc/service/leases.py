@@ -35,14 +35,22 @@ import msgspec
 import structlog
 
 from eventlog.listener import ChannelListener
-from runsvc.domain import commands
+from runsvc.domain import commands, templates
 from runsvc.domain.config import parse_duration
-from runsvc.domain.errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge
+from runsvc.domain.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    SecretsNeeded,
+    TooLarge,
+)
 from runsvc.domain.events import SYSTEM, Actor, Event, Resolved
 from runsvc.domain.model import Run, Task
 from runsvc.domain.validation import plain_path
 from runsvc.service.executors_seen import ExecutorRegister
 from runsvc.service.runs import RunService
+from runsvc.service.secrets import SecretStore
 from runsvc.service.task_logs import append_chunk
 from runsvc.service.writer import Caller
 from runsvc.wire.executor import (
@@ -140,8 +148,36 @@ def task_inputs(run: Run, task: Task) -> list[TaskInput]:
     return resolved
 
 
-def _start(run: Run, now: datetime, *, task: str, attempt: int, executor: str) -> list[Event]:
-    return commands.start_attempt(run, task, attempt=attempt, executor=executor, now=now)
+def _start(
+    run: Run,
+    now: datetime,
+    *,
+    task: str,
+    attempt: int,
+    executor: str,
+    secrets: dict[str, int] | None = None,
+) -> list[Event]:
+    return commands.start_attempt(
+        run, task, attempt=attempt, executor=executor, now=now, secrets=secrets
+    )
+
+
+def with_secrets(
+    item: WorkItem, run: Run, task: Task, given: dict[str, tuple[int, str]]
+) -> WorkItem:
+    """The work item with the real values of the env entries that name secrets (the
+    start recorded `***` there), and what the executor must keep out of its log and the
+    outputs. Only a claim's answer carries this; nothing stores it."""
+    if not given:
+        return item
+    values = {name: value for name, (_, value) in given.items()}
+    rendered = templates.render_secret_env(run, task, values)
+    return msgspec.structs.replace(
+        item,
+        env={**item.env, **rendered},
+        secret_env=sorted(rendered),
+        masks=sorted(set(values.values())),
+    )
 
 
 async def attempt_of(pool: asyncpg.Pool, task_id: str, attempt: int | None) -> tuple[int, str]:
@@ -169,7 +205,9 @@ class LeaseService:
         heartbeat_interval_s: float = 10.0,
         max_log_bytes: int = 64 * 1024 * 1024,
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+        secrets: SecretStore | None = None,
     ) -> None:
+        self.secrets = secrets
         self.max_log_bytes = max_log_bytes
         self.max_output_bytes = max_output_bytes
         self.runs = runs
@@ -360,13 +398,7 @@ class LeaseService:
                 await self._settle(entry["task_id"], entry["attempt"])
                 continue
             try:
-                run = await self.runs.execute(
-                    entry["run_id"],
-                    functools.partial(
-                        _start, task=entry["task"], attempt=entry["attempt"], executor=executor
-                    ),
-                    Caller(Actor(kind="executor", id=actor)),
-                )
+                run, given = await self._start_attempt(entry, executor, actor)
             except (Conflict, NotFound):
                 # Stale: the run moved on since the queue was written. Drop both.
                 await self.pool.execute("DELETE FROM leases WHERE lease_id = $1", lease)
@@ -379,13 +411,34 @@ class LeaseService:
                 # there is nothing to run, so no lease either.
                 await self.pool.execute("DELETE FROM leases WHERE lease_id = $1", lease)
                 continue
+            item = work_item(run, task, max_output_bytes=self.max_output_bytes)
             return Claim(
                 lease=lease,
                 lease_expires_at=expires,
                 heartbeat_interval_s=self.heartbeat_interval_s,
-                task=work_item(run, task, max_output_bytes=self.max_output_bytes),
+                task=with_secrets(item, run, task, given),
             )
         return None
+
+    async def _start_attempt(
+        self, entry: asyncpg.Record, executor: str, actor: str
+    ) -> tuple[Run, dict[str, tuple[int, str]]]:
+        """Append the attempt's start; a task whose env names secrets starts with the
+        versions of those its run's group has, and the values (for the claim's answer
+        only) are those versions' (looked up once, before the start)."""
+        start = functools.partial(
+            _start, task=entry["task"], attempt=entry["attempt"], executor=executor
+        )
+        caller = Caller(Actor(kind="executor", id=actor))
+        try:
+            return await self.runs.execute(entry["run_id"], start, caller), {}
+        except SecretsNeeded as needed:
+            given = await self.secrets.lookup(needed.group, needed.names) if self.secrets else {}
+        versions = {name: version for name, (version, _) in given.items()}
+        run = await self.runs.execute(
+            entry["run_id"], functools.partial(start, secrets=versions), caller
+        )
+        return run, given
 
     async def running_by_executor(self) -> dict[str, int]:
         """Attempts each executor holds an active lease for."""

@@ -26,7 +26,7 @@ from runsvc.domain.requests import (
     SimulatedOutcome,
     SimulationRequest,
 )
-from runsvc.domain.simulate import SimulatedTask, SimulationResult
+from runsvc.domain.simulate import SimulatedSecret, SimulatedTask, SimulationResult
 from runsvc.domain.view import DependencyView, RunView, TaskView
 
 __all__ = [
@@ -55,7 +55,13 @@ __all__ = [
     "RunConfig",
     "RunFileSimulationRequest",
     "RunView",
+    "SecretGroupQuery",
+    "SecretInfo",
+    "SecretList",
+    "SecretQuery",
     "ServiceStatus",
+    "SetSecretRequest",
+    "SimulatedSecret",
     "SimulatedTask",
     "SimulationRequest",
     "SimulationResult",
@@ -207,6 +213,8 @@ class RunFileSimulationRequest(
     file_name: str = "run file"
     environment: dict[str, str] = msgspec.field(default_factory=dict)
     outcomes: dict[str, Outcome | SimulatedOutcome] = msgspec.field(default_factory=dict)
+    group: str | None = None
+    """The group the run would be in (which secrets it sees); default the file's, else /."""
 
 
 # --- the run index ---------------------------------------------------------------------
@@ -290,3 +298,38 @@ class CreatedToken(msgspec.Struct, frozen=True, kw_only=True):
     role: str
     labels: dict[str, str]
     expires_at: datetime | None
+
+
+class SetSecretRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`PUT /api/v1/secrets/{name}`: the value (at most 64 KiB) and the group whose runs
+    (and the runs of the groups beneath it) see it."""
+
+    value: str
+    group: str = "/"
+
+
+class SecretQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`GET /api/v1/secrets?group=`: only the secrets of this group and those beneath it."""
+
+    group: str | None = None
+
+
+class SecretGroupQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`DELETE /api/v1/secrets/{name}?group=`: the group the secret is set in."""
+
+    group: str = "/"
+
+
+class SecretInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A secret as listed: never its value."""
+
+    name: str
+    group: str
+    version: int
+    key_id: str | None
+    updated_by: str | None
+    updated_at: datetime
+
+
+class SecretList(msgspec.Struct, frozen=True):
+    secrets: list[SecretInfo]

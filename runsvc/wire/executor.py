@@ -138,6 +138,12 @@ class WorkItem(msgspec.Struct, frozen=True, kw_only=True):
     timeout_s: float | None = None
     progress_timeout_s: float | None = None
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    secret_env: list[str] = []
+    """The names of the `env` entries that hold secrets' values."""
+    masks: list[str] = []
+    """The values of the secrets the attempt was given: the executor writes `***` in
+    their place (and their base64 and URL-encoded forms) in the log it ships, and fails
+    an attempt whose outputs hold one."""
 
 
 class Claim(msgspec.Struct, frozen=True, kw_only=True):

@@ -16,6 +16,9 @@ def test_the_ci_example_is_watched_approved_read_and_verified(
 ) -> None:
     # Read as `runsvc submit` reads it (YAML 1.2's booleans: `on:` is a key).
     document = Document.read(ROOT / "examples" / "ci.yaml").data
+    # The deploy credential, as an admin sets it once (docs/secrets.md).
+    secret = {"value": "ci-example-deploy-token", "group": "/acme"}
+    call(web_cluster, "PUT", "/api/v1/secrets/DEPLOY_TOKEN", secret)
     run = call(web_cluster, "POST", "/api/v1/runs", document)
     sign_in(page, web_cluster)
     # From the runs list, as a person would get there.

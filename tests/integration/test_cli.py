@@ -314,13 +314,18 @@ async def test_unknown_runs_and_tasks_exit_4(cli: Cli, tmp_path: Path) -> None:
 
 
 async def test_ci_example_waits_for_runsvc_approve_then_logs_history_and_audit(
-    cli: Cli,
+    cli: Cli, tmp_path: Path
 ) -> None:
     """examples/ci.yaml with `--wait`: the deploy gate is approved with `runsvc approve`
     while the run is followed (and `logs --follow` waits for deploy to start); it exits 0.
     Then the commands a person uses afterwards:
     logs of finished tasks, history (table and JSON lines), runs show and list, state at
-    an earlier version, verify and the event log, each read back."""
+    an earlier version, verify and the event log, each read back. Its deploy credential
+    is a secret, set first with `runsvc secrets set`."""
+    token = tmp_path / "deploy-token"
+    token.write_text("ci-example-deploy-token")
+    secret = await cli("secrets", "set", "DEPLOY_TOKEN", "--group", "/acme", "--file", str(token))
+    assert secret.code == 0, secret.stderr
     waiting = await cli.start("submit", "examples/ci.yaml", "--wait")
     seen: list[str] = []
     line = await read_until(waiting.stdout, lambda line: "deploy waiting_approval" in line, seen)
@@ -1083,3 +1088,53 @@ async def test_webhooks_commands_keep_the_secret_out_of_every_output(
         assert all(secret not in o.stdout + o.stderr for o in [*outputs, created, deleted, gone])
     finally:
         await receiver.stop()
+
+
+# -- secrets ---------------------------------------------------------------------------
+
+
+async def test_secrets_set_list_delete_and_rotate_key_while_serving(
+    cli: Cli, cli_cluster: Cluster, tmp_path: Path
+) -> None:
+    """`secrets set` takes the value from a file (never an argument), `list` shows
+    versions and never values, `delete` removes it; `rotate-key` puts a new key first in
+    the server's key file and seals everything again while the server serves, and a run
+    started afterwards gets the value (the server read the new key by itself), which its
+    log shows as ***."""
+    value = tmp_path / "value"
+    value.write_text("cli-secret-value\n")
+    assert (await cli("secrets", "set", "CLI_TOKEN", "value-as-argument")).code == 2
+    for _ in range(2):
+        done = await cli("secrets", "set", "CLI_TOKEN", "--group", "/cli/s", "--file", str(value))
+        assert done.code == 0, done.stderr
+    listed = await cli("secrets", "list", "--group", "/cli/s", "--format", "json")
+    assert [(s["name"], s["version"]) for s in listed.json()["secrets"]] == [("CLI_TOKEN", 2)]
+    table_ = await cli("secrets", "list")
+    assert "CLI_TOKEN" in table_.stdout
+    assert "cli-secret-value" not in table_.stdout + listed.stdout
+    key_file = cli_cluster.root / "data" / "secrets.key"
+    rotated = await cli(
+        "secrets", "rotate-key", "--key-file", str(key_file), "--database-url", cli_cluster.dsn
+    )
+    assert rotated.code == 0, rotated.stderr
+    assert "secrets sealed again under key" in rotated.stdout
+    assert len([k for k in key_file.read_text().splitlines() if not k.startswith("#")]) == 2
+    config = tmp_path / "uses.yaml"
+    config.write_text(
+        "tasks:\n  - name: use\n    env: {T: '${{ secrets.CLI_TOKEN }}'}\n"
+        '    run: echo "token=$T"\n'
+    )
+    waited = await cli("submit", str(config), "--group", "/cli/s", "--name", "s", "--wait")
+    assert waited.code == 0, waited.stderr
+    run_id = re.search(r"run (\w+) created", waited.stderr)[1]  # type: ignore[index]
+    log = await cli("logs", run_id, "use")
+    assert log.stdout == "token=***\n"
+    dropped = await cli(
+        "secrets", "rotate-key", "--key-file", str(key_file), "--database-url", cli_cluster.dsn,
+        "--reseal-only", "--drop-old",
+    )  # fmt: skip
+    assert dropped.code == 0, dropped.stderr
+    assert len([k for k in key_file.read_text().splitlines() if not k.startswith("#")]) == 1
+    gone = await cli("secrets", "delete", "CLI_TOKEN", "--group", "/cli/s")
+    assert gone.code == 0, gone.stderr
+    assert (await cli("secrets", "delete", "CLI_TOKEN", "--group", "/cli/s")).code == 4

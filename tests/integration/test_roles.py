@@ -36,6 +36,7 @@ MAY: dict[str, frozenset[Permission]] = {
 # Placeholders for path parameters: after the auth check they lead to 404s and 400s,
 # which is all an allowed role needs to show.
 PLACEHOLDERS = {"id": "NO-SUCH-RUN", "task": "t", "lease": "no-lease", "task_id": "no-task"}
+PLACEHOLDERS["name"] = "NO_SUCH_SECRET"
 PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 
 # A claim with the default wait would be held open for 20 s by the roles that may claim.
@@ -61,7 +62,7 @@ def endpoint_class(endpoint: Endpoint) -> Permission:
         return Permission.OPEN
     if path.startswith("/api/v1/executor/"):
         return Permission.EXECUTE
-    if path.startswith("/api/v1/tokens"):
+    if path.startswith(("/api/v1/tokens", "/api/v1/secrets")):
         return Permission.ADMIN  # "Admin only", whatever the method
     if endpoint.method == "GET":
         return Permission.READ

@@ -19,6 +19,7 @@ may stand between the tokens of an expression):
                 | "tasks" selector "." "outputs" selector
                 | "env" selector
                 | "run" "." ( "id" | "group" )
+                | "secrets" selector
                 | "item" ;
     selector    = "." segment | "[" string "]" ;
     segment     = ( letter | digit | "_" | "-" ) { letter | digit | "_" | "-" } ;
@@ -73,6 +74,11 @@ Evaluation (`evaluate`, in a `Context`), deterministic and side-effect free:
   function that fails (`fromJSON('nope')`, an unknown function) raises
   `EvaluationError`.
 
+`secrets.NAME` is a secret of the run's group (see docs/secrets.md). It may stand only
+in a task's `env`, and only alone in its `${{ … }}` (`Bearer ${{ secrets.TOKEN }}` is
+fine, `${{ secrets.TOKEN == 'x' }}` is not): nothing is ever computed on a secret, so
+nothing derived from one can reach the log.
+
 Static checks, before a run starts: `references` lists what a template refers to, and
 `check` reports, each with where it stands: an unknown task (with the name meant), a
 task that is not a dependency (direct or indirect) of the task the template belongs to,
@@ -100,6 +106,7 @@ from runsvc.domain.expressions.nodes import (
     Item,
     Reference,
     RunField,
+    SecretRef,
     Segment,
     TaskOutput,
     TaskResult,
@@ -123,6 +130,7 @@ __all__ = [
     "Item",
     "Reference",
     "RunField",
+    "SecretRef",
     "Segment",
     "TaskOutput",
     "TaskResult",

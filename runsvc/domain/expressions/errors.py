@@ -7,6 +7,7 @@ from runsvc.domain.expressions.nodes import (
     ExitCode,
     Item,
     Reference,
+    SecretRef,
     TaskOutput,
     TaskResult,
 )
@@ -67,5 +68,7 @@ def _explain(reference: Reference) -> str:
             return f"{reference} {NEVER_SET}: the attempt set no such output"
         case ExitCode():
             return "exit_code is only defined in fail_if and retry_if"
+        case SecretRef():
+            return f"{reference} is not set for this run's group"
         case _:
             return f"{reference} has no value"

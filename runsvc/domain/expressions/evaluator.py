@@ -21,6 +21,7 @@ from runsvc.domain.expressions.nodes import (
     Ref,
     Reference,
     RunField,
+    SecretRef,
     TaskOutput,
     TaskResult,
     Template,
@@ -58,6 +59,9 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
     """The item of a foreach task's child; unset elsewhere."""
     attempt: Attempt | None = None
     """The attempt being judged, in `fail_if` and `retry_if`; None elsewhere."""
+    secrets: dict[str, str] = msgspec.field(default_factory=dict)
+    """The values `secrets.X` stands for: the real ones only when the executor's env is
+    rendered, a mask (`***`) when what is recorded in the log is."""
 
 
 def evaluate(template: Template, context: Context) -> Value:
@@ -138,6 +142,9 @@ class _Evaluation:
             case AttemptOutput():
                 if context.attempt is not None and reference.key in context.attempt.outputs:
                     return context.attempt.outputs[reference.key]
+            case SecretRef():
+                if reference.name in context.secrets:
+                    return context.secrets[reference.name]
         raise Unresolved(reference)
 
     def _call(self, call: Call) -> Value:

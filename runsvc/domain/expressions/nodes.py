@@ -52,6 +52,16 @@ class EnvVar(msgspec.Struct, frozen=True):
         return f"env{selector(self.name)}"
 
 
+class SecretRef(msgspec.Struct, frozen=True):
+    """`secrets.<NAME>`: a secret of the run's group, only in a task's `env`, alone in its
+    `${{ … }}`; its value reaches the executor and nothing else."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return f"secrets{selector(self.name)}"
+
+
 class Item(msgspec.Struct, frozen=True):
     """`item`: the item of a foreach task's child."""
 
@@ -86,7 +96,9 @@ class AttemptOutput(msgspec.Struct, frozen=True):
         return f"outputs{selector(self.key)}"
 
 
-Reference = TaskResult | TaskOutput | EnvVar | Item | RunField | ExitCode | AttemptOutput
+Reference = (
+    TaskResult | TaskOutput | EnvVar | Item | RunField | ExitCode | AttemptOutput | SecretRef
+)
 ATTEMPT_REFERENCES = (ExitCode, AttemptOutput)
 """The references that name the attempt being judged, not the run."""
 Scalar = str | int | float | bool | None

@@ -20,6 +20,7 @@ from runsvc.domain.expressions.nodes import (
     Ref,
     Reference,
     RunField,
+    SecretRef,
     Segment,
     TaskOutput,
     TaskResult,
@@ -31,7 +32,7 @@ MAX_DEPTH = 32
 """Levels of parentheses, `!` and function calls, one inside the other. Bounds the
 recursion of the parser, of evaluation and of the checks."""
 
-ROOTS = ("tasks", "env", "item", "run", "exit_code", "outputs")
+ROOTS = ("tasks", "env", "item", "run", "exit_code", "outputs", "secrets")
 KEYWORDS = {"true": True, "false": False, "null": None}
 RUN_FIELDS = ("id", "group")
 TASK_FIELDS = ("result", "outputs")
@@ -40,6 +41,7 @@ _USAGE = {
     "env": "env.<NAME>",
     "run": "run.id or run.group",
     "outputs": "outputs.<key>",
+    "secrets": "secrets.<NAME>",
 }
 
 
@@ -179,6 +181,8 @@ class _Parser:
             reference = AttemptOutput(self._key(root))
         elif root == "env":
             reference = EnvVar(self._key(root))
+        elif root == "secrets":
+            reference = SecretRef(self._key(root))
         elif root == "run":
             field = self._field(root, RUN_FIELDS)
             reference = RunField("id" if field == "id" else "group")
@@ -191,7 +195,8 @@ class _Parser:
         else:
             raise self._error(
                 f"unknown name {root!r}{did_you_mean(root, (*ROOTS, *KEYWORDS))}; "
-                f"names are tasks, env, item, run, exit_code, outputs, true, false and null",
+                f"names are tasks, env, item, run, exit_code, outputs, secrets, true, false "
+                "and null",
                 name.offset,
             )
         if self._at(".", "["):
