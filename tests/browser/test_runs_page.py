@@ -42,9 +42,15 @@ def test_pages_through_250_runs_once_each_and_filters(page: Page, web_cluster: C
         if older.count() == 0:
             break
         cursor_before = page.url
+        first_before = page.locator("tr[data-run]").first.get_attribute("data-run")
         older.click()
         page.wait_for_url(lambda url, before=cursor_before: url != before)
         assert "cursor=" in page.url  # the page can be shared
+        # The address changes before the older page's rows arrive: until they replace the
+        # table, the rows shown are still the page before (pages share no run).
+        expect(page.locator("tr[data-run]").first).not_to_have_attribute(
+            "data-run", first_before or ""
+        )
     # Every run once, nothing else of the group; the newest (made last) first.
     assert len(seen) == len(set(seen)) == 251
     assert set(seen) == {special, *made}
@@ -53,6 +59,8 @@ def test_pages_through_250_runs_once_each_and_filters(page: Page, web_cluster: C
 
     page.get_by_label("Name").fill("special")
     page.get_by_role("button", name="Filter").click()
+    # The last page held one run too: the filtered table is there once its run is special.
+    expect(page.locator("tr[data-run]").first).to_have_attribute("data-run", special)
     expect(page.locator("tr[data-run]")).to_have_count(1)
     assert shown_runs(page) == [special]
     assert "name=special" in page.url
